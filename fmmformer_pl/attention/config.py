@@ -1,0 +1,65 @@
+"""Declarative description of an attention layer: which fields, and how they are blended.
+
+The released FMMformer code selects one of ~20 hard-coded blends with a float code
+(``sparse_ratio = 13.5`` ...). Here a blend is data:
+
+    y = w_near * NearField(q, k, v) + sum_l w_far[l] * FarField_l(q, k, v)
+
+where each weight has a granularity (one scalar, one per head, one per channel of the
+model dimension), an initial value, and is learnable or fixed. Examples (paper schemes):
+
+    w1 * D + w2 * L, per-head learnable weights:
+        AttentionConfig(kind="fmm", near_weight=BlendWeight(1.0, "head"),
+                        far_weights=[BlendWeight(1.0, "head")])
+    D + w (.) L, per-channel w initialised at 0:
+        AttentionConfig(kind="fmm", near_weight=BlendWeight(1.0, "scalar", learnable=False),
+                        far_weights=[BlendWeight(0.0, "channel")])
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+AttentionKind = Literal["softmax", "linear", "band", "fmm"]
+Granularity = Literal["scalar", "head", "channel"]
+Backend = Literal["auto", "reference", "cuda"]
+
+
+@dataclass
+class BlendWeight:
+    """One blend weight w in ``y += w * field``."""
+
+    init: float = 1.0
+    granularity: Granularity = "head"
+    learnable: bool = True
+
+
+@dataclass
+class AttentionConfig:
+    """What an attention layer computes.
+
+    kind:
+        ``softmax``  full softmax attention (scaled_dot_product_attention), the baseline;
+        ``linear``   far field only (one or more kernelised linear attentions);
+        ``band``     near field only (banded softmax);
+        ``fmm``      near field + far field, blended.
+    bandwidth: near-field band k: keys with |i - j| < k (causal: i - k < j <= i).
+    feature_maps: one far-field kernel per entry (rank r = len(feature_maps)), names from
+        ``fmmformer_pl.attention.feature_maps.FEATURE_MAPS`` ("elu", "elu_flip", "tanh", ...).
+    far_normalize: True divides by sum_j phi(q_i).phi(k_j); False is the variant of the
+        paper's LRA runs (no denominator, scaled by 1/sqrt(length)).
+    dropout: attention dropout on the near-field (and softmax) probabilities in training.
+    near_weight / far_weights: the blend (see module docstring). ``far_weights`` holds one
+        entry per feature map, or a single entry used (as separate parameters) for each.
+    backend: ``auto`` picks the fused GPU path on CUDA and the PyTorch reference elsewhere.
+    """
+
+    kind: AttentionKind = "fmm"
+    bandwidth: int = 5
+    feature_maps: list[str] = field(default_factory=lambda: ["elu"])
+    far_normalize: bool = True
+    dropout: float = 0.0
+    near_weight: BlendWeight = field(default_factory=BlendWeight)
+    far_weights: list[BlendWeight] = field(default_factory=lambda: [BlendWeight()])
+    backend: Backend = "auto"
