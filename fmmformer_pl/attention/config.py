@@ -19,7 +19,7 @@ model dimension), an initial value, and is learnable or fixed. Examples (paper s
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Optional
 
 AttentionKind = Literal["softmax", "linear", "band", "fmm"]
 Granularity = Literal["scalar", "head", "channel"]
@@ -52,6 +52,9 @@ class AttentionConfig:
     dropout: attention dropout on the near-field (and softmax) probabilities in training.
     near_weight / far_weights: the blend (see module docstring). ``far_weights`` holds one
         entry per feature map, or a single entry used (as separate parameters) for each.
+    far_group_weight: optional weight on the blended far field as a whole,
+        ``y = w_near * D + w_group * sum_l w_far[l] * L_l``; the released code's two-kernel
+        schemes are written this way (one gate shared by both kernels). None: no group weight.
     backend: ``auto`` picks the fused GPU path on CUDA and the PyTorch reference elsewhere.
     """
 
@@ -62,4 +65,5 @@ class AttentionConfig:
     dropout: float = 0.0
     near_weight: BlendWeight = field(default_factory=BlendWeight)
     far_weights: list[BlendWeight] = field(default_factory=lambda: [BlendWeight()])
+    far_group_weight: Optional[BlendWeight] = None
     backend: Backend = "auto"
