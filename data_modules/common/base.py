@@ -1,0 +1,344 @@
+"""The base of every classification data module: cache, datasets over memmaps, padding collate.
+
+A subclass says where its files are and how one split is tokenised; the base does the rest::
+
+    class MyDataModule(ClassificationDataModule):
+        cache_name = "my-task"
+        tokenizer_version = "1"             # bump when tokenisation changes: rebuilds caches
+
+        @property
+        def vocab_size(self) -> int: ...    # fixed by the task settings, no data read
+        @property
+        def num_classes(self) -> int: ...
+
+        def locate_sources(self) -> tuple[Path, dict[str, list[Path]]]:
+            # (folder for the cache, {source split: files}); raise DataNotFoundError if missing
+        def build_split(self, source, files, writer, bad_rows) -> None:
+            seqs = writer.sequences("input", np.uint16)   # one entry per row
+            ...; seqs.append(token_ids); labels.append(y)
+            writer.save("label", np.asarray(labels, dtype=np.int64))
+
+``split_sources`` maps the loader splits (train / val / test) to source splits, so two loader
+splits may share one cached source (IMDB validates on its test split). ``predict`` uses test.
+
+Batches (pad to ``max_length``, so every batch has the same fixed shape — no recompilation, no
+shape-dependent memory spikes; the attention's cost is linear in ``max_length`` anyway)::
+
+    {"input_ids": (batch, max_length) long, pad id 0,
+     "padding_mask": (batch, max_length) bool, True at padding,
+     "label": (batch,) long}
+
+Sequences longer than ``truncate_length`` (default ``max_length``) are cut at preparation time,
+keeping the head, as LRA does.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from abc import abstractmethod
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+import torch
+from lightning.pytorch import LightningDataModule
+from torch.utils.data import DataLoader, Dataset
+
+from data_modules.common.cache import CACHE_DIRNAME, ArrayCache, CachedArrays, CacheWriter
+from data_modules.common.errors import DataFormatError, SkippedRowsWarning
+
+__all__ = [
+    "BadRows",
+    "ClassificationDataModule",
+    "PadCollate",
+    "TokenSequenceDataset",
+]
+
+log = logging.getLogger(__name__)
+
+BadRowPolicy = Literal["error", "skip"]
+_STAGE_SPLITS: dict[str | None, tuple[str, ...]] = {
+    "fit": ("train", "val"),
+    "validate": ("val",),
+    "test": ("test",),
+    "predict": ("test",),
+    None: ("train", "val", "test"),
+}
+
+
+class BadRows:
+    """Applies the ``on_bad_row`` policy: ``"error"`` re-raises, ``"skip"`` counts."""
+
+    def __init__(self, policy: str) -> None:
+        if policy not in ("error", "skip"):
+            raise ValueError(f"on_bad_row must be 'error' or 'skip', got {policy!r}")
+        self.policy = policy
+        self.skipped = 0
+        self.first: str | None = None
+
+    def __call__(self, error: DataFormatError) -> None:
+        if self.policy == "error":
+            raise error
+        self.skipped += 1
+        if self.first is None:
+            self.first = str(error)
+
+
+class TokenSequenceDataset(Dataset):
+    """Row ``i`` of a cache entry: ``{field: token ids (int64 array), "label": int}``.
+
+    Each field ``f`` is stored flat as ``f_tokens`` + ``f_offsets`` (see ``SequenceWriter``);
+    the memmaps are opened lazily in each process, so pickling into workers copies no data.
+    """
+
+    def __init__(self, cached: CachedArrays, fields: Sequence[str] = ("input",)) -> None:
+        self.cached = cached
+        self.fields = tuple(fields)
+        self._length = cached.shapes["label"][0]
+        for name in self.fields:
+            if cached.shapes[f"{name}_offsets"][0] != self._length + 1:
+                raise ValueError(f"{cached.directory}: {name}_offsets does not match label count")
+        self._arrays: dict[str, np.ndarray] | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_arrays"] = None
+        return state
+
+    def _open(self) -> dict[str, np.ndarray]:
+        if self._arrays is None:
+            names = [f"{f}_{part}" for f in self.fields for part in ("tokens", "offsets")]
+            self._arrays = {name: self.cached.array(name) for name in [*names, "label"]}
+        return self._arrays
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        if not -self._length <= index < self._length:
+            raise IndexError(index)
+        index %= self._length
+        arrays = self._open()
+        item: dict[str, Any] = {"label": int(arrays["label"][index])}
+        for name in self.fields:
+            offsets = arrays[f"{name}_offsets"]
+            start, end = int(offsets[index]), int(offsets[index + 1])
+            item[name] = np.asarray(arrays[f"{name}_tokens"][start:end], dtype=np.int64)
+        return item
+
+
+class PadCollate:
+    """Pads each field to ``max_length`` with ``pad_id``; the mask is True at padding.
+
+    ``fields`` maps a dataset field to its ``(ids key, mask key)`` in the batch dict.
+    """
+
+    def __init__(
+        self,
+        max_length: int,
+        fields: Mapping[str, tuple[str, str]] | None = None,
+        pad_id: int = 0,
+    ) -> None:
+        self.max_length = max_length
+        self.fields = dict(fields or {"input": ("input_ids", "padding_mask")})
+        self.pad_id = pad_id
+
+    def __call__(self, items: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+        batch = len(items)
+        out: dict[str, torch.Tensor] = {}
+        for name, (ids_key, mask_key) in self.fields.items():
+            ids = torch.full((batch, self.max_length), self.pad_id, dtype=torch.long)
+            mask = torch.ones((batch, self.max_length), dtype=torch.bool)  # (batch, max_length)
+            for row, item in enumerate(items):
+                tokens = item[name][: self.max_length]
+                ids[row, : len(tokens)] = torch.from_numpy(np.asarray(tokens, dtype=np.int64))
+                mask[row, : len(tokens)] = False
+            out[ids_key], out[mask_key] = ids, mask
+        out["label"] = torch.tensor([int(item["label"]) for item in items], dtype=torch.long)
+        return out
+
+
+class ClassificationDataModule(LightningDataModule):
+    """Shared machinery of the LRA classification data modules (see the module docstring).
+
+    Args:
+        data_dir: where the data set is (the exact level accepted depends on the subclass).
+        batch_size: rows per batch (per process under DDP).
+        max_length: padded sequence length N of every batch; also the model's ``max_length``.
+        num_workers: DataLoader worker processes.
+        pin_memory: pin batches in page-locked memory (faster host-to-GPU copies).
+        on_bad_row: ``"error"`` raises :class:`DataFormatError` at the first malformed row;
+            ``"skip"`` drops malformed rows and warns (:class:`SkippedRowsWarning`) with the count.
+        cache_dir: where to keep prepared arrays; default ``<task folder>/.fmmformer_cache``.
+        truncate_length: tokens kept per sequence (head kept); default ``max_length``.
+    """
+
+    cache_name: ClassVar[str] = "data"
+    tokenizer_version: ClassVar[str] = "1"
+    #: dataset field -> (ids key, mask key) in the batch dict
+    batch_fields: ClassVar[dict[str, tuple[str, str]]] = {"input": ("input_ids", "padding_mask")}
+    #: loader split -> source split
+    split_sources: ClassVar[dict[str, str]] = {"train": "train", "val": "val", "test": "test"}
+    #: also hash file contents into the cache key (slower; size + mtime catch ordinary edits)
+    hash_contents: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        data_dir: str,
+        batch_size: int = 32,
+        max_length: int = 1024,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        on_bad_row: BadRowPolicy = "error",
+        cache_dir: str | None = None,
+        truncate_length: int | None = None,
+    ) -> None:
+        super().__init__()
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if max_length < 1:
+            raise ValueError(f"max_length must be >= 1, got {max_length}")
+        if num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+        if on_bad_row not in ("error", "skip"):
+            raise ValueError(f"on_bad_row must be 'error' or 'skip', got {on_bad_row!r}")
+        truncate = max_length if truncate_length is None else truncate_length
+        if not 1 <= truncate <= max_length:
+            raise ValueError(
+                f"truncate_length must lie in [1, max_length={max_length}], got {truncate_length}"
+            )
+        self.data_dir = Path(data_dir).expanduser()
+        self.batch_size = batch_size
+        self._max_length = max_length
+        self.truncate_length = truncate
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory
+        self.on_bad_row = on_bad_row
+        self.cache_dir = None if cache_dir is None else Path(cache_dir).expanduser()
+        #: rows skipped per source split (filled when a split is prepared or loaded)
+        self.skipped_rows: dict[str, int] = {}
+        self._cached: dict[str, CachedArrays] = {}
+        self._datasets: dict[str, Dataset] = {}
+
+    # -- what the model needs, known without reading data --------------------------------------
+    @property
+    def max_length(self) -> int:
+        return self._max_length
+
+    @property
+    @abstractmethod
+    def vocab_size(self) -> int:
+        """Number of token ids, padding (id 0) included."""
+
+    @property
+    @abstractmethod
+    def num_classes(self) -> int:
+        """Number of labels."""
+
+    # -- subclass hooks -------------------------------------------------------------------------
+    @abstractmethod
+    def locate_sources(self) -> tuple[Path, dict[str, list[Path]]]:
+        """``(task folder, {source split: files in order})``; raises ``DataNotFoundError``."""
+
+    @abstractmethod
+    def build_split(
+        self, source: str, files: list[Path], writer: CacheWriter, bad_rows: BadRows
+    ) -> None:
+        """Tokenise one source split into ``writer``; report malformed rows to ``bad_rows``."""
+
+    def cache_settings(self) -> dict[str, Any]:
+        """Everything besides the source files that changes the cached arrays."""
+        return {
+            "tokenizer": f"{type(self).__name__}/{self.tokenizer_version}",
+            "truncate_length": self.truncate_length,
+            "on_bad_row": self.on_bad_row,
+        }
+
+    def make_dataset(self, cached: CachedArrays) -> Dataset:
+        return TokenSequenceDataset(cached, fields=tuple(self.batch_fields))
+
+    def make_collate(self) -> PadCollate:
+        """The DataLoader's ``collate_fn``: a small picklable object, not a bound method, so
+        spawned workers do not pickle the whole data module."""
+        return PadCollate(self._max_length, self.batch_fields)
+
+    # -- Lightning hooks ------------------------------------------------------------------------
+    def prepare_data(self) -> None:
+        """Build every missing cache entry (Lightning calls this on one process per node)."""
+        task_dir, sources = self.locate_sources()
+        for source in dict.fromkeys(self.split_sources.values()):
+            self._prepare_source(task_dir, source, sources[source])
+
+    def setup(self, stage: str | None = None) -> None:
+        """Map the cached arrays of the splits ``stage`` needs (building any still missing)."""
+        task_dir, sources = self.locate_sources()
+        for split in _STAGE_SPLITS.get(stage, _STAGE_SPLITS[None]):
+            source = self.split_sources[split]
+            if source not in self._cached:
+                self._cached[source] = self._prepare_source(task_dir, source, sources[source])
+            self._datasets[split] = self.make_dataset(self._cached[source])
+
+    def _prepare_source(self, task_dir: Path, source: str, files: list[Path]) -> CachedArrays:
+        root = self.cache_dir if self.cache_dir is not None else task_dir / CACHE_DIRNAME
+        settings = {**self.cache_settings(), "source_split": source}
+        cache = ArrayCache(root, f"{self.cache_name}-{source}", files, settings, self.hash_contents)
+        built = False
+
+        def builder(writer: CacheWriter) -> None:
+            nonlocal built
+            built = True
+            bad_rows = BadRows(self.on_bad_row)
+            self.build_split(source, files, writer, bad_rows)
+            writer.meta.update(skipped_rows=bad_rows.skipped, first_bad_row=bad_rows.first)
+
+        cached = cache.get_or_build(builder)
+        skipped = int(cached.meta.get("skipped_rows", 0))
+        self.skipped_rows[source] = skipped
+        if skipped and built:
+            warnings.warn(
+                f"{type(self).__name__}: skipped {skipped} malformed row(s) in the {source} split "
+                f"(on_bad_row='skip'). First: {cached.meta.get('first_bad_row')}",
+                SkippedRowsWarning,
+                stacklevel=2,
+            )
+        elif skipped:
+            log.info(
+                "%s: the cached %s split was built skipping %d malformed row(s)",
+                type(self).__name__,
+                source,
+                skipped,
+            )
+        return cached
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        if split not in self._datasets:
+            self.setup(None)
+        return DataLoader(
+            self._datasets[split],
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            collate_fn=self.make_collate(),
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def dataset(self, split: str) -> Dataset:
+        """The dataset of ``split`` (train / val / test), set up on first use."""
+        if split not in self._datasets:
+            self.setup(None)
+        return self._datasets[split]
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
