@@ -64,8 +64,12 @@ def _tag_dir(checkpoint_dir: Path, tag: str | None) -> Path:
     return tag_dir
 
 
-def convert(checkpoint_dir: str | os.PathLike, output_file: str | os.PathLike,
-            tag: str | None = None, force: bool = False) -> dict[str, Any]:
+def convert(
+    checkpoint_dir: str | os.PathLike,
+    output_file: str | os.PathLike,
+    tag: str | None = None,
+    force: bool = False,
+) -> dict[str, Any]:
     """Write the consolidated fp32 checkpoint to ``output_file`` and return it."""
     checkpoint_dir, output_file = Path(checkpoint_dir), Path(output_file)
     _tag_dir(checkpoint_dir, tag)  # fail early with a clear message
@@ -83,12 +87,16 @@ def convert(checkpoint_dir: str | os.PathLike, output_file: str | os.PathLike,
             "(no GPU needed; DS_BUILD_OPS=0 skips compiling its kernels)"
         ) from err
     output_file.parent.mkdir(parents=True, exist_ok=True)
-    return convert_zero_checkpoint_to_fp32_state_dict(str(checkpoint_dir), str(output_file), tag=tag)
+    return convert_zero_checkpoint_to_fp32_state_dict(
+        str(checkpoint_dir), str(output_file), tag=tag
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("checkpoint_dir", help="DeepSpeed checkpoint directory (Lightning's *.ckpt/)")
+    parser.add_argument(
+        "checkpoint_dir", help="DeepSpeed checkpoint directory (Lightning's *.ckpt/)"
+    )
     parser.add_argument("output_file", help="single-file Lightning checkpoint to write")
     parser.add_argument("--tag", default=None, help="tag folder; default: read from 'latest'")
     parser.add_argument("--force", action="store_true", help="overwrite output_file")
