@@ -1,0 +1,516 @@
+"""ListOps: LRA's generator (seeded), the official tokeniser, and ``ListOpsDataModule``.
+
+A ListOps example is a nested list operation over the digits 0-9; the label is its value::
+
+    Source                                  Target
+    ( ( ( ( [MAX 3 ) 4 ) 3 ) ] )            4
+
+Operators: ``[MIN`` min, ``[MAX`` max, ``[MED`` ``int(median)`` (mean of the middle two,
+truncated, when the count is even), ``[SM`` sum mod 10. ``]`` closes an operator.
+
+Official tokenisation (LRA): replace ``]`` by ``X``, delete ``(`` and ``)``, split on white space.
+Vocabulary: ``<pad>`` 0, ``<unk>`` 1, then ``[MIN [MAX [MED [SM X 0 1 ... 9`` (ids 2-16), 17 in all.
+A tree's ``length`` (tokens) equals its token count after this tokenisation.
+
+Generate a data set (the format of ``lra_release/listops-1000/basic_{train,val,test}.tsv``)::
+
+    python -m data_modules.lra.listops generate --out data/listops --train 96000 --val 2000 --test 2000
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import random
+import re
+import sys
+import time
+import warnings
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+
+from data_modules.common.base import BadRowPolicy, BadRows, ClassificationDataModule
+from data_modules.common.cache import CacheWriter
+from data_modules.common.errors import DataError, DataFormatError, DataNotFoundError
+from data_modules.common.paths import LRA_DOWNLOAD_HINT, resolve_task_dir
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = [
+    "END",
+    "OPERATORS",
+    "VOCAB",
+    "ListOpsDataModule",
+    "generate_dataset",
+    "generate_tree",
+    "parse_row",
+    "read_listops_tsv",
+    "tokenize",
+    "tree_length",
+    "tree_to_string",
+    "tree_value",
+    "write_dataset",
+]
+
+log = logging.getLogger(__name__)
+
+MIN, MAX, MED, SUM_MOD = "[MIN", "[MAX", "[MED", "[SM"
+OPERATORS = (MIN, MAX, MED, SUM_MOD)
+END = "]"
+VALUE_P = 0.25  # probability that a node below max_depth is an operator (LRA: r <= VALUE_P)
+HEADER = "Source\tTarget"
+SPLITS = ("train", "val", "test")
+TASK_FOLDER = "listops-1000"
+GENERATOR_MANIFEST = "listops_generator.json"
+GENERATOR_VERSION = 1
+
+PAD_ID, UNK_ID = 0, 1
+VOCAB = ("<pad>", "<unk>", *OPERATORS, "X", *(str(d) for d in range(10)))
+TOKEN_IDS = {token: index for index, token in enumerate(VOCAB)}
+
+# A tree: a digit, or (operator, (child, child, ...)).
+Tree = Union[int, tuple[str, tuple["Tree", ...]]]
+
+
+# ---------------------------------------------------------------------------------------------
+# The generator (LRA's listops.py, with a seed and with early rejection of over-long trees)
+# ---------------------------------------------------------------------------------------------
+class _TooLong(Exception):
+    """Raised inside generate_tree once the tree already has ``limit`` tokens."""
+
+
+def generate_tree(
+    rng: random.Random,
+    max_depth: int = 10,
+    max_args: int = 10,
+    limit: int | None = None,
+) -> tuple[Tree, int] | None:
+    """Draw one tree from LRA's distribution; return ``(tree, length)``.
+
+    At depth ``d`` (the root has ``d = 1``): ``r = rng.random()`` if ``d < max_depth`` else 1;
+    ``r > VALUE_P`` gives a digit (length 1); otherwise ``n = randint(2, max_args)`` children at
+    depth ``d + 1`` and a random operator (length ``2 + sum of child lengths``).
+
+    With ``limit``, returns ``None`` as soon as the length reaches ``limit``: lengths only grow
+    while a tree is drawn, so this rejects exactly the trees a ``length < limit`` filter would,
+    without drawing the rest of them (the accepted trees keep LRA's distribution).
+    """
+    count = [0]
+
+    def grow(depth: int) -> Tree:
+        r = rng.random() if depth < max_depth else 1.0
+        if r > VALUE_P:
+            count[0] += 1
+            if limit is not None and count[0] >= limit:
+                raise _TooLong
+            return rng.randrange(10)
+        count[0] += 2  # the operator and its closing bracket
+        if limit is not None and count[0] >= limit:
+            raise _TooLong
+        n_children = rng.randint(2, max_args)
+        children = tuple(grow(depth + 1) for _ in range(n_children))
+        return (rng.choice(OPERATORS), children)
+
+    try:
+        tree = grow(1)
+    except _TooLong:
+        return None
+    return tree, count[0]
+
+
+def tree_to_string(tree: Tree) -> str:
+    """LRA's ``to_string`` of the left-nested tuple ``((((op, c0), c1), ...), ']')``.
+
+    ``to_string((a, b)) = '( ' + to_string(a) + ' ' + to_string(b) + ' )'``, so an operator with
+    children ``c0 .. c{n-1}`` reads ``'( ' * (n + 1) + op + ' c0 )' + ' ci )'... + ' ] )'``.
+    """
+    if isinstance(tree, int):
+        return str(tree)
+    op, children = tree
+    parts = ["( " * (len(children) + 1) + op]
+    for child in children:
+        parts.append(" " + tree_to_string(child) + " )")
+    parts.append(" " + END + " )")
+    return "".join(parts)
+
+
+def tree_value(tree: Tree) -> int:
+    """The label: MIN, MAX, ``int(median)``, sum mod 10 of the children's values."""
+    if isinstance(tree, int):
+        return tree
+    op, children = tree
+    values = [tree_value(child) for child in children]
+    if op == MIN:
+        return min(values)
+    if op == MAX:
+        return max(values)
+    if op == MED:
+        ordered = sorted(values)
+        mid = len(ordered) // 2
+        # np.median averages the middle two; int() truncates (values are >= 0, so floor).
+        return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) // 2
+    if op == SUM_MOD:
+        return sum(values) % 10
+    raise ValueError(f"unknown operator {op!r}")
+
+
+def tree_length(tree: Tree) -> int:
+    """Tokens of the tree: 1 per digit, 2 per operator (itself and ``]``)."""
+    if isinstance(tree, int):
+        return 1
+    return 2 + sum(tree_length(child) for child in tree[1])
+
+
+def generate_dataset(
+    num_trees: int,
+    min_length: int = 500,
+    max_length: int = 2000,
+    max_depth: int = 10,
+    max_args: int = 10,
+    seed: int = 0,
+    max_failures: int = 200_000,
+) -> list[Tree]:
+    """``num_trees`` distinct trees with ``min_length < length < max_length``, in draw order.
+
+    LRA collects trees in a ``set`` (whose order varies between runs); we keep the draw order so
+    that one seed always gives the same files. Raises ``ValueError`` when ``max_failures`` draws
+    in a row add no new tree (the interval is empty or holds too few distinct trees).
+    """
+    if num_trees < 0:
+        raise ValueError(f"the number of trees must be >= 0, got {num_trees}")
+    if not 1 <= max_depth <= 200:
+        raise ValueError(f"max_depth must lie in [1, 200], got {max_depth}")
+    if max_args < 2:
+        raise ValueError(f"max_args must be >= 2, got {max_args}")
+    if max_length - min_length < 2:
+        raise ValueError(
+            f"no length lies strictly between min_length={min_length} and max_length={max_length}"
+        )
+    rng = random.Random(seed)
+    trees: dict[str, Tree] = {}  # source string -> tree; a dict keeps insertion order
+    failures = 0
+    while len(trees) < num_trees:
+        drawn = generate_tree(rng, max_depth, max_args, limit=max_length)
+        if drawn is not None and drawn[1] > min_length:
+            source = tree_to_string(drawn[0])
+            if source not in trees:
+                trees[source] = drawn[0]
+                failures = 0
+                continue
+        failures += 1
+        if failures >= max_failures:
+            raise ValueError(
+                f"gave up after {max_failures} draws in a row without a new tree: only "
+                f"{len(trees)} distinct trees with {min_length} < length < {max_length} "
+                f"(max_depth={max_depth}, max_args={max_args}) were found, {num_trees} asked for"
+            )
+    return list(trees.values())
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def write_dataset(
+    out_dir: str | Path,
+    train: int,
+    val: int,
+    test: int,
+    min_length: int = 500,
+    max_length: int = 2000,
+    max_depth: int = 10,
+    max_args: int = 10,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Generate and write ``basic_{train,val,test}.tsv`` (header ``Source\\tTarget``) to ``out_dir``.
+
+    The trees are split in draw order: the first ``train`` to train, the next ``val`` to val,
+    the rest to test. ``listops_generator.json`` (the settings) is written last. Returns it.
+    """
+    settings: dict[str, Any] = {
+        "version": GENERATOR_VERSION,
+        "train": train,
+        "val": val,
+        "test": test,
+        "min_length": min_length,
+        "max_length": max_length,
+        "max_depth": max_depth,
+        "max_args": max_args,
+        "seed": seed,
+    }
+    trees = generate_dataset(train + val + test, min_length, max_length, max_depth, max_args, seed)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / GENERATOR_MANIFEST).unlink(missing_ok=True)  # written again once the files are done
+    bounds = {"train": (0, train), "val": (train, train + val), "test": (train + val, len(trees))}
+    for split, (start, end) in bounds.items():
+        lines = [HEADER] + [f"{tree_to_string(t)}\t{tree_value(t)}" for t in trees[start:end]]
+        _write_atomically(out / f"basic_{split}.tsv", "\n".join(lines) + "\n")
+    _write_atomically(out / GENERATOR_MANIFEST, json.dumps(settings, indent=1, sort_keys=True))
+    return settings
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading and tokenising the official TSV
+# ---------------------------------------------------------------------------------------------
+_LABEL = re.compile(r"[0-9]+")
+
+
+def tokenize(source: str) -> list[int]:
+    """LRA's tokenisation: ``]`` -> ``X``, drop parentheses, split; unknown symbols -> ``<unk>``."""
+    symbols = source.replace("]", "X").replace("(", "").replace(")", "").split()
+    return [TOKEN_IDS.get(symbol, UNK_ID) for symbol in symbols]
+
+
+def parse_row(line: bytes, path: str | Path, line_number: int) -> tuple[list[int], int]:
+    """One data line (without its newline) -> ``(token ids, label)``; else ``DataFormatError``."""
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError:
+        raise DataFormatError(path, line_number, "UTF-8 text", line) from None
+    text = text.removesuffix("\r")
+    fields = text.split("\t")
+    if len(fields) != 2:
+        raise DataFormatError(
+            path, line_number, "2 tab-separated fields (Source, Target)", f"{len(fields)} fields"
+        )
+    source, target = fields
+    target = target.strip()
+    if not _LABEL.fullmatch(target):
+        raise DataFormatError(path, line_number, "an integer Target 0-9", target)
+    label = int(target)
+    if label > 9:
+        raise DataFormatError(path, line_number, "a Target in the range 0-9", target)
+    ids = tokenize(source)
+    if not ids:
+        raise DataFormatError(path, line_number, "a non-empty Source", source)
+    return ids, label
+
+
+def read_listops_tsv(
+    path: str | Path, bad_rows: BadRows | None = None
+) -> Iterator[tuple[int, list[int], int]]:
+    """Yield ``(line number, token ids, label)`` per data row of a ``basic_*.tsv`` file.
+
+    The header must be ``Source\\tTarget`` (always an error otherwise: the file is not ListOps).
+    Malformed rows go to ``bad_rows`` (default: raise).
+    """
+    bad_rows = bad_rows if bad_rows is not None else BadRows("error")
+    with open(path, "rb") as handle:
+        header = handle.readline()
+        if header.removeprefix(b"\xef\xbb\xbf").rstrip(b"\r\n") != HEADER.encode():
+            raise DataFormatError(path, 1, "the header 'Source<TAB>Target'", header[:80])
+        for line_number, line in enumerate(handle, start=2):
+            try:
+                ids, label = parse_row(line.removesuffix(b"\n"), path, line_number)
+            except DataFormatError as error:
+                bad_rows(error)
+                continue
+            yield line_number, ids, label
+
+
+# ---------------------------------------------------------------------------------------------
+# The data module
+# ---------------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def _dir_lock(folder: Path) -> Iterator[None]:
+    folder.mkdir(parents=True, exist_ok=True)
+    if fcntl is None:  # pragma: no cover
+        yield
+        return
+    with open(folder / ".listops_generate.lock", "a") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+class ListOpsDataModule(ClassificationDataModule):
+    """ListOps from ``listops-1000/basic_{train,val,test}.tsv``, or generated on the spot.
+
+    ``data_dir`` may point at ``lra_release/``, ``lra_release/lra_release/``, ``listops-1000/``
+    or any folder holding the three TSV files. With ``generate=True`` and no files there, the
+    data are generated into ``data_dir`` with the ``generate_*`` settings and ``seed``; if
+    ``data_dir`` holds files generated with other settings (``listops_generator.json``), they
+    are generated again. Files without that manifest (the official release) are never touched.
+
+    Batches: ``input_ids`` (batch, max_length), ``padding_mask`` (True at padding), ``label``
+    0-9. ``vocab_size`` 17, ``num_classes`` 10. The paper's runs pad to 2,048 (the default).
+
+    Args (beyond :class:`ClassificationDataModule`'s):
+        generate: make the data if ``data_dir`` has none.
+        generate_train / generate_val / generate_test: trees per split (LRA: 96,000 / 2,000 / 2,000).
+        generate_min_length / generate_max_length: keep trees with ``min < length < max``.
+        generate_max_depth / generate_max_args: tree depth and operator arity limits (LRA: 10, 10).
+        seed: the generator's seed.
+    """
+
+    cache_name = "listops"
+    tokenizer_version = "1"
+
+    def __init__(
+        self,
+        data_dir: str,
+        batch_size: int = 32,
+        max_length: int = 2048,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        on_bad_row: BadRowPolicy = "error",
+        cache_dir: str | None = None,
+        truncate_length: int | None = None,
+        generate: bool = False,
+        generate_train: int = 96_000,
+        generate_val: int = 2_000,
+        generate_test: int = 2_000,
+        generate_min_length: int = 500,
+        generate_max_length: int = 2_000,
+        generate_max_depth: int = 10,
+        generate_max_args: int = 10,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(
+            data_dir, batch_size, max_length, num_workers, pin_memory, on_bad_row, cache_dir,
+            truncate_length,
+        )  # fmt: skip
+        if generate and generate_max_length - 1 > self.truncate_length:
+            raise ValueError(
+                f"generated trees have up to generate_max_length - 1 = {generate_max_length - 1} "
+                f"tokens but sequences are cut at {self.truncate_length}: raise max_length or "
+                "lower generate_max_length (a cut expression no longer determines its label)"
+            )
+        self.generate = generate
+        self.generate_settings: dict[str, Any] = {
+            "version": GENERATOR_VERSION,
+            "train": generate_train,
+            "val": generate_val,
+            "test": generate_test,
+            "min_length": generate_min_length,
+            "max_length": generate_max_length,
+            "max_depth": generate_max_depth,
+            "max_args": generate_max_args,
+            "seed": seed,
+        }
+        self.save_hyperparameters()
+
+    @property
+    def vocab_size(self) -> int:
+        return len(VOCAB)
+
+    @property
+    def num_classes(self) -> int:
+        return 10
+
+    def _files(self) -> list[str]:
+        return [f"basic_{split}.tsv" for split in SPLITS]
+
+    def _ensure_generated(self) -> None:
+        with _dir_lock(self.data_dir):
+            try:
+                folder = resolve_task_dir(self.data_dir, TASK_FOLDER, self._files())
+            except DataNotFoundError:
+                folder = None
+            if folder is not None:
+                manifest = folder / GENERATOR_MANIFEST
+                if not manifest.exists():
+                    return  # the official release, or files the user made: use them as they are
+                try:
+                    previous = json.loads(manifest.read_text())
+                except (OSError, ValueError):
+                    previous = None
+                if previous == self.generate_settings:
+                    return
+                log.warning("ListOps in %s was generated with other settings; regenerating", folder)
+            target = folder if folder is not None else self.data_dir
+            start = time.perf_counter()
+            s = self.generate_settings
+            write_dataset(
+                target, s["train"], s["val"], s["test"], s["min_length"], s["max_length"],
+                s["max_depth"], s["max_args"], s["seed"],
+            )  # fmt: skip
+            log.info("generated ListOps into %s in %.1f s", target, time.perf_counter() - start)
+
+    def locate_sources(self) -> tuple[Path, dict[str, list[Path]]]:
+        if self.generate:
+            self._ensure_generated()
+        hint = LRA_DOWNLOAD_HINT + (
+            "; or generate ListOps with `python -m data_modules.lra.listops generate --out DIR` "
+            "or ListOpsDataModule(generate=True)"
+        )
+        folder = resolve_task_dir(self.data_dir, TASK_FOLDER, self._files(), hint)
+        return folder, {split: [folder / f"basic_{split}.tsv"] for split in SPLITS}
+
+    def build_split(
+        self, source: str, files: list[Path], writer: CacheWriter, bad_rows: BadRows
+    ) -> None:
+        sequences = writer.sequences("input", np.uint8)
+        labels: list[int] = []
+        unknown = 0
+        for path in files:
+            for _, ids, label in read_listops_tsv(path, bad_rows):
+                kept = ids[: self.truncate_length]
+                unknown += kept.count(UNK_ID)
+                sequences.append(kept)
+                labels.append(label)
+        if unknown:
+            warnings.warn(
+                f"ListOps {source} split: {unknown} token(s) outside the ListOps vocabulary "
+                "were mapped to <unk>",
+                stacklevel=2,
+            )
+        writer.save("label", np.asarray(labels, dtype=np.int64))
+        writer.meta.update(rows=len(labels), unknown_tokens=unknown)
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------------------------
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m data_modules.lra.listops",
+        description="ListOps tools (LRA's generator, reimplemented with a seed).",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    gen = commands.add_parser(
+        "generate", help="write basic_{train,val,test}.tsv in the official format"
+    )
+    gen.add_argument("--out", required=True, type=Path, help="output folder")
+    gen.add_argument("--train", type=int, default=96_000, help="train trees (default 96000)")
+    gen.add_argument("--val", type=int, default=2_000, help="validation trees (default 2000)")
+    gen.add_argument("--test", type=int, default=2_000, help="test trees (default 2000)")
+    gen.add_argument("--min-length", type=int, default=500, help="keep length > this (500)")
+    gen.add_argument("--max-length", type=int, default=2_000, help="keep length < this (2000)")
+    gen.add_argument("--max-depth", type=int, default=10, help="maximum tree depth (10)")
+    gen.add_argument("--max-args", type=int, default=10, help="maximum operator arity (10)")
+    gen.add_argument("--seed", type=int, default=0, help="random seed (0)")
+    args = parser.parse_args(argv)
+    start = time.perf_counter()
+    try:
+        write_dataset(
+            args.out, args.train, args.val, args.test, args.min_length, args.max_length,
+            args.max_depth, args.max_args, args.seed,
+        )  # fmt: skip
+    except (ValueError, OSError, DataError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    total = args.train + args.val + args.test
+    print(
+        f"wrote {total} trees ({args.train}/{args.val}/{args.test}) to {args.out} "
+        f"in {time.perf_counter() - start:.1f} s"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
