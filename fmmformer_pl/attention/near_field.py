@@ -12,6 +12,7 @@ reach, so the largest tensor is ``(batch, heads, seq / block, block, slab)`` wit
 
 from __future__ import annotations
 
+import importlib
 import math
 from collections.abc import Callable
 
@@ -178,9 +179,7 @@ def _fast_path(name: str, backend: str, q: torch.Tensor) -> Callable | None:
             raise RuntimeError(f"backend='cuda' needs CUDA tensors, got device {q.device}")
         return None
     try:
-        from fmmformer_pl.attention import cuda as cuda_ops
-
-        return getattr(cuda_ops, name)
+        return getattr(importlib.import_module("fmmformer_pl.attention.cuda"), name)
     except (ImportError, AttributeError) as err:
         if backend == "cuda":
             raise RuntimeError(
