@@ -1,0 +1,253 @@
+"""FMMAttention: multi-head attention whose heads compute the fields chosen by a config.
+
+    softmax: y = softmax(q k^T / sqrt(d)) v                  (the dense baseline, via SDPA)
+    band:    y = D(q, k, v)                                   (near field only)
+    linear:  y = w_group * sum_l w_l * L_l(q, k, v)           (far field only)
+    fmm:     y = w_near * D + w_group * sum_l w_l * L_l      (see blend.py)
+
+Shapes: x ``(batch, seq, dim)``; per head ``(batch, heads, seq, head_dim)``,
+dim = heads * head_dim. key_padding_mask bool ``(batch, seq)``, True = padding.
+
+Decoding (causal layers): ``init_state`` / ``prefill`` / ``step``. For the FMM kinds the state
+has a fixed size whatever the context length: the last ``bandwidth`` keys and values (a
+rolling window) and, per far-field kernel l, the running sums S_l = sum_j phi_l(k_j) v_j^T and
+z_l = sum_j phi_l(k_j) in float32. The ``softmax`` kind keeps a growing KV cache instead.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .blend import Blend
+from .config import AttentionConfig
+from .far_field import far_field
+from .feature_maps import get_feature_map
+from .near_field import near_field
+
+_KINDS = ("softmax", "linear", "band", "fmm")
+
+
+def _acc(t: torch.Tensor) -> torch.Tensor:
+    """Accumulation precision: at least float32 (bf16/fp16 sums need the range)."""
+    return t.to(torch.promote_types(t.dtype, torch.float32))
+
+
+@dataclass
+class AttentionState:
+    """Decoding state of one causal attention layer after ``seen`` tokens.
+
+    keys, values: ``(batch, heads, W, head_dim)``, the last W = bandwidth keys/values, oldest
+        first (slots before the first token are zeros and masked); for ``softmax`` every key
+        so far ``(batch, heads, seen, head_dim)``; None for ``linear``.
+    kv: ``(r, batch, heads, head_dim, head_dim)``, S_l = sum_j phi_l(k_j) v_j^T.
+    k_sum: ``(r, batch, heads, head_dim)``, z_l = sum_j phi_l(k_j). Both None when the kind
+        has no far field; both float32 (float64 for a float64 model) whatever the model dtype.
+    """
+
+    keys: torch.Tensor | None
+    values: torch.Tensor | None
+    kv: torch.Tensor | None
+    k_sum: torch.Tensor | None
+    seen: int = 0
+
+    def tensors(self) -> list[torch.Tensor]:
+        return [t for t in (self.keys, self.values, self.kv, self.k_sum) if t is not None]
+
+
+class FMMAttention(nn.Module):
+    def __init__(self, dim: int, num_heads: int, config: AttentionConfig, causal: bool):
+        super().__init__()
+        if num_heads < 1 or dim % num_heads != 0:
+            raise ValueError(f"dim ({dim}) must be a positive multiple of num_heads ({num_heads})")
+        if config.kind not in _KINDS:
+            raise ValueError(f"attention kind must be one of {_KINDS}, got {config.kind!r}")
+        if config.kind in ("band", "fmm") and config.bandwidth < 1:
+            raise ValueError(f"bandwidth must be >= 1, got {config.bandwidth}")
+        if not 0.0 <= config.dropout < 1.0:
+            raise ValueError(f"attention dropout must be in [0, 1), got {config.dropout}")
+        self.config, self.causal = config, causal
+        self.dim, self.num_heads, self.head_dim = dim, num_heads, dim // num_heads
+        self.q_proj = nn.Linear(dim, dim)
+        self.k_proj = nn.Linear(dim, dim)
+        self.v_proj = nn.Linear(dim, dim)
+        self.out_proj = nn.Linear(dim, dim)
+        self.has_near = config.kind in ("band", "fmm")
+        self.has_far = config.kind in ("linear", "fmm")
+        self.blend = Blend(config, num_heads, self.head_dim) if self.has_far else None
+        # Resolved once so an unknown feature-map name fails at construction.
+        self.phis = [get_feature_map(n) for n in config.feature_maps] if self.has_far else []
+
+    # ------------------------------------------------------------------ full sequence
+
+    def forward(
+        self, x: torch.Tensor, key_padding_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        batch, seq, _ = x.shape  # (batch, seq, dim)
+        q, k, v = self._heads(x)  # each (batch, heads, seq, head_dim)
+        y = self._attend(q, k, v, key_padding_mask)  # (batch, heads, seq, head_dim)
+        return self.out_proj(y.transpose(1, 2).reshape(batch, seq, self.dim))
+
+    def _heads(self, x: torch.Tensor):
+        if x.dim() != 3 or x.shape[-1] != self.dim:
+            raise ValueError(f"expected x of shape (batch, seq, {self.dim}), got {tuple(x.shape)}")
+        batch, seq, _ = x.shape
+        split = lambda t: t.view(batch, seq, self.num_heads, self.head_dim).transpose(1, 2)  # noqa: E731
+        return split(self.q_proj(x)), split(self.k_proj(x)), split(self.v_proj(x))
+
+    def _attend(self, q, k, v, key_padding_mask):
+        cfg = self.config
+        dropout_p = cfg.dropout if self.training else 0.0
+        if cfg.kind == "softmax":
+            return self._softmax(q, k, v, key_padding_mask, dropout_p)
+        near = None
+        if self.has_near:
+            near = near_field(
+                q, k, v, cfg.bandwidth, causal=self.causal, key_padding_mask=key_padding_mask,
+                dropout_p=dropout_p, backend=cfg.backend,
+            )  # fmt: skip
+            if not self.has_far:
+                return near
+        far = [
+            far_field(
+                q,
+                k,
+                v,
+                feature_map=name,
+                causal=self.causal,
+                normalize=cfg.far_normalize,
+                key_padding_mask=key_padding_mask,
+                backend=cfg.backend,
+            )  # fmt: skip
+            for name in cfg.feature_maps
+        ]
+        return self.blend(near, far)
+
+    def _softmax(self, q, k, v, key_padding_mask, dropout_p):
+        """Dense attention (the baseline: quadratic by design). Empty rows give zeros."""
+        if key_padding_mask is None:
+            return F.scaled_dot_product_attention(
+                q, k, v, dropout_p=dropout_p, is_causal=self.causal
+            )
+        seq = q.shape[-2]
+        visible = ~key_padding_mask[:, None, None, :]  # (batch, 1, 1, seq)
+        if self.causal:
+            tril = torch.ones(seq, seq, dtype=torch.bool, device=q.device).tril()
+            visible = visible & tril  # (batch, 1, seq, seq)
+        has_key = visible.any(dim=-1, keepdim=True)  # (batch, 1, seq or 1, 1)
+        # A row with no visible key would softmax over nothing (NaN): let it see every key,
+        # then zero its output.
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=visible | ~has_key, dropout_p=dropout_p
+        )
+        return out * has_key.to(out.dtype)
+
+    # ------------------------------------------------------------------ decoding
+
+    def init_state(
+        self, batch_size: int, device: torch.device | None = None, dtype: torch.dtype | None = None
+    ) -> AttentionState:
+        """The state before any token: zeros of a fixed size (softmax: an empty cache)."""
+        if not self.causal:
+            raise ValueError("decoding needs a causal attention layer (causal=True)")
+        device = device if device is not None else self.q_proj.weight.device
+        dtype = dtype if dtype is not None else self.q_proj.weight.dtype
+        heads, hd = self.num_heads, self.head_dim
+        keys = values = kv = k_sum = None
+        if self.config.kind == "softmax":
+            keys = torch.zeros(batch_size, heads, 0, hd, device=device, dtype=dtype)
+            values = keys.clone()
+        if self.has_near:
+            keys = torch.zeros(
+                batch_size, heads, self.config.bandwidth, hd, device=device, dtype=dtype
+            )
+            values = keys.clone()
+        if self.has_far:
+            r = len(self.phis)
+            acc = torch.promote_types(dtype, torch.float32)
+            kv = torch.zeros(r, batch_size, heads, hd, hd, device=device, dtype=acc)
+            k_sum = torch.zeros(r, batch_size, heads, hd, device=device, dtype=acc)
+        return AttentionState(keys, values, kv, k_sum, seen=0)
+
+    def prefill(self, x: torch.Tensor) -> tuple[torch.Tensor, AttentionState]:
+        """``forward(x)`` of a whole context (no padding) and the state after it."""
+        if not self.causal:
+            raise ValueError("decoding needs a causal attention layer (causal=True)")
+        batch, seq, _ = x.shape  # (batch, seq, dim)
+        q, k, v = self._heads(x)  # (batch, heads, seq, head_dim)
+        y = self._attend(q, k, v, None)
+        state = self.init_state(batch, x.device, x.dtype)
+        if self.config.kind == "softmax":
+            state.keys, state.values = k, v
+        if self.has_near:
+            width = self.config.bandwidth
+            # Left-pad with zeros so a short context fills the newest slots.
+            state.keys = F.pad(k, (0, 0, max(width - seq, 0), 0))[:, :, -width:]
+            state.values = F.pad(v, (0, 0, max(width - seq, 0), 0))[:, :, -width:]
+        if self.has_far:
+            phi_k = torch.stack([phi(_acc(k)) for phi in self.phis])  # (r, b, h, seq, hd)
+            state.kv = phi_k.transpose(-1, -2) @ _acc(v)  # (r, b, h, hd, hd)
+            state.k_sum = phi_k.sum(dim=-2)  # (r, b, h, hd)
+        state.seen = seq
+        return self.out_proj(y.transpose(1, 2).reshape(batch, seq, self.dim)), state
+
+    def step(self, x_t: torch.Tensor, state: AttentionState) -> tuple[torch.Tensor, AttentionState]:
+        """One token: ``x_t (batch, 1, dim) -> (y_t (batch, 1, dim), new state)``.
+
+        Equals position ``state.seen`` of ``forward`` over the context so far (inference only:
+        no dropout). The input state is not modified.
+        """
+        if not self.causal:
+            raise ValueError("decoding needs a causal attention layer (causal=True)")
+        if x_t.dim() != 3 or x_t.shape[1] != 1:
+            raise ValueError(f"step expects x_t of shape (batch, 1, dim), got {tuple(x_t.shape)}")
+        batch = x_t.shape[0]
+        q, k, v = self._heads(x_t)  # (batch, heads, 1, head_dim)
+        seen = state.seen + 1
+        new = AttentionState(None, None, None, None, seen)
+        cfg = self.config
+        if cfg.kind == "softmax":
+            new.keys = torch.cat([state.keys, k], dim=2)  # (batch, heads, seen, head_dim)
+            new.values = torch.cat([state.values, v], dim=2)
+            y = F.scaled_dot_product_attention(q, new.keys, new.values)
+        else:
+            near = None
+            if self.has_near:
+                new.keys = torch.cat([state.keys[:, :, 1:], k], dim=2)  # (batch, heads, W, hd)
+                new.values = torch.cat([state.values[:, :, 1:], v], dim=2)
+                near = self._near_step(q, new.keys, new.values, seen)
+            if not self.has_far:
+                y = near
+            else:
+                far, new.kv, new.k_sum = self._far_step(q, k, v, state.kv, state.k_sum, seen)
+                y = self.blend(near, far)
+        return self.out_proj(y.transpose(1, 2).reshape(batch, 1, self.dim)), new
+
+    def _near_step(self, q, keys, values, seen):
+        """Softmax of q over the window; the first W - seen slots hold no token yet."""
+        width = keys.shape[2]
+        qf, kf, vf = _acc(q), _acc(keys), _acc(values)
+        scores = (qf / math.sqrt(self.head_dim)) @ kf.transpose(-1, -2)  # (batch, heads, 1, W)
+        filled = torch.arange(width, device=q.device) >= width - seen  # (W,)
+        scores = scores.masked_fill(~filled, float("-inf"))
+        return (torch.softmax(scores, dim=-1) @ vf).to(q.dtype)  # (batch, heads, 1, hd)
+
+    def _far_step(self, q, k, v, kv, k_sum, seen):
+        """Add phi_l(k) v^T to S_l and phi_l(k) to z_l; read them with phi_l(q)."""
+        phi_q = torch.stack([phi(_acc(q)) for phi in self.phis])  # (r, batch, heads, 1, hd)
+        phi_k = torch.stack([phi(_acc(k)) for phi in self.phis])  # (r, batch, heads, 1, hd)
+        kv = kv + phi_k.transpose(-1, -2) @ _acc(v)  # (r, batch, heads, hd, hd)
+        k_sum = k_sum + phi_k[..., 0, :]  # (r, batch, heads, hd)
+        numer = phi_q @ kv  # (r, batch, heads, 1, hd)
+        if self.config.far_normalize:
+            denom = phi_q @ k_sum.unsqueeze(-1)  # (r, batch, heads, 1, 1)
+            positive = denom > 0
+            out = torch.where(positive, numer / torch.where(positive, denom, 1.0), 0.0)
+        else:
+            # far_field divides by sqrt of the sequence length; here, the context so far.
+            out = numer / math.sqrt(seen)
+        return list(out.to(q.dtype).unbind(0)), kv, k_sum

@@ -1,0 +1,87 @@
+"""Pre-LayerNorm transformer block: the attention of ``fmmformer_pl.attention`` plus an FFN.
+
+    x = x + Dropout(Attention(LN(x)))
+    x = x + Dropout(FFN(LN(x))),   FFN(x) = W2 Dropout(act(W1 x))
+
+Shapes: x ``(batch, seq, dim)``; key_padding_mask bool ``(batch, seq)``, True = padding.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from fmmformer_pl.attention.config import AttentionConfig
+from fmmformer_pl.attention.layer import AttentionState, FMMAttention
+
+_ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU}
+
+
+class FeedForward(nn.Module):
+    def __init__(self, dim: int, ffn_dim: int, dropout: float, activation: str = "gelu"):
+        super().__init__()
+        if activation not in _ACTIVATIONS:
+            raise ValueError(
+                f"activation must be one of {sorted(_ACTIVATIONS)}, got {activation!r}"
+            )
+        self.net = nn.Sequential(
+            nn.Linear(dim, ffn_dim),
+            _ACTIVATIONS[activation](),
+            nn.Dropout(dropout),
+            nn.Linear(ffn_dim, dim),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)  # (batch, seq, dim) -> (batch, seq, dim)
+
+
+class Block(nn.Module):
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        ffn_dim: int,
+        dropout: float,
+        attention: AttentionConfig,
+        causal: bool,
+        activation: str = "gelu",
+    ):
+        super().__init__()
+        self.ln_attn = nn.LayerNorm(dim)
+        self.attn = FMMAttention(dim, num_heads, attention, causal=causal)
+        self.ln_ffn = nn.LayerNorm(dim)
+        self.ffn = FeedForward(dim, ffn_dim, dropout, activation)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(
+        self, x: torch.Tensor, key_padding_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        # x: (batch, seq, dim)
+        x = x + self.drop(self.attn(self.ln_attn(x), key_padding_mask))
+        return x + self.drop(self.ffn(self.ln_ffn(x)))  # (batch, seq, dim)
+
+    def prefill(self, x: torch.Tensor) -> tuple[torch.Tensor, AttentionState]:
+        # x: (batch, seq, dim), a causal context without padding
+        y, state = self.attn.prefill(self.ln_attn(x))
+        x = x + self.drop(y)
+        return x + self.drop(self.ffn(self.ln_ffn(x))), state
+
+    def step(self, x_t: torch.Tensor, state: AttentionState) -> tuple[torch.Tensor, AttentionState]:
+        # x_t: (batch, 1, dim)
+        y, state = self.attn.step(self.ln_attn(x_t), state)
+        x_t = x_t + self.drop(y)
+        return x_t + self.drop(self.ffn(self.ln_ffn(x_t))), state
+
+
+def init_weights(module: nn.Module) -> None:
+    """GPT-2 style init for ``model.apply``: N(0, 0.02) linear and embedding weights, zero biases.
+
+    (PyTorch's N(0, 1) embedding init gives huge logits when the output layer is tied to it.)
+    Blend weights and LayerNorms keep their own initialisation.
+    """
+    if isinstance(module, nn.Linear):
+        nn.init.normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Embedding):
+        nn.init.normal_(module.weight, std=0.02)
