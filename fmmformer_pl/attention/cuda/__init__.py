@@ -1,0 +1,67 @@
+"""Fast GPU paths of the near field and the far field (Triton kernels, FlashAttention).
+
+``near_field`` and ``far_field`` (``fmmformer_pl.attention``) call these for CUDA inputs
+unless ``backend="reference"``. Each returns the result, or None for a case the fast path does
+not cover (the caller then runs the PyTorch reference). This module imports nothing from
+triton until a function is called, so it imports on machines without triton or a GPU; there
+the functions return None.
+
+    near_field_cuda: Triton sliding-window flash kernel (``near.py``); with dropout, PyTorch's
+        FlashAttention-2 with a window (no padding mask) or None.
+    far_field_cuda: Triton chunked linear attention with float32 states (``far.py``).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def _usable(q: torch.Tensor) -> bool:
+    return q.is_cuda and torch.cuda.is_available()
+
+
+def near_field_cuda(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    bandwidth: int,
+    causal: bool = False,
+    key_padding_mask: torch.Tensor | None = None,
+    dropout_p: float = 0.0,
+) -> torch.Tensor | None:
+    """Banded softmax attention on the GPU (same arguments and result as ``near_field``)."""
+    if not _usable(q):
+        return None
+    try:
+        from .near import band_attention_flash, band_attention_triton
+    except ImportError:
+        return None
+    if dropout_p > 0.0:
+        if key_padding_mask is not None:
+            return None
+        return band_attention_flash(q, k, v, bandwidth, causal=causal, dropout_p=dropout_p)
+    return band_attention_triton(q, k, v, bandwidth, causal=causal,
+                                 key_padding_mask=key_padding_mask)
+
+
+def far_field_cuda(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    feature_map="elu",
+    causal: bool = False,
+    normalize: bool = True,
+    key_padding_mask: torch.Tensor | None = None,
+) -> torch.Tensor | None:
+    """Kernelised linear attention on the GPU (same arguments and result as ``far_field``)."""
+    if not _usable(q):
+        return None
+    try:
+        from .far import far_field_triton
+    except ImportError:
+        return None
+    return far_field_triton(q, k, v, feature_map=feature_map, causal=causal,
+                            normalize=normalize, key_padding_mask=key_padding_mask)
+
+
+__all__ = ["near_field_cuda", "far_field_cuda"]

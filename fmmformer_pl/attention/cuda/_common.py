@@ -1,0 +1,82 @@
+"""Helpers shared by the Triton near-field and far-field kernels (imports triton).
+
+Shapes: q, k ``(batch, heads, seq, head_dim)``, v ``(batch, heads, seq, head_dim_v)``.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+
+# Largest head_dim the kernels take: a (64 x 128) float32 tile per operand still fits the
+# registers of one program; wider heads go to the PyTorch reference.
+MAX_HEAD_DIM = 128
+# Grid axis 1 (batch * heads) is limited to 65535 programs by CUDA.
+MAX_BATCH_HEADS = 65535
+# Offsets inside one (batch, head) are 32-bit in the kernels.
+MAX_OFFSET = 2**31 - 1
+
+
+def block_dim(n: int) -> int:
+    """Tile width for a head dimension: the next power of two, at least 16 (tl.dot's minimum)."""
+    return max(16, triton.next_power_of_2(n))
+
+
+def fp32_precision(dtype: torch.dtype) -> str:
+    """Triton ``input_precision`` of float32 matrix products.
+
+    float32 inputs follow ``torch.get_float32_matmul_precision()``: "highest" gives exact
+    float32 ("ieee"), "high"/"medium" TF32, as PyTorch's own matmuls do. Half-precision inputs
+    already limit the accuracy, so their float32 state products use TF32.
+    """
+    if dtype == torch.float32 and torch.get_float32_matmul_precision() == "highest":
+        return "ieee"
+    return "tf32"
+
+
+def supported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
+    """Whether the Triton kernels take these inputs (else the caller uses the reference)."""
+    if q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        return False
+    if q.shape[-1] > MAX_HEAD_DIM or v.shape[-1] > MAX_HEAD_DIM:
+        return False
+    if q.shape[0] * q.shape[1] > MAX_BATCH_HEADS:
+        return False
+    for t in (q, k, v):
+        # The largest offset a kernel forms within one (batch, head) slice.
+        if (t.shape[2] + 64) * abs(t.stride(2)) + t.shape[3] * abs(t.stride(3)) > MAX_OFFSET:
+            return False
+    return True
+
+
+def empty_like_layout(q: torch.Tensor, dim_v: int) -> torch.Tensor:
+    """An uninitialised ``(batch, heads, seq, dim_v)`` tensor laid out like ``q``.
+
+    When q is a transposed view of a (batch, seq, heads, head_dim) projection (the usual
+    layout inside a model), the result is too, so the caller's ``transpose(1, 2).reshape``
+    back to (batch, seq, heads * dim_v) costs no copy.
+    """
+    batch, heads, seq, _ = q.shape
+    if q.stride(2) > q.stride(1):
+        return q.new_empty(batch, seq, heads, dim_v).transpose(1, 2)
+    return q.new_empty(batch, heads, seq, dim_v)
+
+
+def strides(t: torch.Tensor) -> tuple[int, int, int, int]:
+    """The four strides of a ``(batch, heads, seq, dim)`` tensor, in that order."""
+    return tuple(t.stride())  # type: ignore[return-value]
+
+
+def padding_as_uint8(
+    key_padding_mask: torch.Tensor | None, q: torch.Tensor
+) -> tuple[torch.Tensor, int, int]:
+    """The padding mask as a uint8 view (1 = padding) and its (batch, seq) strides.
+
+    Without a mask, q itself stands in as a never-read pointer (HAS_MASK=False).
+    """
+    if key_padding_mask is None:
+        return q, 0, 0
+    mask = key_padding_mask.to(device=q.device)
+    if not mask.is_contiguous():
+        mask = mask.contiguous()
+    return mask.view(torch.uint8), mask.stride(0), mask.stride(1)

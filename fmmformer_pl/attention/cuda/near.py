@@ -1,0 +1,359 @@
+"""Near field on the GPU: banded softmax attention as a sliding-window flash kernel (Triton).
+
+Shapes: q, k ``(batch, heads, seq, head_dim)``, v ``(batch, heads, seq, head_dim_v)``,
+key_padding_mask bool ``(batch, seq)`` (True = padding). Semantics are exactly those of
+``fmmformer_pl.attention.near_field``:
+
+    out_i = sum_{j in V(i)} exp(s_ij) v_j / sum_{j in V(i)} exp(s_ij),  s_ij = q_i.k_j / sqrt(d)
+
+with V(i) the non-padding keys of the band ``|i - j| < w`` (causal: ``i - w < j <= i``), and
+out_i = 0 (gradient 0) where V(i) is empty.
+
+One program owns a block of ``_BLOCK_M`` queries and visits only the key blocks its band
+reaches (three 64-key blocks for w = 64), with the online softmax of FlashAttention; the
+backward pass recomputes the probabilities from the saved log-sum-exp, once per query block
+for dq and once per key block for dk and dv (no atomics). Memory: O(seq) extra (the
+log-sum-exp and delta_i = dout_i . out_i, one float32 each per position).
+
+Dropout is not in these kernels: ``dropout_p > 0`` runs PyTorch's own FlashAttention with a
+window (``aten._flash_attention_forward``), which has its dropout, when there is no padding
+mask; otherwise the caller falls back to the reference.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from ._common import (
+    block_dim,
+    empty_like_layout,
+    fp32_precision,
+    padding_as_uint8,
+    strides,
+    supported,
+)
+
+_BLOCK_M = 64
+_BLOCK_N = 64
+_LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def _band_mask(offs_m, offs_n, T, W, CAUSAL: tl.constexpr):
+    """(BM x BN) bool: key j = offs_n is in query i = offs_m's band, and both lie in [0, T)."""
+    diff = offs_m[:, None] - offs_n[None, :]  # i - j
+    if CAUSAL:
+        inside = (diff >= 0) & (diff < W)
+    else:
+        inside = (diff < W) & (diff > -W)
+    return inside & (offs_n[None, :] < T) & (offs_m[:, None] < T)
+
+
+@triton.jit
+def _band_mask_t(offs_m, offs_n, T, W, CAUSAL: tl.constexpr):
+    """The transpose of ``_band_mask``: (BN x BM), row = key j, column = query i."""
+    diff = offs_m[None, :] - offs_n[:, None]  # i - j
+    if CAUSAL:
+        inside = (diff >= 0) & (diff < W)
+    else:
+        inside = (diff < W) & (diff > -W)
+    return inside & (offs_n[:, None] < T) & (offs_m[None, :] < T)
+
+
+@triton.jit
+def _key_keep(mask_base, offs_n, T, smt, HAS_MASK: tl.constexpr):
+    """(BN,) bool: key is not padding (and inside the sequence)."""
+    keep = offs_n < T
+    if HAS_MASK:
+        pad = tl.load(mask_base + offs_n * smt, mask=offs_n < T, other=1)
+        keep = keep & (pad == 0)
+    return keep
+
+
+@triton.jit
+def _band_fwd_kernel(
+    q_ptr, k_ptr, v_ptr, mask_ptr, o_ptr, lse_ptr,
+    H, T, W, D, DV, qk_scale,
+    sqb, sqh, sqt, sqd, skb, skh, skt, skd, svb, svh, svt, svd, sob, soh, sot, sod, smb, smt,
+    HAS_MASK: tl.constexpr, CAUSAL: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
+    PREC: tl.constexpr,
+):
+    """out and the base-2 log-sum-exp for one query block. Grid (query blocks, batch * heads)."""
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1).to(tl.int64)
+    bb = pid_bh // H
+    hh = pid_bh % H
+    q_base = q_ptr + bb * sqb + hh * sqh
+    k_base = k_ptr + bb * skb + hh * skh
+    v_base = v_ptr + bb * svb + hh * svh
+    o_base = o_ptr + bb * sob + hh * soh
+    mask_base = mask_ptr + bb * smb
+    m0 = pid_m * BM
+    offs_m = m0 + tl.arange(0, BM)
+    offs_d = tl.arange(0, BD)
+    offs_dv = tl.arange(0, BDV)
+    q = tl.load(q_base + offs_m[:, None] * sqt + offs_d[None, :] * sqd,
+                mask=(offs_m[:, None] < T) & (offs_d[None, :] < D), other=0.0)
+
+    m_i = tl.full([BM], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BM], dtype=tl.float32)
+    acc = tl.zeros([BM, BDV], dtype=tl.float32)
+    lo = (tl.maximum(m0 - (W - 1), 0) // BN) * BN
+    if CAUSAL:
+        hi = tl.minimum(m0 + BM, T)
+    else:
+        hi = tl.minimum(m0 + BM + W - 1, T)
+    for n0 in range(lo, hi, BN):
+        offs_n = n0 + tl.arange(0, BN)
+        k = tl.load(k_base + offs_n[:, None] * skt + offs_d[None, :] * skd,
+                    mask=(offs_n[:, None] < T) & (offs_d[None, :] < D), other=0.0)
+        v = tl.load(v_base + offs_n[:, None] * svt + offs_dv[None, :] * svd,
+                    mask=(offs_n[:, None] < T) & (offs_dv[None, :] < DV), other=0.0)
+        s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
+        valid = _band_mask(offs_m, offs_n, T, W, CAUSAL)
+        valid = valid & _key_keep(mask_base, offs_n, T, smt, HAS_MASK)[None, :]
+        s = tl.where(valid, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        # Rows with no visible key yet keep m = -inf; shift them by 0 so exp2 gives 0, not NaN.
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.exp2(m_i - m_safe)
+        p = tl.exp2(s - m_safe[:, None])
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PREC)
+        m_i = m_new
+    seen = l_i > 0
+    out = acc / tl.where(seen, l_i, 1.0)[:, None]
+    lse = tl.where(seen, m_i + tl.log2(tl.where(seen, l_i, 1.0)), float("inf"))
+    tl.store(o_base + offs_m[:, None] * sot + offs_dv[None, :] * sod,
+             out.to(o_ptr.dtype.element_ty),
+             mask=(offs_m[:, None] < T) & (offs_dv[None, :] < DV))
+    tl.store(lse_ptr + pid_bh * T + offs_m, lse, mask=offs_m < T)
+
+
+@triton.jit
+def _band_dq_kernel(
+    q_ptr, k_ptr, v_ptr, mask_ptr, o_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr,
+    H, T, W, D, DV, qk_scale, sm_scale,
+    sqb, sqh, sqt, sqd, skb, skh, skt, skd, svb, svh, svt, svd, sob, soh, sot, sod,
+    sdob, sdoh, sdot, sdod, sdqb, sdqh, sdqt, sdqd, smb, smt,
+    HAS_MASK: tl.constexpr, CAUSAL: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
+    PREC: tl.constexpr,
+):
+    """dq = sm_scale sum_j p_ij (dp_ij - delta_i) k_j for one query block; writes delta too."""
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1).to(tl.int64)
+    bb = pid_bh // H
+    hh = pid_bh % H
+    q_base = q_ptr + bb * sqb + hh * sqh
+    k_base = k_ptr + bb * skb + hh * skh
+    v_base = v_ptr + bb * svb + hh * svh
+    o_base = o_ptr + bb * sob + hh * soh
+    do_base = do_ptr + bb * sdob + hh * sdoh
+    dq_base = dq_ptr + bb * sdqb + hh * sdqh
+    mask_base = mask_ptr + bb * smb
+    m0 = pid_m * BM
+    offs_m = m0 + tl.arange(0, BM)
+    offs_d = tl.arange(0, BD)
+    offs_dv = tl.arange(0, BDV)
+    row_ok = offs_m < T
+    q = tl.load(q_base + offs_m[:, None] * sqt + offs_d[None, :] * sqd,
+                mask=row_ok[:, None] & (offs_d[None, :] < D), other=0.0)
+    dv_mask = row_ok[:, None] & (offs_dv[None, :] < DV)
+    do = tl.load(do_base + offs_m[:, None] * sdot + offs_dv[None, :] * sdod, mask=dv_mask,
+                 other=0.0)
+    o = tl.load(o_base + offs_m[:, None] * sot + offs_dv[None, :] * sod, mask=dv_mask,
+                other=0.0)
+    delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), axis=1)
+    tl.store(delta_ptr + pid_bh * T + offs_m, delta, mask=row_ok)
+    lse = tl.load(lse_ptr + pid_bh * T + offs_m, mask=row_ok, other=float("inf"))
+    do = do.to(q.dtype)
+
+    dq = tl.zeros([BM, BD], dtype=tl.float32)
+    lo = (tl.maximum(m0 - (W - 1), 0) // BN) * BN
+    if CAUSAL:
+        hi = tl.minimum(m0 + BM, T)
+    else:
+        hi = tl.minimum(m0 + BM + W - 1, T)
+    for n0 in range(lo, hi, BN):
+        offs_n = n0 + tl.arange(0, BN)
+        k = tl.load(k_base + offs_n[:, None] * skt + offs_d[None, :] * skd,
+                    mask=(offs_n[:, None] < T) & (offs_d[None, :] < D), other=0.0)
+        v = tl.load(v_base + offs_n[:, None] * svt + offs_dv[None, :] * svd,
+                    mask=(offs_n[:, None] < T) & (offs_dv[None, :] < DV), other=0.0)
+        s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
+        valid = _band_mask(offs_m, offs_n, T, W, CAUSAL)
+        valid = valid & _key_keep(mask_base, offs_n, T, smt, HAS_MASK)[None, :]
+        p = tl.where(valid, tl.exp2(s - lse[:, None]), 0.0)
+        dp = tl.dot(do, tl.trans(v), input_precision=PREC)
+        ds = p * (dp - delta[:, None])
+        dq += tl.dot(ds.to(k.dtype), k, input_precision=PREC)
+    dq = dq * sm_scale
+    tl.store(dq_base + offs_m[:, None] * sdqt + offs_d[None, :] * sdqd,
+             dq.to(dq_ptr.dtype.element_ty), mask=row_ok[:, None] & (offs_d[None, :] < D))
+
+
+@triton.jit
+def _band_dkv_kernel(
+    q_ptr, k_ptr, v_ptr, mask_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr,
+    H, T, W, D, DV, qk_scale, sm_scale,
+    sqb, sqh, sqt, sqd, skb, skh, skt, skd, svb, svh, svt, svd,
+    sdob, sdoh, sdot, sdod, sdkb, sdkh, sdkt, sdkd, sdvb, sdvh, sdvt, sdvd, smb, smt,
+    HAS_MASK: tl.constexpr, CAUSAL: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
+    PREC: tl.constexpr,
+):
+    """dk, dv for one key block, over the query blocks whose band reaches it (transposed)."""
+    pid_n = tl.program_id(0)
+    pid_bh = tl.program_id(1).to(tl.int64)
+    bb = pid_bh // H
+    hh = pid_bh % H
+    q_base = q_ptr + bb * sqb + hh * sqh
+    k_base = k_ptr + bb * skb + hh * skh
+    v_base = v_ptr + bb * svb + hh * svh
+    do_base = do_ptr + bb * sdob + hh * sdoh
+    dk_base = dk_ptr + bb * sdkb + hh * sdkh
+    dv_base = dv_ptr + bb * sdvb + hh * sdvh
+    mask_base = mask_ptr + bb * smb
+    n0 = pid_n * BN
+    offs_n = n0 + tl.arange(0, BN)
+    offs_d = tl.arange(0, BD)
+    offs_dv = tl.arange(0, BDV)
+    col_ok = offs_n < T
+    k = tl.load(k_base + offs_n[:, None] * skt + offs_d[None, :] * skd,
+                mask=col_ok[:, None] & (offs_d[None, :] < D), other=0.0)
+    v = tl.load(v_base + offs_n[:, None] * svt + offs_dv[None, :] * svd,
+                mask=col_ok[:, None] & (offs_dv[None, :] < DV), other=0.0)
+    keep = _key_keep(mask_base, offs_n, T, smt, HAS_MASK)
+
+    dk = tl.zeros([BN, BD], dtype=tl.float32)
+    dv = tl.zeros([BN, BDV], dtype=tl.float32)
+    # Queries i that see a key of this block: j <= i < j + W (causal), |i - j| < W.
+    if CAUSAL:
+        lo = (n0 // BM) * BM
+    else:
+        lo = (tl.maximum(n0 - (W - 1), 0) // BM) * BM
+    hi = tl.minimum(n0 + BN + W - 1, T)
+    for m0 in range(lo, hi, BM):
+        offs_m = m0 + tl.arange(0, BM)
+        row_ok = offs_m < T
+        q = tl.load(q_base + offs_m[:, None] * sqt + offs_d[None, :] * sqd,
+                    mask=row_ok[:, None] & (offs_d[None, :] < D), other=0.0)
+        do = tl.load(do_base + offs_m[:, None] * sdot + offs_dv[None, :] * sdod,
+                     mask=row_ok[:, None] & (offs_dv[None, :] < DV), other=0.0).to(k.dtype)
+        lse = tl.load(lse_ptr + pid_bh * T + offs_m, mask=row_ok, other=float("inf"))
+        delta = tl.load(delta_ptr + pid_bh * T + offs_m, mask=row_ok, other=0.0)
+        sT = tl.dot(k, tl.trans(q), input_precision=PREC) * qk_scale  # (keys, queries)
+        validT = _band_mask_t(offs_m, offs_n, T, W, CAUSAL) & keep[:, None]
+        pT = tl.where(validT, tl.exp2(sT - lse[None, :]), 0.0)
+        dv += tl.dot(pT.to(k.dtype), do, input_precision=PREC)
+        dpT = tl.dot(v, tl.trans(do), input_precision=PREC)
+        dsT = pT * (dpT - delta[None, :])
+        dk += tl.dot(dsT.to(k.dtype), q, input_precision=PREC)
+    dk = dk * sm_scale
+    tl.store(dk_base + offs_n[:, None] * sdkt + offs_d[None, :] * sdkd,
+             dk.to(dk_ptr.dtype.element_ty), mask=col_ok[:, None] & (offs_d[None, :] < D))
+    tl.store(dv_base + offs_n[:, None] * sdvt + offs_dv[None, :] * sdvd,
+             dv.to(dv_ptr.dtype.element_ty), mask=col_ok[:, None] & (offs_dv[None, :] < DV))
+
+
+class _BandAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, key_padding_mask, bandwidth, causal):
+        batch, heads, seq, dim = q.shape
+        dim_v = v.shape[-1]
+        bh = batch * heads
+        mask, smb, smt = padding_as_uint8(key_padding_mask, q)
+        sm_scale = 1.0 / math.sqrt(dim)
+        cfg = dict(HAS_MASK=key_padding_mask is not None, CAUSAL=causal, BM=_BLOCK_M,
+                   BN=_BLOCK_N, BD=block_dim(dim), BDV=block_dim(dim_v),
+                   PREC=fp32_precision(q.dtype))
+        out = empty_like_layout(q, dim_v)
+        lse = torch.empty(bh, seq, device=q.device, dtype=torch.float32)
+        _band_fwd_kernel[(triton.cdiv(seq, _BLOCK_M), bh)](
+            q, k, v, mask, out, lse, heads, seq, bandwidth, dim, dim_v, sm_scale * _LOG2E,
+            *strides(q), *strides(k), *strides(v), *strides(out), smb, smt, **cfg,
+        )
+        ctx.save_for_backward(q, k, v, mask, out, lse)
+        ctx.cfg = cfg
+        ctx.args = (bandwidth, smb, smt)
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        q, k, v, mask, out, lse = ctx.saved_tensors
+        bandwidth, smb, smt = ctx.args
+        cfg = ctx.cfg
+        batch, heads, seq, dim = q.shape
+        dim_v = v.shape[-1]
+        bh = batch * heads
+        sm_scale = 1.0 / math.sqrt(dim)
+        dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+        delta = torch.empty_like(lse)
+        _band_dq_kernel[(triton.cdiv(seq, _BLOCK_M), bh)](
+            q, k, v, mask, out, dout, lse, delta, dq,
+            heads, seq, bandwidth, dim, dim_v, sm_scale * _LOG2E, sm_scale,
+            *strides(q), *strides(k), *strides(v), *strides(out), *strides(dout),
+            *strides(dq), smb, smt, **cfg,
+        )
+        _band_dkv_kernel[(triton.cdiv(seq, _BLOCK_N), bh)](
+            q, k, v, mask, dout, lse, delta, dk, dv,
+            heads, seq, bandwidth, dim, dim_v, sm_scale * _LOG2E, sm_scale,
+            *strides(q), *strides(k), *strides(v), *strides(dout), *strides(dk),
+            *strides(dv), smb, smt, **cfg,
+        )
+        return dq, dk, dv, None, None, None
+
+
+def band_attention_triton(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    bandwidth: int,
+    causal: bool = False,
+    key_padding_mask: torch.Tensor | None = None,
+) -> torch.Tensor | None:
+    """The near field through the Triton kernels (no dropout), or None if not covered."""
+    if not supported(q, k, v) or q.shape[2] == 0:
+        return None
+    # A band wider than the sequence is the whole sequence; keeps the int32 loop bounds small.
+    bandwidth = min(int(bandwidth), q.shape[2])
+    return _BandAttention.apply(q, k, v, key_padding_mask, bandwidth, bool(causal))
+
+
+def band_attention_flash(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    bandwidth: int,
+    causal: bool = False,
+    dropout_p: float = 0.0,
+) -> torch.Tensor | None:
+    """The near field through PyTorch's FlashAttention-2 with a window (dropout supported).
+
+    ``aten._flash_attention_forward`` takes (batch, seq, heads, head_dim) and a window
+    [i - left, i + right]; the band |i - j| < w is left = right = w - 1 (causal: right = 0).
+    It is differentiable through autograd. None when the build lacks the window arguments or
+    the inputs do not suit it (fp16/bf16, head_dim a multiple of 8 up to 256, equal head dims).
+    """
+    if q.dtype not in (torch.float16, torch.bfloat16) or q.shape[-1] != v.shape[-1]:
+        return None
+    if q.shape[-1] % 8 != 0 or q.shape[-1] > 256 or q.shape[2] == 0:
+        return None
+    seq = q.shape[2]
+    left = min(int(bandwidth), seq) - 1
+    qt, kt, vt = (t.transpose(1, 2) for t in (q, k, v))  # (batch, seq, heads, head_dim)
+    try:
+        out = torch.ops.aten._flash_attention_forward(
+            qt, kt, vt, None, None, seq, seq, float(dropout_p), bool(causal), False,
+            scale=1.0 / math.sqrt(q.shape[-1]), window_size_left=left,
+            window_size_right=0 if causal else left,
+        )[0]
+    except (RuntimeError, TypeError):
+        return None
+    return out.transpose(1, 2)
