@@ -12,6 +12,13 @@ Decoding (causal layers): ``init_state`` / ``prefill`` / ``step``. For the FMM k
 has a fixed size whatever the context length: the last ``bandwidth`` keys and values (a
 rolling window) and, per far-field kernel l, the running sums S_l = sum_j phi_l(k_j) v_j^T and
 z_l = sum_j phi_l(k_j) in float32. The ``softmax`` kind keeps a growing KV cache instead.
+
+far_normalize=False: ``far_field`` divides by sqrt(seq) with seq the length of the whole input,
+so a causal output depends on how long the input is, not only on the tokens before it.
+Decoding therefore needs that length: ``far_length`` (the decoder passes its ``max_length``,
+the length of its training windows); steps and prefill then compute exactly the forward of a
+``far_length``-token input, whatever the number of tokens fed so far. Without it, a step
+divides by sqrt(tokens so far): the forward of the context so far, for one layer.
 """
 
 from __future__ import annotations
@@ -54,6 +61,7 @@ class AttentionState:
     kv: torch.Tensor | None
     k_sum: torch.Tensor | None
     seen: int = 0
+    far_length: int | None = None  # see the module docstring (far_normalize=False only)
 
     def tensors(self) -> list[torch.Tensor]:
         return [t for t in (self.keys, self.values, self.kv, self.k_sum) if t is not None]
@@ -99,7 +107,7 @@ class FMMAttention(nn.Module):
         split = lambda t: t.view(batch, seq, self.num_heads, self.head_dim).transpose(1, 2)  # noqa: E731
         return split(self.q_proj(x)), split(self.k_proj(x)), split(self.v_proj(x))
 
-    def _attend(self, q, k, v, key_padding_mask):
+    def _attend(self, q, k, v, key_padding_mask, far_length=None):
         cfg = self.config
         dropout_p = cfg.dropout if self.training else 0.0
         if cfg.kind == "softmax":
@@ -125,6 +133,9 @@ class FMMAttention(nn.Module):
             )  # fmt: skip
             for name in cfg.feature_maps
         ]
+        if far_length is not None and not cfg.far_normalize:
+            # far_field divided by sqrt(seq); the unnormalised field is linear in that scale.
+            far = [f * math.sqrt(q.shape[-2] / far_length) for f in far]
         return self.blend(near, far)
 
     def _softmax(self, q, k, v, key_padding_mask, dropout_p):
@@ -149,11 +160,17 @@ class FMMAttention(nn.Module):
     # ------------------------------------------------------------------ decoding
 
     def init_state(
-        self, batch_size: int, device: torch.device | None = None, dtype: torch.dtype | None = None
+        self,
+        batch_size: int,
+        device: torch.device | None = None,
+        dtype: torch.dtype | None = None,
+        far_length: int | None = None,
     ) -> AttentionState:
         """The state before any token: zeros of a fixed size (softmax: an empty cache)."""
         if not self.causal:
             raise ValueError("decoding needs a causal attention layer (causal=True)")
+        if far_length is not None and far_length < 1:
+            raise ValueError(f"far_length must be >= 1, got {far_length}")
         device = device if device is not None else self.q_proj.weight.device
         dtype = dtype if dtype is not None else self.q_proj.weight.dtype
         heads, hd = self.num_heads, self.head_dim
@@ -171,16 +188,16 @@ class FMMAttention(nn.Module):
             acc = torch.promote_types(dtype, torch.float32)
             kv = torch.zeros(r, batch_size, heads, hd, hd, device=device, dtype=acc)
             k_sum = torch.zeros(r, batch_size, heads, hd, device=device, dtype=acc)
-        return AttentionState(keys, values, kv, k_sum, seen=0)
+        return AttentionState(keys, values, kv, k_sum, seen=0, far_length=far_length)
 
-    def prefill(self, x: torch.Tensor) -> tuple[torch.Tensor, AttentionState]:
+    def prefill(
+        self, x: torch.Tensor, far_length: int | None = None
+    ) -> tuple[torch.Tensor, AttentionState]:
         """``forward(x)`` of a whole context (no padding) and the state after it."""
-        if not self.causal:
-            raise ValueError("decoding needs a causal attention layer (causal=True)")
+        state = self.init_state(x.shape[0], x.device, x.dtype, far_length)
         batch, seq, _ = x.shape  # (batch, seq, dim)
         q, k, v = self._heads(x)  # (batch, heads, seq, head_dim)
-        y = self._attend(q, k, v, None)
-        state = self.init_state(batch, x.device, x.dtype)
+        y = self._attend(q, k, v, None, far_length)
         if self.config.kind == "softmax":
             state.keys, state.values = k, v
         if self.has_near:
@@ -198,8 +215,9 @@ class FMMAttention(nn.Module):
     def step(self, x_t: torch.Tensor, state: AttentionState) -> tuple[torch.Tensor, AttentionState]:
         """One token: ``x_t (batch, 1, dim) -> (y_t (batch, 1, dim), new state)``.
 
-        Equals position ``state.seen`` of ``forward`` over the context so far (inference only:
-        no dropout). The input state is not modified.
+        Equals position ``state.seen`` of ``forward`` over the context so far (with
+        far_normalize=False: of a ``state.far_length``-token input, see the module docstring).
+        Inference only (no dropout); the input state is not modified.
         """
         if not self.causal:
             raise ValueError("decoding needs a causal attention layer (causal=True)")
@@ -208,7 +226,7 @@ class FMMAttention(nn.Module):
         batch = x_t.shape[0]
         q, k, v = self._heads(x_t)  # (batch, heads, 1, head_dim)
         seen = state.seen + 1
-        new = AttentionState(None, None, None, None, seen)
+        new = AttentionState(None, None, None, None, seen, state.far_length)
         cfg = self.config
         if cfg.kind == "softmax":
             new.keys = torch.cat([state.keys, k], dim=2)  # (batch, heads, seen, head_dim)
@@ -223,7 +241,8 @@ class FMMAttention(nn.Module):
             if not self.has_far:
                 y = near
             else:
-                far, new.kv, new.k_sum = self._far_step(q, k, v, state.kv, state.k_sum, seen)
+                length = state.far_length if state.far_length is not None else seen
+                far, new.kv, new.k_sum = self._far_step(q, k, v, state.kv, state.k_sum, length)
                 y = self.blend(near, far)
         return self.out_proj(y.transpose(1, 2).reshape(batch, 1, self.dim)), new
 
@@ -236,7 +255,7 @@ class FMMAttention(nn.Module):
         scores = scores.masked_fill(~filled, float("-inf"))
         return (torch.softmax(scores, dim=-1) @ vf).to(q.dtype)  # (batch, heads, 1, hd)
 
-    def _far_step(self, q, k, v, kv, k_sum, seen):
+    def _far_step(self, q, k, v, kv, k_sum, length):
         """Add phi_l(k) v^T to S_l and phi_l(k) to z_l; read them with phi_l(q)."""
         phi_q = torch.stack([phi(_acc(q)) for phi in self.phis])  # (r, batch, heads, 1, hd)
         phi_k = torch.stack([phi(_acc(k)) for phi in self.phis])  # (r, batch, heads, 1, hd)
@@ -248,6 +267,5 @@ class FMMAttention(nn.Module):
             positive = denom > 0
             out = torch.where(positive, numer / torch.where(positive, denom, 1.0), 0.0)
         else:
-            # far_field divides by sqrt of the sequence length; here, the context so far.
-            out = numer / math.sqrt(seen)
+            out = numer / math.sqrt(length)  # far_field's 1/sqrt(seq), seq = length
         return list(out.to(q.dtype).unbind(0)), kv, k_sum

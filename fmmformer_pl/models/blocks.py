@@ -60,9 +60,11 @@ class Block(nn.Module):
         x = x + self.drop(self.attn(self.ln_attn(x), key_padding_mask))
         return x + self.drop(self.ffn(self.ln_ffn(x)))  # (batch, seq, dim)
 
-    def prefill(self, x: torch.Tensor) -> tuple[torch.Tensor, AttentionState]:
+    def prefill(
+        self, x: torch.Tensor, far_length: int | None = None
+    ) -> tuple[torch.Tensor, AttentionState]:
         # x: (batch, seq, dim), a causal context without padding
-        y, state = self.attn.prefill(self.ln_attn(x))
+        y, state = self.attn.prefill(self.ln_attn(x), far_length)
         x = x + self.drop(y)
         return x + self.drop(self.ffn(self.ln_ffn(x))), state
 

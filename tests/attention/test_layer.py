@@ -145,6 +145,22 @@ def test_steps_equal_forward_over_the_context_so_far(kind, far_normalize):
     torch.testing.assert_close(y_t, layer(x[:, :6])[:, -1:])
 
 
+@pytest.mark.parametrize("kind", ["linear", "fmm"])
+def test_unnormalized_far_field_decodes_a_declared_length(kind):
+    """far_normalize=False scales by 1/sqrt(seq): with far_length=L, prefill and steps give
+    the forward of an L-token input at every position, however few tokens were fed."""
+    layer = _layer(kind, causal=True, far_normalize=False).eval()
+    x = torch.randn(2, 10, DIM, dtype=torch.double)
+    full = layer(x)
+    y, state = layer.prefill(x[:, :4], far_length=10)
+    torch.testing.assert_close(y, full[:, :4])
+    for t in range(4, 10):
+        y_t, state = layer.step(x[:, t : t + 1], state)
+        torch.testing.assert_close(y_t, full[:, t : t + 1])
+    with pytest.raises(ValueError, match="far_length"):
+        layer.init_state(2, far_length=0)
+
+
 @pytest.mark.parametrize("kind", ["band", "linear", "fmm"])
 def test_fmm_kinds_keep_a_constant_state(kind):
     layer = _layer(kind, causal=True).eval()
