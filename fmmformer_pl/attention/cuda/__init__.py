@@ -6,8 +6,7 @@ not cover (the caller then runs the PyTorch reference). This module imports noth
 triton until a function is called, so it imports on machines without triton or a GPU; there
 the functions return None.
 
-    near_field_cuda: Triton sliding-window flash kernel (``near.py``); with dropout, PyTorch's
-        FlashAttention-2 with a window (no padding mask) or None.
+    near_field_cuda: Triton sliding-window flash kernel with in-kernel dropout (``near.py``).
     far_field_cuda: Triton chunked linear attention with float32 states (``far.py``).
 """
 
@@ -33,15 +32,11 @@ def near_field_cuda(
     if not _usable(q):
         return None
     try:
-        from .near import band_attention_flash, band_attention_triton
+        from .near import band_attention_triton
     except ImportError:
         return None
-    if dropout_p > 0.0:
-        if key_padding_mask is not None:
-            return None
-        return band_attention_flash(q, k, v, bandwidth, causal=causal, dropout_p=dropout_p)
     return band_attention_triton(q, k, v, bandwidth, causal=causal,
-                                 key_padding_mask=key_padding_mask)
+                                 key_padding_mask=key_padding_mask, dropout_p=dropout_p)
 
 
 def far_field_cuda(

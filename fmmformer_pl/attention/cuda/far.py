@@ -66,6 +66,11 @@ _PROGRAMS_PER_SM = 4
 _SINGLE_SEGMENT_CHUNKS = 16
 
 
+# Launch settings per kernel (tuned on an H200, bf16, head_dim 64; see docs/gpu.md).
+LAUNCH = {name: dict(num_warps=4, num_stages=2)
+          for name in ("state_fwd", "fwd", "state_bwd", "dq", "dkv")}
+
+
 @triton.jit
 def _phi(x, PHI: tl.constexpr):
     """phi(x) and phi'(x), elementwise, float32 (same formulas as ``FEATURE_MAPS``)."""
@@ -472,7 +477,7 @@ class _FarField(torch.autograd.Function):
             z_seg = torch.empty(bh, n_seg, bd, **f32)
             _far_state_fwd_kernel[(n_seg, bh)](
                 k, v, mask, S_seg, z_seg, heads, seq, dim, dim_v, cps,
-                *strides(k), *strides(v), smb, smt, **common,
+                *strides(k), *strides(v), smb, smt, **common, **LAUNCH["state_fwd"],
             )
             if causal:
                 S0, z0 = _exclusive_scan(S_seg, False), _exclusive_scan(z_seg, False)
@@ -487,7 +492,7 @@ class _FarField(torch.autograd.Function):
             heads, seq, dim, dim_v, cps, scale, s_bh, s_seg,
             *strides(q), *strides(k), *strides(v), *strides(out), smb, smt,
             CAUSAL=causal, HAS_INIT=has_init, NORMALIZE=normalize,
-            DOT_DTYPE=_dot_dtype(q.dtype), **common,
+            DOT_DTYPE=_dot_dtype(q.dtype), **common, **LAUNCH["fwd"],
         )
         ctx.save_for_backward(q, k, v, mask, out, den, S0, z0)
         ctx.cfg = (phi_code, causal, normalize, has_init, cps, n_seg, smb, smt,
@@ -517,6 +522,7 @@ class _FarField(torch.autograd.Function):
             _far_state_bwd_kernel[(n_seg, bh)](
                 q, dout, out, den, R_seg, r_seg, heads, seq, dim, dim_v, cps, scale,
                 *strides(q), *strides(dout), *strides(out), NORMALIZE=normalize, **common,
+                **LAUNCH["state_bwd"],
             )
             if causal:
                 R0, r0 = _exclusive_scan(R_seg, True), _exclusive_scan(r_seg, True)
@@ -532,7 +538,7 @@ class _FarField(torch.autograd.Function):
                 *strides(q), *strides(k), *strides(v), *strides(dout), *strides(out),
                 *strides(dq), smb, smt,
                 HAS_MASK=has_mask, HAS_INIT=has_init, NORMALIZE=normalize,
-                DOT_DTYPE=dot_dtype, **common,
+                DOT_DTYPE=dot_dtype, **common, **LAUNCH["dq"],
             )
         _far_dkv_kernel[(n_seg, bh)](
             q, k, v, mask, dout, out, den, S0 if S0 is not None else out,
@@ -542,7 +548,7 @@ class _FarField(torch.autograd.Function):
             *strides(q), *strides(k), *strides(v), *strides(dout), *strides(out),
             *strides(dq), *strides(dk), *strides(dv), smb, smt,
             HAS_MASK=has_mask, CAUSAL=causal, HAS_INIT=has_init, NORMALIZE=normalize,
-            DOT_DTYPE=dot_dtype, **common,
+            DOT_DTYPE=dot_dtype, **common, **LAUNCH["dkv"],
         )
         return dq, dk, dv, None, None, None, None
 

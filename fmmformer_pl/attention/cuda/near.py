@@ -15,9 +15,10 @@ backward pass recomputes the probabilities from the saved log-sum-exp, once per 
 for dq and once per key block for dk and dv (no atomics). Memory: O(seq) extra (the
 log-sum-exp and delta_i = dout_i . out_i, one float32 each per position).
 
-Dropout is not in these kernels: ``dropout_p > 0`` runs PyTorch's own FlashAttention with a
-window (``aten._flash_attention_forward``), which has its dropout, when there is no padding
-mask; otherwise the caller falls back to the reference.
+Dropout (``dropout_p > 0``, training) is in the kernels: a Philox number per (head, i, j),
+regenerated in the backward pass, so nothing of size (seq x band) is stored.
+``band_attention_flash`` is PyTorch's own FlashAttention-2 with a window
+(``aten._flash_attention_forward``), kept for comparison in the benchmark.
 """
 
 from __future__ import annotations
@@ -65,6 +66,30 @@ def _band_mask_t(offs_m, offs_n, T, W, CAUSAL: tl.constexpr):
 
 
 @triton.jit
+def _dropout_keep(seed, offs_m, offs_n, W, p_drop, TRANSPOSED: tl.constexpr):
+    """Bool tile: the dropout keeps probability (i, j) (``TRANSPOSED``: rows are keys j).
+
+    One uniform number per (batch * head, i, j): Philox keyed by ``seed`` (already offset by
+    the batch * head index) at counter ``i * 2W + (j - i + W)``, the same in all three kernels.
+    """
+    if TRANSPOSED:
+        counter = offs_m[None, :] * (2 * W) + (offs_n[:, None] - offs_m[None, :] + W)
+    else:
+        counter = offs_m[:, None] * (2 * W) + (offs_n[None, :] - offs_m[:, None] + W)
+    return tl.rand(seed, counter) >= p_drop
+
+
+@triton.jit
+def _dropout_keep_kernel(out_ptr, seed, T, W, p_drop, BM: tl.constexpr, BN: tl.constexpr):
+    """Test helper: the (T x T) keep matrix of one (batch, head) as float (seed pre-offset)."""
+    offs_m = tl.program_id(0) * BM + tl.arange(0, BM)
+    offs_n = tl.program_id(1) * BN + tl.arange(0, BN)
+    keep = _dropout_keep(seed, offs_m, offs_n, W, p_drop, False)
+    tl.store(out_ptr + offs_m[:, None] * T + offs_n[None, :], keep.to(tl.float32),
+             mask=(offs_m[:, None] < T) & (offs_n[None, :] < T))
+
+
+@triton.jit
 def _key_keep(mask_base, offs_n, T, smt, HAS_MASK: tl.constexpr):
     """(BN,) bool: key is not padding (and inside the sequence)."""
     keep = offs_n < T
@@ -77,9 +102,9 @@ def _key_keep(mask_base, offs_n, T, smt, HAS_MASK: tl.constexpr):
 @triton.jit
 def _band_fwd_kernel(
     q_ptr, k_ptr, v_ptr, mask_ptr, o_ptr, lse_ptr,
-    H, T, W, D, DV, qk_scale,
+    H, T, W, D, DV, qk_scale, seed, p_drop,
     sqb, sqh, sqt, sqd, skb, skh, skt, skd, svb, svh, svt, svd, sob, soh, sot, sod, smb, smt,
-    HAS_MASK: tl.constexpr, CAUSAL: tl.constexpr,
+    HAS_MASK: tl.constexpr, CAUSAL: tl.constexpr, DROPOUT: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
     PREC: tl.constexpr,
 ):
@@ -124,6 +149,10 @@ def _band_fwd_kernel(
         alpha = tl.exp2(m_i - m_safe)
         p = tl.exp2(s - m_safe[:, None])
         l_i = l_i * alpha + tl.sum(p, axis=1)
+        if DROPOUT:
+            # Inverted dropout of the probabilities; the normaliser l keeps every term.
+            keep = _dropout_keep(seed + pid_bh, offs_m, offs_n, W, p_drop, False)
+            p = tl.where(keep, p / (1.0 - p_drop), 0.0)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PREC)
         m_i = m_new
     seen = l_i > 0
@@ -138,10 +167,10 @@ def _band_fwd_kernel(
 @triton.jit
 def _band_dq_kernel(
     q_ptr, k_ptr, v_ptr, mask_ptr, o_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr,
-    H, T, W, D, DV, qk_scale, sm_scale,
+    H, T, W, D, DV, qk_scale, sm_scale, seed, p_drop,
     sqb, sqh, sqt, sqd, skb, skh, skt, skd, svb, svh, svt, svd, sob, soh, sot, sod,
     sdob, sdoh, sdot, sdod, sdqb, sdqh, sdqt, sdqd, smb, smt,
-    HAS_MASK: tl.constexpr, CAUSAL: tl.constexpr,
+    HAS_MASK: tl.constexpr, CAUSAL: tl.constexpr, DROPOUT: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
     PREC: tl.constexpr,
 ):
@@ -191,6 +220,9 @@ def _band_dq_kernel(
         valid = valid & _key_keep(mask_base, offs_n, T, smt, HAS_MASK)[None, :]
         p = tl.where(valid, tl.exp2(s - lse[:, None]), 0.0)
         dp = tl.dot(do, tl.trans(v), input_precision=PREC)
+        if DROPOUT:
+            keep = _dropout_keep(seed + pid_bh, offs_m, offs_n, W, p_drop, False)
+            dp = tl.where(keep, dp / (1.0 - p_drop), 0.0)
         ds = p * (dp - delta[:, None])
         dq += tl.dot(ds.to(k.dtype), k, input_precision=PREC)
     dq = dq * sm_scale
@@ -201,10 +233,10 @@ def _band_dq_kernel(
 @triton.jit
 def _band_dkv_kernel(
     q_ptr, k_ptr, v_ptr, mask_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr,
-    H, T, W, D, DV, qk_scale, sm_scale,
+    H, T, W, D, DV, qk_scale, sm_scale, seed, p_drop,
     sqb, sqh, sqt, sqd, skb, skh, skt, skd, svb, svh, svt, svd,
     sdob, sdoh, sdot, sdod, sdkb, sdkh, sdkt, sdkd, sdvb, sdvh, sdvt, sdvd, smb, smt,
-    HAS_MASK: tl.constexpr, CAUSAL: tl.constexpr,
+    HAS_MASK: tl.constexpr, CAUSAL: tl.constexpr, DROPOUT: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
     PREC: tl.constexpr,
 ):
@@ -251,8 +283,14 @@ def _band_dkv_kernel(
         sT = tl.dot(k, tl.trans(q), input_precision=PREC) * qk_scale  # (keys, queries)
         validT = _band_mask_t(offs_m, offs_n, T, W, CAUSAL) & keep[:, None]
         pT = tl.where(validT, tl.exp2(sT - lse[None, :]), 0.0)
-        dv += tl.dot(pT.to(k.dtype), do, input_precision=PREC)
         dpT = tl.dot(v, tl.trans(do), input_precision=PREC)
+        if DROPOUT:
+            keepT = _dropout_keep(seed + pid_bh, offs_m, offs_n, W, p_drop, True)
+            pdT = tl.where(keepT, pT / (1.0 - p_drop), 0.0)
+            dpT = tl.where(keepT, dpT / (1.0 - p_drop), 0.0)
+        else:
+            pdT = pT
+        dv += tl.dot(pdT.to(k.dtype), do, input_precision=PREC)
         dsT = pT * (dpT - delta[None, :])
         dk += tl.dot(dsT.to(k.dtype), q, input_precision=PREC)
     dk = dk * sm_scale
@@ -262,32 +300,39 @@ def _band_dkv_kernel(
              dv.to(dv_ptr.dtype.element_ty), mask=col_ok[:, None] & (offs_dv[None, :] < DV))
 
 
+# Launch settings (tuned on an H200, bf16, head_dim 64; see docs/gpu.md).
+LAUNCH = {"fwd": dict(num_warps=4, num_stages=2), "dq": dict(num_warps=4, num_stages=2),
+          "dkv": dict(num_warps=4, num_stages=2)}
+
+
 class _BandAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, key_padding_mask, bandwidth, causal):
+    def forward(ctx, q, k, v, key_padding_mask, bandwidth, causal, dropout_p, seed):
         batch, heads, seq, dim = q.shape
         dim_v = v.shape[-1]
         bh = batch * heads
         mask, smb, smt = padding_as_uint8(key_padding_mask, q)
         sm_scale = 1.0 / math.sqrt(dim)
-        cfg = dict(HAS_MASK=key_padding_mask is not None, CAUSAL=causal, BM=_BLOCK_M,
-                   BN=_BLOCK_N, BD=block_dim(dim), BDV=block_dim(dim_v),
-                   PREC=fp32_precision(q.dtype))
+        cfg = dict(HAS_MASK=key_padding_mask is not None, CAUSAL=causal,
+                   DROPOUT=dropout_p > 0.0, BM=_BLOCK_M, BN=_BLOCK_N, BD=block_dim(dim),
+                   BDV=block_dim(dim_v), PREC=fp32_precision(q.dtype))
         out = empty_like_layout(q, dim_v)
         lse = torch.empty(bh, seq, device=q.device, dtype=torch.float32)
         _band_fwd_kernel[(triton.cdiv(seq, _BLOCK_M), bh)](
             q, k, v, mask, out, lse, heads, seq, bandwidth, dim, dim_v, sm_scale * _LOG2E,
+            seed, dropout_p,
             *strides(q), *strides(k), *strides(v), *strides(out), smb, smt, **cfg,
+            **LAUNCH["fwd"],
         )
         ctx.save_for_backward(q, k, v, mask, out, lse)
         ctx.cfg = cfg
-        ctx.args = (bandwidth, smb, smt)
+        ctx.args = (bandwidth, smb, smt, dropout_p, seed)
         return out
 
     @staticmethod
     def backward(ctx, dout):
         q, k, v, mask, out, lse = ctx.saved_tensors
-        bandwidth, smb, smt = ctx.args
+        bandwidth, smb, smt, dropout_p, seed = ctx.args
         cfg = ctx.cfg
         batch, heads, seq, dim = q.shape
         dim_v = v.shape[-1]
@@ -297,17 +342,17 @@ class _BandAttention(torch.autograd.Function):
         delta = torch.empty_like(lse)
         _band_dq_kernel[(triton.cdiv(seq, _BLOCK_M), bh)](
             q, k, v, mask, out, dout, lse, delta, dq,
-            heads, seq, bandwidth, dim, dim_v, sm_scale * _LOG2E, sm_scale,
+            heads, seq, bandwidth, dim, dim_v, sm_scale * _LOG2E, sm_scale, seed, dropout_p,
             *strides(q), *strides(k), *strides(v), *strides(out), *strides(dout),
-            *strides(dq), smb, smt, **cfg,
+            *strides(dq), smb, smt, **cfg, **LAUNCH["dq"],
         )
         _band_dkv_kernel[(triton.cdiv(seq, _BLOCK_N), bh)](
             q, k, v, mask, dout, lse, delta, dk, dv,
-            heads, seq, bandwidth, dim, dim_v, sm_scale * _LOG2E, sm_scale,
+            heads, seq, bandwidth, dim, dim_v, sm_scale * _LOG2E, sm_scale, seed, dropout_p,
             *strides(q), *strides(k), *strides(v), *strides(dout), *strides(dk),
-            *strides(dv), smb, smt, **cfg,
+            *strides(dv), smb, smt, **cfg, **LAUNCH["dkv"],
         )
-        return dq, dk, dv, None, None, None
+        return dq, dk, dv, None, None, None, None, None
 
 
 def band_attention_triton(
@@ -317,13 +362,41 @@ def band_attention_triton(
     bandwidth: int,
     causal: bool = False,
     key_padding_mask: torch.Tensor | None = None,
+    dropout_p: float = 0.0,
+    seed: int | None = None,
 ) -> torch.Tensor | None:
-    """The near field through the Triton kernels (no dropout), or None if not covered."""
+    """The near field through the Triton kernels, or None for a case they do not cover.
+
+    ``dropout_p > 0``: inverted dropout of the probabilities with a Philox stream keyed by
+    ``seed`` (drawn from torch's CPU generator when None, so ``torch.manual_seed`` repeats it).
+    """
     if not supported(q, k, v) or q.shape[2] == 0:
         return None
+    seq = q.shape[2]
     # A band wider than the sequence is the whole sequence; keeps the int32 loop bounds small.
-    bandwidth = min(int(bandwidth), q.shape[2])
-    return _BandAttention.apply(q, k, v, key_padding_mask, bandwidth, bool(causal))
+    bandwidth = min(int(bandwidth), seq)
+    dropout_p = float(dropout_p)
+    if dropout_p > 0.0:
+        if seq * 2 * bandwidth + 2 * bandwidth >= 2**31:
+            return None  # the Philox counter i * 2w + (j - i + w) must fit in int32
+        if seed is None:
+            seed = int(torch.randint(0, 2**30, (1,)).item())
+    else:
+        seed = 0
+    return _BandAttention.apply(q, k, v, key_padding_mask, bandwidth, bool(causal), dropout_p,
+                                seed)
+
+
+def dropout_keep_matrix(seq: int, bandwidth: int, dropout_p: float, seed: int,
+                        device: torch.device) -> torch.Tensor:
+    """The (seq x seq) bool matrix of kept probabilities that ``seed`` gives (batch * head
+    index 0; index n uses ``seed + n``). For tests only: it is quadratic."""
+    bandwidth = min(int(bandwidth), seq)
+    out = torch.empty(seq, seq, device=device, dtype=torch.float32)
+    grid = (triton.cdiv(seq, _BLOCK_M), triton.cdiv(seq, _BLOCK_N))
+    _dropout_keep_kernel[grid](out, seed, seq, bandwidth, float(dropout_p), BM=_BLOCK_M,
+                               BN=_BLOCK_N)
+    return out > 0.5
 
 
 def band_attention_flash(
