@@ -1,9 +1,28 @@
 """Long Range Arena data modules, reading the official releases (see docs/data.md).
 
-One re-export per line (``X as X`` marks it public), so adding a module is a one-line append.
+Loaded lazily (PEP 562) so that ``python -m data_modules.lra.listops`` does not import the
+module it is about to run. To add a data module, add one line to ``_LAZY``.
 """
 
-from data_modules.lra.listops import ListOpsDataModule as ListOpsDataModule
-from data_modules.lra.retrieval import RetrievalDataModule as RetrievalDataModule
-from data_modules.lra.text import TextDataModule as TextDataModule
-from data_modules.lra.image import ImageDataModule as ImageDataModule
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_LAZY = {
+    "ListOpsDataModule": "data_modules.lra.listops",
+    "TextDataModule": "data_modules.lra.text",
+    "RetrievalDataModule": "data_modules.lra.retrieval",
+    "ImageDataModule": "data_modules.lra.image",
+    "PathfinderDataModule": "data_modules.lra.pathfinder",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])

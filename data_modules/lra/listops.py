@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
+import itertools
 import json
 import logging
 import os
@@ -31,7 +33,7 @@ import time
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 
@@ -50,14 +52,12 @@ __all__ = [
     "OPERATORS",
     "VOCAB",
     "ListOpsDataModule",
-    "generate_dataset",
-    "generate_tree",
+    "generate_example",
+    "generate_examples",
+    "iter_examples",
     "parse_row",
     "read_listops_tsv",
     "tokenize",
-    "tree_length",
-    "tree_to_string",
-    "tree_value",
     "write_dataset",
 ]
 
@@ -77,116 +77,92 @@ PAD_ID, UNK_ID = 0, 1
 VOCAB = ("<pad>", "<unk>", *OPERATORS, "X", *(str(d) for d in range(10)))
 TOKEN_IDS = {token: index for index, token in enumerate(VOCAB)}
 
-# A tree: a digit, or (operator, (child, child, ...)).
-Tree = Union[int, tuple[str, tuple["Tree", ...]]]
-
 
 # ---------------------------------------------------------------------------------------------
-# The generator (LRA's listops.py, with a seed and with early rejection of over-long trees)
+# The generator (LRA's listops.py, with a seed, streaming, and early rejection of long trees)
 # ---------------------------------------------------------------------------------------------
 class _TooLong(Exception):
-    """Raised inside generate_tree once the tree already has ``limit`` tokens."""
+    """Raised inside generate_example once the tree already has ``limit`` tokens."""
 
 
-def generate_tree(
+def _median(values: list[int]) -> int:
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    # np.median averages the middle two; int() truncates (values are >= 0, so floor).
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) // 2
+
+
+_APPLY = {MIN: min, MAX: max, MED: _median, SUM_MOD: lambda values: sum(values) % 10}
+
+
+def generate_example(
     rng: random.Random,
     max_depth: int = 10,
     max_args: int = 10,
     limit: int | None = None,
-) -> tuple[Tree, int] | None:
-    """Draw one tree from LRA's distribution; return ``(tree, length)``.
+) -> tuple[str, int, int] | None:
+    """Draw one tree from LRA's distribution; return ``(Source string, value, length)``.
 
-    At depth ``d`` (the root has ``d = 1``): ``r = rng.random()`` if ``d < max_depth`` else 1;
-    ``r > VALUE_P`` gives a digit (length 1); otherwise ``n = randint(2, max_args)`` children at
-    depth ``d + 1`` and a random operator (length ``2 + sum of child lengths``).
+    At depth ``d`` (the root has ``d = 1``): ``r = random()`` if ``d < max_depth`` else 1;
+    ``r > VALUE_P`` gives a digit (length 1); otherwise ``n`` uniform in ``2..max_args``
+    children at depth ``d + 1`` and a uniform operator (length ``2 + sum of child lengths``).
 
-    With ``limit``, returns ``None`` as soon as the length reaches ``limit``: lengths only grow
-    while a tree is drawn, so this rejects exactly the trees a ``length < limit`` filter would,
-    without drawing the rest of them (the accepted trees keep LRA's distribution).
+    The string is LRA's ``to_string`` of the left-nested pairs ``((((op, c0), c1), ...), ']')``,
+    where ``to_string((a, b)) = '( ' + to_string(a) + ' ' + to_string(b) + ' )'``: an operator
+    with children ``c0 .. c{n-1}`` reads ``'( ' * (n + 1) + op + ' c0 )' + ' ci )'... + ' ] )'``.
+
+    Integers are drawn as ``int(random() * k)`` (uniform to 2**-53), about three times faster
+    than ``randrange``. With ``limit``, returns ``None`` as soon as the length reaches ``limit``:
+    lengths only grow while a tree is drawn, so this rejects exactly the trees a
+    ``length < limit`` filter would, without drawing the rest (accepted trees keep LRA's law).
     """
-    count = [0]
+    uniform = rng.random
+    count = 0
+    bound = limit if limit is not None else float("inf")
 
-    def grow(depth: int) -> Tree:
-        r = rng.random() if depth < max_depth else 1.0
-        if r > VALUE_P:
-            count[0] += 1
-            if limit is not None and count[0] >= limit:
+    def grow(depth: int) -> tuple[str, int]:
+        nonlocal count
+        if depth < max_depth and uniform() <= VALUE_P:
+            count += 2  # the operator and its closing bracket
+            if count >= bound:
                 raise _TooLong
-            return rng.randrange(10)
-        count[0] += 2  # the operator and its closing bracket
-        if limit is not None and count[0] >= limit:
+            n_children = 2 + int(uniform() * (max_args - 1))
+            children = [grow(depth + 1) for _ in range(n_children)]
+            op = OPERATORS[int(uniform() * 4)]
+            parts = ["( " * (n_children + 1), op]
+            for text, _ in children:
+                parts += (" ", text, " )")
+            parts.append(" ] )")
+            return "".join(parts), _APPLY[op]([value for _, value in children])
+        count += 1
+        if count >= bound:
             raise _TooLong
-        n_children = rng.randint(2, max_args)
-        children = tuple(grow(depth + 1) for _ in range(n_children))
-        return (rng.choice(OPERATORS), children)
+        digit = int(uniform() * 10)
+        return str(digit), digit
 
     try:
-        tree = grow(1)
+        source, value = grow(1)
     except _TooLong:
         return None
-    return tree, count[0]
+    return source, value, count
 
 
-def tree_to_string(tree: Tree) -> str:
-    """LRA's ``to_string`` of the left-nested tuple ``((((op, c0), c1), ...), ']')``.
-
-    ``to_string((a, b)) = '( ' + to_string(a) + ' ' + to_string(b) + ' )'``, so an operator with
-    children ``c0 .. c{n-1}`` reads ``'( ' * (n + 1) + op + ' c0 )' + ' ci )'... + ' ] )'``.
-    """
-    if isinstance(tree, int):
-        return str(tree)
-    op, children = tree
-    parts = ["( " * (len(children) + 1) + op]
-    for child in children:
-        parts.append(" " + tree_to_string(child) + " )")
-    parts.append(" " + END + " )")
-    return "".join(parts)
-
-
-def tree_value(tree: Tree) -> int:
-    """The label: MIN, MAX, ``int(median)``, sum mod 10 of the children's values."""
-    if isinstance(tree, int):
-        return tree
-    op, children = tree
-    values = [tree_value(child) for child in children]
-    if op == MIN:
-        return min(values)
-    if op == MAX:
-        return max(values)
-    if op == MED:
-        ordered = sorted(values)
-        mid = len(ordered) // 2
-        # np.median averages the middle two; int() truncates (values are >= 0, so floor).
-        return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) // 2
-    if op == SUM_MOD:
-        return sum(values) % 10
-    raise ValueError(f"unknown operator {op!r}")
-
-
-def tree_length(tree: Tree) -> int:
-    """Tokens of the tree: 1 per digit, 2 per operator (itself and ``]``)."""
-    if isinstance(tree, int):
-        return 1
-    return 2 + sum(tree_length(child) for child in tree[1])
-
-
-def generate_dataset(
-    num_trees: int,
+def iter_examples(
     min_length: int = 500,
     max_length: int = 2000,
     max_depth: int = 10,
     max_args: int = 10,
     seed: int = 0,
     max_failures: int = 200_000,
-) -> list[Tree]:
-    """``num_trees`` distinct trees with ``min_length < length < max_length``, in draw order.
+) -> Iterator[tuple[str, int]]:
+    """Yield distinct ``(Source, Target)`` with ``min_length < length < max_length``, forever.
 
     LRA collects trees in a ``set`` (whose order varies between runs); we keep the draw order so
-    that one seed always gives the same files. Raises ``ValueError`` when ``max_failures`` draws
-    in a row add no new tree (the interval is empty or holds too few distinct trees).
+    that one seed always gives the same files. Distinctness is checked on a 16-byte BLAKE2 digest
+    of the string, so memory stays small however many trees are drawn. Raises ``ValueError``
+    when ``max_failures`` draws in a row bring no new tree (the interval is empty or holds too
+    few distinct trees).
     """
-    if num_trees < 0:
-        raise ValueError(f"the number of trees must be >= 0, got {num_trees}")
     if not 1 <= max_depth <= 200:
         raise ValueError(f"max_depth must lie in [1, 200], got {max_depth}")
     if max_args < 2:
@@ -196,30 +172,33 @@ def generate_dataset(
             f"no length lies strictly between min_length={min_length} and max_length={max_length}"
         )
     rng = random.Random(seed)
-    trees: dict[str, Tree] = {}  # source string -> tree; a dict keeps insertion order
+    seen: set[bytes] = set()
     failures = 0
-    while len(trees) < num_trees:
-        drawn = generate_tree(rng, max_depth, max_args, limit=max_length)
-        if drawn is not None and drawn[1] > min_length:
-            source = tree_to_string(drawn[0])
-            if source not in trees:
-                trees[source] = drawn[0]
+    while True:
+        drawn = generate_example(rng, max_depth, max_args, limit=max_length)
+        if drawn is not None and drawn[2] > min_length:
+            digest = hashlib.blake2b(drawn[0].encode(), digest_size=16).digest()
+            if digest not in seen:
+                seen.add(digest)
                 failures = 0
+                yield drawn[0], drawn[1]
                 continue
         failures += 1
         if failures >= max_failures:
             raise ValueError(
                 f"gave up after {max_failures} draws in a row without a new tree: only "
-                f"{len(trees)} distinct trees with {min_length} < length < {max_length} "
-                f"(max_depth={max_depth}, max_args={max_args}) were found, {num_trees} asked for"
+                f"{len(seen)} distinct trees with {min_length} < length < {max_length} "
+                f"(max_depth={max_depth}, max_args={max_args}) were found"
             )
-    return list(trees.values())
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+def generate_examples(num_trees: int, **settings: Any) -> list[tuple[str, int]]:
+    """The first ``num_trees`` of :func:`iter_examples` (``settings`` are its arguments)."""
+    if num_trees < 0:
+        raise ValueError(f"the number of trees must be >= 0, got {num_trees}")
+    if num_trees == 0:
+        return []
+    return list(itertools.islice(iter_examples(**settings), num_trees))
 
 
 def write_dataset(
@@ -235,29 +214,43 @@ def write_dataset(
 ) -> dict[str, Any]:
     """Generate and write ``basic_{train,val,test}.tsv`` (header ``Source\\tTarget``) to ``out_dir``.
 
-    The trees are split in draw order: the first ``train`` to train, the next ``val`` to val,
-    the rest to test. ``listops_generator.json`` (the settings) is written last. Returns it.
+    Trees are split in draw order: the first ``train`` to train, the next ``val`` to val, the
+    next ``test`` to test. The files are streamed to temporary names and renamed into place once
+    all three are written; ``listops_generator.json`` (these settings) is written last.
+    Returns the settings.
     """
+    sizes = {"train": train, "val": val, "test": test}
+    if min(sizes.values()) < 0:
+        raise ValueError(f"split sizes must be >= 0, got {sizes}")
     settings: dict[str, Any] = {
         "version": GENERATOR_VERSION,
-        "train": train,
-        "val": val,
-        "test": test,
+        **sizes,
         "min_length": min_length,
         "max_length": max_length,
         "max_depth": max_depth,
         "max_args": max_args,
         "seed": seed,
     }
-    trees = generate_dataset(train + val + test, min_length, max_length, max_depth, max_args, seed)
+    examples = iter_examples(min_length, max_length, max_depth, max_args, seed)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / GENERATOR_MANIFEST).unlink(missing_ok=True)  # written again once the files are done
-    bounds = {"train": (0, train), "val": (train, train + val), "test": (train + val, len(trees))}
-    for split, (start, end) in bounds.items():
-        lines = [HEADER] + [f"{tree_to_string(t)}\t{tree_value(t)}" for t in trees[start:end]]
-        _write_atomically(out / f"basic_{split}.tsv", "\n".join(lines) + "\n")
-    _write_atomically(out / GENERATOR_MANIFEST, json.dumps(settings, indent=1, sort_keys=True))
+    staged = {split: out / f".basic_{split}.tsv.tmp-{os.getpid()}" for split in sizes}
+    try:
+        for split, size in sizes.items():
+            with open(staged[split], "w", encoding="utf-8", newline="\n") as handle:
+                handle.write(HEADER + "\n")
+                for source, target in itertools.islice(examples, size):
+                    handle.write(f"{source}\t{target}\n")
+        # Renamed only once all three are complete: a failure leaves the old files as they were.
+        for split, tmp in staged.items():
+            os.replace(tmp, out / f"basic_{split}.tsv")
+    finally:
+        for tmp in staged.values():
+            tmp.unlink(missing_ok=True)
+    tmp = out / f".{GENERATOR_MANIFEST}.tmp-{os.getpid()}"
+    tmp.write_text(json.dumps(settings, indent=1, sort_keys=True))
+    os.replace(tmp, out / GENERATOR_MANIFEST)
     return settings
 
 

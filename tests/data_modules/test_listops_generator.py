@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from data_modules.lra.listops import generate_dataset, main, tree_to_string, write_dataset
+from data_modules.lra.listops import generate_example, generate_examples, main, write_dataset
 
 OPS = ("[MIN", "[MAX", "[MED", "[SM")
 REPO = Path(__file__).resolve().parents[2]
@@ -66,9 +66,39 @@ def read_rows(path: Path) -> list[tuple[str, int]]:
     return [(source, int(target)) for source, target in (line.split("\t") for line in lines[1:])]
 
 
+def lra_nodes(pair):
+    """Like ``lra_value`` but keeps the structure: ``(op, [children])`` with digits at the leaves."""
+    if isinstance(pair, str):
+        return pair if pair in OPS or pair == "]" else int(pair)
+    left, right = lra_nodes(pair[0]), lra_nodes(pair[1])
+    if isinstance(left, str):
+        return [left, [right]]  # a list: still open
+    if right == "]":
+        return (left[0], left[1])  # a tuple: closed by "]"
+    return [left[0], left[1] + [right]]
+
+
+class ScriptedRandom:
+    """Stands in for ``random.Random``: ``random()`` returns the scripted values in turn."""
+
+    def __init__(self, values: list[float]) -> None:
+        self.values = list(values)
+
+    def random(self) -> float:
+        return self.values.pop(0)
+
+
 def test_example_from_the_format_notes() -> None:
     assert lra_value(parse_pairs("( ( ( ( [MAX 3 ) 4 ) 3 ) ] )")) == 4
-    assert tree_to_string(("[MAX", (3, 4, 3))) == "( ( ( ( [MAX 3 ) 4 ) 3 ) ] )"
+    # root: 0.1 <= VALUE_P -> operator with 2 + int(0.15 * 9) = 3 children; each child: 0.9 >
+    # VALUE_P -> digit int(u * 10); then the operator int(0.3 * 4) = 1 -> [MAX
+    rng = ScriptedRandom([0.1, 0.15, 0.9, 0.35, 0.9, 0.45, 0.9, 0.35, 0.3])
+    assert generate_example(rng) == ("( ( ( ( [MAX 3 ) 4 ) 3 ) ] )", 4, 5)
+    assert rng.values == []
+    # at max_depth no draw decides: the node is a digit
+    assert generate_example(ScriptedRandom([0.7]), max_depth=1) == ("7", 7, 1)
+    # the early rejection stops at the limit
+    assert generate_example(ScriptedRandom([0.1, 0.15, 0.9, 0.35]), limit=3) is None
 
 
 @pytest.fixture(scope="module")
@@ -107,26 +137,25 @@ def test_operators_in_even_proportion(generated: Path) -> None:
 
 
 def test_depth_and_arity_limits() -> None:
-    trees = generate_dataset(300, min_length=4, max_length=200, max_depth=3, max_args=4, seed=1)
+    examples = generate_examples(300, min_length=4, max_length=200, max_depth=3, max_args=4, seed=1)
 
-    def check(tree, depth: int) -> None:
-        if isinstance(tree, int):
+    def check(node, depth: int) -> None:
+        if isinstance(node, int):
             return
         assert depth < 3, "operators only above max_depth"
-        assert 2 <= len(tree[1]) <= 4
-        for child in tree[1]:
+        assert 2 <= len(node[1]) <= 4
+        for child in node[1]:
             check(child, depth + 1)
 
-    for tree in trees:
-        check(tree, 1)
-        assert lra_value(parse_pairs(tree_to_string(tree))) is not None
+    for source, target in examples:
+        check(lra_nodes(parse_pairs(source)), 1)
+        assert lra_value(parse_pairs(source)) == target
 
 
 def test_lra_default_lengths() -> None:
-    trees = generate_dataset(5, seed=0)  # LRA's 500 < length < 2000, depth 10, 10 arguments
-    for tree in trees:
-        source = tree_to_string(tree)
+    for source, target in generate_examples(5, seed=0):  # LRA: 500 < length < 2000, 10, 10
         assert 500 < sum(t not in ("(", ")") for t in source.split()) < 2000
+        assert lra_value(parse_pairs(source)) == target
 
 
 def test_seed_reproducible_and_distinct(tmp_path: Path) -> None:
@@ -140,9 +169,9 @@ def test_seed_reproducible_and_distinct(tmp_path: Path) -> None:
 
 def test_impossible_interval_raises() -> None:
     with pytest.raises(ValueError, match="strictly between"):
-        generate_dataset(3, min_length=5, max_length=6)
+        generate_examples(3, min_length=5, max_length=6)
     with pytest.raises(ValueError, match="only 10 distinct trees"):  # only single digits fit
-        generate_dataset(11, min_length=0, max_length=2, max_failures=2000)
+        generate_examples(11, min_length=0, max_length=2, max_failures=2000)
 
 
 def test_cli_writes_official_files(tmp_path: Path, capsys) -> None:
@@ -177,4 +206,5 @@ def test_python_dash_m_entry_point(tmp_path: Path) -> None:
     ]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
+    assert "Warning" not in result.stderr  # runpy warns if the package imported the module first
     assert len(read_rows(tmp_path / "basic_train.tsv")) == 4
