@@ -458,19 +458,40 @@ class LMStreamDataset(IterableDataset):
                 f"(batch_size {batch_size} x world_size {world_size}): each stream needs at "
                 "least 2 tokens"
             )
-        # (n_streams, n_step) view of the memmap, then this rank's rows: (batch_size, n_step)
-        grid = tokens[: n_streams * n_step].reshape(n_streams, n_step)
-        self.streams = grid[rank * batch_size : (rank + 1) * batch_size]
+        self.tokens = tokens
+        self.rows = (rank * batch_size, (rank + 1) * batch_size, n_streams, n_step)
         self.windows = stream_windows(n_step, tgt_len, stride)
         self.sliding = stride is not None
+
+    @property
+    def streams(self) -> np.ndarray:
+        """This process's streams, a (batch_size, n_step) view of ``tokens`` (no copy)."""
+        first, last, n_streams, n_step = self.rows
+        return self.tokens[: n_streams * n_step].reshape(n_streams, n_step)[first:last]
+
+    def __getstate__(self) -> dict:
+        # A memmap would pickle as a full copy of the split into every spawned worker: send
+        # where it lives instead, and map it again on the other side.
+        state = self.__dict__.copy()
+        tokens = state["tokens"]
+        if isinstance(tokens, np.memmap) and tokens.filename is not None:
+            state["tokens"] = (tokens.filename, tokens.offset, tokens.shape, tokens.dtype.str)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        if isinstance(state["tokens"], tuple):
+            filename, offset, shape, dtype = state["tokens"]
+            state["tokens"] = np.memmap(filename, dtype=dtype, mode="r", offset=offset, shape=shape)
+        self.__dict__.update(state)
 
     def __len__(self) -> int:
         return len(self.windows)
 
     def batch(self, index: int) -> dict[str, torch.Tensor]:
         begin, end, score_from = self.windows[index]
-        inputs = np.asarray(self.streams[:, begin:end], dtype=np.int64)  # (B, T)
-        targets = np.asarray(self.streams[:, begin + 1 : end + 1], dtype=np.int64)  # (B, T)
+        streams = self.streams  # (B, n_step)
+        inputs = np.asarray(streams[:, begin:end], dtype=np.int64)  # (B, T)
+        targets = np.asarray(streams[:, begin + 1 : end + 1], dtype=np.int64)  # (B, T)
         out = {"input_ids": torch.from_numpy(inputs), "target_ids": torch.from_numpy(targets)}
         if self.sliding:
             mask = torch.zeros(inputs.shape, dtype=torch.bool)  # (B, T)

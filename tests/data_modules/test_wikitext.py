@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import pickle
 import tempfile
 import warnings
 from pathlib import Path
@@ -408,3 +409,20 @@ def test_damaged_vocab_file_is_a_clear_error(tmp_path: Path) -> None:
     vocab_file.write_text("<eos>\nonly\n")
     with pytest.raises(DataError, match=f"lists 2 words, its manifest says {size}"):
         _ = make_module(tmp_path).vocab
+
+
+def test_pickled_dataset_maps_the_cache_instead_of_copying_it(tmp_path: Path) -> None:
+    write_wikitext(tmp_path, train=WIKI_TRAIN * 40)
+    module = make_module(tmp_path, batch_size=2, tgt_len=5)
+    module.setup()
+    tokens = module._tokens["train"]
+    dataset = LMStreamDataset(tokens, 2, 50)
+    payload = pickle.dumps(dataset)
+    assert tokens.nbytes > 20_000 and len(payload) < 5_000  # where the memmap is, not its data
+    clone = pickle.loads(payload)
+    assert isinstance(clone.tokens, np.memmap)
+    assert all(
+        torch.equal(a["input_ids"], b["input_ids"])
+        and torch.equal(a["target_ids"], b["target_ids"])
+        for a, b in zip(dataset, clone, strict=True)
+    )
