@@ -147,15 +147,18 @@ class PadCollate:
 
     def __call__(self, items: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
         batch = len(items)
+        # Built in numpy, handed over with from_numpy: small torch ops cost more per call here.
+        positions = np.arange(self.max_length)
         out: dict[str, torch.Tensor] = {}
         for name, (ids_key, mask_key) in self.fields.items():
-            ids = torch.full((batch, self.max_length), self.pad_id, dtype=torch.long)
-            mask = torch.ones((batch, self.max_length), dtype=torch.bool)  # (batch, max_length)
+            ids = np.full((batch, self.max_length), self.pad_id, dtype=np.int64)
+            lengths = np.empty(batch, dtype=np.int64)
             for row, item in enumerate(items):
                 tokens = item[name][: self.max_length]
-                ids[row, : len(tokens)] = torch.from_numpy(np.asarray(tokens, dtype=np.int64))
-                mask[row, : len(tokens)] = False
-            out[ids_key], out[mask_key] = ids, mask
+                ids[row, : len(tokens)] = tokens
+                lengths[row] = len(tokens)
+            out[ids_key] = torch.from_numpy(ids)  # (batch, max_length)
+            out[mask_key] = torch.from_numpy(positions[None, :] >= lengths[:, None])
         out["label"] = torch.tensor([int(item["label"]) for item in items], dtype=torch.long)
         return out
 
