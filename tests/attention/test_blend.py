@@ -1,7 +1,11 @@
 """The blend spec: weight shapes, parameters vs buffers, the formula, the paper's schemes."""
 
+import re
+from pathlib import Path
+
 import pytest
 import torch
+from jsonargparse import ArgumentParser
 from torch import nn
 
 from fmmformer_pl.attention.blend import (
@@ -171,3 +175,23 @@ def test_lra_schemes_start_as_band_attention(name):
     band.load_state_dict(fmm.state_dict(), strict=False)
     x = torch.randn(2, 11, 16)
     torch.testing.assert_close(fmm(x), band(x))
+
+
+def _doc_yaml_blocks():
+    """(scheme name, yaml text) of every ```yaml block of docs/models.md naming a scheme."""
+    doc = (Path(__file__).parents[2] / "docs" / "models.md").read_text()
+    blocks = re.findall(r"```yaml\n(.*?)```", doc, flags=re.S)
+    named = [(re.match(r"# paper_scheme: (\w+)", b), b) for b in blocks]
+    return [(m.group(1), b) for m, b in named if m]
+
+
+def test_docs_yaml_examples_parse_to_the_paper_schemes():
+    """The YAML in docs/models.md, read as LightningCLI reads it, is the code's scheme."""
+    blocks = _doc_yaml_blocks()
+    assert len(blocks) >= 5
+    parser = ArgumentParser()
+    parser.add_argument("--attention", type=AttentionConfig)
+    for name, text in blocks:
+        parsed = parser.parse_string(text)
+        init = getattr(parser, "instantiate", None) or parser.instantiate_classes
+        assert init(parsed).attention == paper_scheme(name), name
