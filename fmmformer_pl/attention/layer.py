@@ -104,8 +104,11 @@ class FMMAttention(nn.Module):
         if x.dim() != 3 or x.shape[-1] != self.dim:
             raise ValueError(f"expected x of shape (batch, seq, {self.dim}), got {tuple(x.shape)}")
         batch, seq, _ = x.shape
-        split = lambda t: t.view(batch, seq, self.num_heads, self.head_dim).transpose(1, 2)  # noqa: E731
-        return split(self.q_proj(x)), split(self.k_proj(x)), split(self.v_proj(x))
+        shape = (batch, seq, self.num_heads, self.head_dim)
+        q, k, v = (
+            p(x).view(shape).transpose(1, 2) for p in (self.q_proj, self.k_proj, self.v_proj)
+        )
+        return q, k, v  # each (batch, heads, seq, head_dim)
 
     def _attend(self, q, k, v, key_padding_mask, far_length=None):
         cfg = self.config
@@ -120,17 +123,9 @@ class FMMAttention(nn.Module):
             )  # fmt: skip
             if not self.has_far:
                 return near
+        kw = dict(causal=self.causal, normalize=cfg.far_normalize, backend=cfg.backend)
         far = [
-            far_field(
-                q,
-                k,
-                v,
-                feature_map=name,
-                causal=self.causal,
-                normalize=cfg.far_normalize,
-                key_padding_mask=key_padding_mask,
-                backend=cfg.backend,
-            )  # fmt: skip
+            far_field(q, k, v, name, key_padding_mask=key_padding_mask, **kw)
             for name in cfg.feature_maps
         ]
         if far_length is not None and not cfg.far_normalize:

@@ -125,3 +125,12 @@ def test_bad_inputs_raise():
         FMMEncoder(VOCAB, MAX_LEN, EncoderConfig(pooling="max"))
     with pytest.raises(ValueError, match="num_classes"):
         SequenceClassifier(VOCAB, 0, MAX_LEN, _config())
+
+
+def test_classifier_logits_do_not_depend_on_padding():
+    torch.manual_seed(0)
+    model = SequenceClassifier(VOCAB, 5, MAX_LEN, _config(pooling="cls")).eval()
+    ids, mask = _batch()
+    ids_long = torch.cat([ids, torch.randint(0, VOCAB, (3, 7))], dim=1)
+    mask_long = torch.cat([mask, torch.ones(3, 7, dtype=torch.bool)], dim=1)
+    torch.testing.assert_close(model(ids_long, mask_long), model(ids, mask))
