@@ -65,10 +65,14 @@ MANIFEST = "manifest.json"
 def fingerprint_files(paths: Sequence[str | Path], hash_contents: bool = False) -> list[list[Any]]:
     """``[resolved path, size, mtime_ns]`` per file (plus a SHA-256 when ``hash_contents``), in order."""
     prints: list[list[Any]] = []
+    parents: dict[str, str] = {}  # resolve each folder once (50,000 IMDB files, 4 folders)
     for path in paths:
-        resolved = Path(path).resolve()
-        stat = resolved.stat()
-        entry: list[Any] = [str(resolved), stat.st_size, stat.st_mtime_ns]
+        folder, name = os.path.split(os.fspath(path))  # os.path: pathlib is slow at this count
+        if folder not in parents:
+            parents[folder] = os.path.realpath(folder or ".")
+        resolved = os.path.join(parents[folder], name)
+        stat = os.stat(resolved)
+        entry: list[Any] = [resolved, stat.st_size, stat.st_mtime_ns]
         if hash_contents:
             digest = hashlib.sha256()
             with open(resolved, "rb") as handle:
