@@ -92,12 +92,13 @@ def _near_field_blocked(q, k, v, bandwidth, causal, key_padding_mask, dropout_p)
     padded = n_blocks * block
     if n_blocks == 1:
         # One block sees every key: the slab is the sequence itself.
-        left, right = 0, 0
+        left, right, slab = 0, 0, seq
     else:
+        # Block b (queries b*block ...) reads keys b*block - left ... b*block + block - 1 + after.
         left = width - 1
-        right = (padded - seq) + (0 if causal else width - 1)
-    slab = block + (left + right) - (padded - seq) if n_blocks > 1 else seq
-    # Block b's slab starts at key b * block - left.
+        after = 0 if causal else width - 1
+        right = (padded - seq) + after  # zero keys past the end, masked below
+        slab = left + block + after
 
     q = F.pad(q, (0, 0, 0, padded - seq))
     q = q.view(batch, heads, n_blocks, block, head_dim) / math.sqrt(head_dim)
