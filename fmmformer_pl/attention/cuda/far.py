@@ -31,10 +31,11 @@ with the reverse state R = sum_i a_i g_i^T and r = sum_i s_i a_i. Nothing of siz
 (seq x seq) or (seq x head_dim x head_dim) is ever allocated: the extra memory is one
 float32 per position (the denominators) and one state per segment.
 
-All intra-chunk products take bf16 operands (bf16 or fp16 inputs; fp16 is widened to bf16 so
-that 1 / den cannot underflow) and accumulate in float32; products with a float32 state use
-TF32 (or exact float32 for float32 inputs under ``torch.get_float32_matmul_precision() ==
-"highest"``).
+Every matrix product takes bf16 operands for bf16 or fp16 inputs (fp16 is widened to bf16 so
+that 1 / den cannot underflow; a state is rounded to bf16 where it is read, as in
+flash-linear-attention) and accumulates in float32; states and sums stay float32. float32
+inputs use float32 operands: TF32, or exact float32 under
+``torch.get_float32_matmul_precision() == "highest"``.
 """
 
 from __future__ import annotations
@@ -57,8 +58,9 @@ from ._common import (
 # Feature maps the kernels compute in registers (names of ``FEATURE_MAPS``).
 PHI_CODES = {"elu": 0, "elu_flip": 1, "tanh": 2, "relu": 3, "softplus": 4}
 
-# Positions per chunk: the intra-chunk product is (_CHUNK x _CHUNK) per chunk.
-_CHUNK = 64
+# Positions per chunk: the intra-chunk product is (_CHUNK x _CHUNK) per chunk. 32 rather
+# than 64 keeps the backward kernels free of register spills at 8 warps (ptxas, sm_90).
+_CHUNK = 32
 # Aim for this many programs per SM so that one long sequence still fills the GPU.
 _PROGRAMS_PER_SM = 4
 # Up to this many chunks a (batch, head) is one segment: no state pass and no scan, which
@@ -67,7 +69,7 @@ _SINGLE_SEGMENT_CHUNKS = 16
 
 
 # Launch settings per kernel (tuned on an H200, bf16, head_dim 64; see docs/gpu.md).
-LAUNCH = {name: dict(num_warps=4, num_stages=2)
+LAUNCH = {name: dict(num_warps=8, num_stages=2)
           for name in ("state_fwd", "fwd", "state_bwd", "dq", "dkv")}
 
 
@@ -152,6 +154,7 @@ def _far_state_fwd_kernel(
     skb, skh, skt, skd, svb, svh, svt, svd, smb, smt,
     PHI: tl.constexpr, HAS_MASK: tl.constexpr,
     BT: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr, PREC: tl.constexpr,
+    DOT_DTYPE: tl.constexpr,
 ):
     """Per segment: S = sum_j b_j v_j^T, z = sum_j b_j. Grid (segments, batch * heads)."""
     pid_s = tl.program_id(0)
@@ -171,8 +174,8 @@ def _far_state_fwd_kernel(
     for c in range(0, CPS):
         t = t0 + c * BT + offs_t
         b, _ = _load_phi_k(k_base, mask_base, t, offs_d, T, D, skt, skd, smt, PHI, HAS_MASK)
-        vv = _load_tile(v_base, t, offs_dv, T, DV, svt, svd)
-        S += tl.dot(tl.trans(b), vv, input_precision=PREC)
+        vv = _load_tile(v_base, t, offs_dv, T, DV, svt, svd).to(DOT_DTYPE)
+        S += tl.dot(tl.trans(b.to(DOT_DTYPE)), vv, input_precision=PREC)
         z += tl.sum(b, axis=0)
     slot = pid_bh * n_seg + pid_s
     tl.store(S_ptr + slot * BD * BDV + offs_d[:, None] * BDV + offs_dv[None, :], S)
@@ -219,17 +222,19 @@ def _far_fwd_kernel(
     for c in range(0, CPS):
         t = t0 + c * BT + offs_t
         a, _ = _load_phi_q(q_base, t, offs_d, T, D, sqt, sqd, PHI)
-        num = tl.dot(a, S, input_precision=PREC)
         den = tl.sum(a * z[None, :], axis=1)
+        a = a.to(DOT_DTYPE)
+        num = tl.dot(a, S.to(DOT_DTYPE), input_precision=PREC)
         if CAUSAL:
             b, _ = _load_phi_k(k_base, mask_base, t, offs_d, T, D, skt, skd, smt, PHI, HAS_MASK)
-            vv = _load_tile(v_base, t, offs_dv, T, DV, svt, svd)
-            A = tl.dot(a.to(DOT_DTYPE), tl.trans(b.to(DOT_DTYPE)), input_precision=PREC)
+            z += tl.sum(b, axis=0)
+            b = b.to(DOT_DTYPE)
+            vv = _load_tile(v_base, t, offs_dv, T, DV, svt, svd).to(DOT_DTYPE)
+            A = tl.dot(a, tl.trans(b), input_precision=PREC)
             A = tl.where(causal_mask, A, 0.0)
-            num += tl.dot(A.to(DOT_DTYPE), vv.to(DOT_DTYPE), input_precision=PREC)
+            num += tl.dot(A.to(DOT_DTYPE), vv, input_precision=PREC)
             den += tl.sum(A, axis=1)
             S += tl.dot(tl.trans(b), vv, input_precision=PREC)
-            z += tl.sum(b, axis=0)
         if NORMALIZE:
             pos = den > 0
             out = tl.where(pos[:, None], num / tl.where(pos, den, 1.0)[:, None], 0.0)
@@ -248,6 +253,7 @@ def _far_state_bwd_kernel(
     sqb, sqh, sqt, sqd, sdob, sdoh, sdot, sdod, sob, soh, sot, sod,
     PHI: tl.constexpr, NORMALIZE: tl.constexpr,
     BT: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr, PREC: tl.constexpr,
+    DOT_DTYPE: tl.constexpr,
 ):
     """Per segment: R = sum_i a_i g_i^T, r = sum_i s_i a_i. Grid (segments, batch * heads)."""
     pid_s = tl.program_id(0)
@@ -271,8 +277,8 @@ def _far_state_bwd_kernel(
         a = tl.where(t[:, None] < T, a, 0.0)
         g, s = _load_g_s(do_base, o_base, den_base, t, offs_dv, T, DV, sdot, sdod, sot, sod,
                          scale, NORMALIZE)
-        R += tl.dot(tl.trans(a), g, input_precision=PREC)
         r += tl.sum(a * s[:, None], axis=0)
+        R += tl.dot(tl.trans(a.to(DOT_DTYPE)), g.to(DOT_DTYPE), input_precision=PREC)
     slot = pid_bh * n_seg + pid_s
     tl.store(R_ptr + slot * BD * BDV + offs_d[:, None] * BDV + offs_dv[None, :], R)
     tl.store(r_ptr + slot * BD + offs_d, r)
@@ -317,17 +323,19 @@ def _far_dq_kernel(
     t0 = pid_s * CPS * BT
     for c in range(0, CPS):
         t = t0 + c * BT + offs_t
-        _, dphi_q = _load_phi_q(q_base, t, offs_d, T, D, sqt, sqd, PHI)
         b, _ = _load_phi_k(k_base, mask_base, t, offs_d, T, D, skt, skd, smt, PHI, HAS_MASK)
-        vv = _load_tile(v_base, t, offs_dv, T, DV, svt, svd)
+        vv = _load_tile(v_base, t, offs_dv, T, DV, svt, svd).to(DOT_DTYPE)
         g, s = _load_g_s(do_base, o_base, den_base, t, offs_dv, T, DV, sdot, sdod, sot, sod,
                          scale, NORMALIZE)
-        da = tl.dot(g, tl.trans(S), input_precision=PREC) + s[:, None] * z[None, :]
-        P = tl.dot(g.to(DOT_DTYPE), tl.trans(vv.to(DOT_DTYPE)), input_precision=PREC)
+        g = g.to(DOT_DTYPE)
+        da = tl.dot(g, tl.trans(S.to(DOT_DTYPE)), input_precision=PREC) + s[:, None] * z[None, :]
+        P = tl.dot(g, tl.trans(vv), input_precision=PREC)
         P = tl.where(causal_mask, P + s[:, None], 0.0)
-        da += tl.dot(P.to(DOT_DTYPE), b.to(DOT_DTYPE), input_precision=PREC)
-        S += tl.dot(tl.trans(b), vv, input_precision=PREC)
         z += tl.sum(b, axis=0)
+        b = b.to(DOT_DTYPE)
+        da += tl.dot(P.to(DOT_DTYPE), b, input_precision=PREC)
+        S += tl.dot(tl.trans(b), vv, input_precision=PREC)
+        _, dphi_q = _load_phi_q(q_base, t, offs_d, T, D, sqt, sqd, PHI)
         dq = da * dphi_q
         tl.store(dq_base + t[:, None] * sdqt + offs_d[None, :] * sdqd,
                  dq.to(dq_ptr.dtype.element_ty),
@@ -391,26 +399,30 @@ def _far_dkv_kernel(
     for cc in range(0, CPS):
         c = CPS - 1 - cc
         t = t0 + c * BT + offs_t
-        a, dphi_q = _load_phi_q(q_base, t, offs_d, T, D, sqt, sqd, PHI)
-        a = tl.where(t[:, None] < T, a, 0.0)
         b, dphi_k = _load_phi_k(k_base, mask_base, t, offs_d, T, D, skt, skd, smt, PHI,
                                 HAS_MASK)
-        vv = _load_tile(v_base, t, offs_dv, T, DV, svt, svd)
+        b = b.to(DOT_DTYPE)
+        vv = _load_tile(v_base, t, offs_dv, T, DV, svt, svd).to(DOT_DTYPE)
         g, s = _load_g_s(do_base, o_base, den_base, t, offs_dv, T, DV, sdot, sdod, sot, sod,
                          scale, NORMALIZE)
-        db = tl.dot(vv, tl.trans(R), input_precision=PREC) + r[None, :]
-        dv = tl.dot(b, R, input_precision=PREC)
+        g = g.to(DOT_DTYPE)
+        db = tl.dot(vv, tl.trans(R.to(DOT_DTYPE)), input_precision=PREC) + r[None, :]
+        dv = tl.dot(b, R.to(DOT_DTYPE), input_precision=PREC)
         if CAUSAL:
-            Pt = tl.dot(vv.to(DOT_DTYPE), tl.trans(g.to(DOT_DTYPE)), input_precision=PREC)
-            Pt = tl.where(causal_mask_t, Pt + s[None, :], 0.0)
-            db += tl.dot(Pt.to(DOT_DTYPE), a.to(DOT_DTYPE), input_precision=PREC)
-            At = tl.dot(b.to(DOT_DTYPE), tl.trans(a.to(DOT_DTYPE)), input_precision=PREC)
-            At = tl.where(causal_mask_t, At, 0.0)
-            dv += tl.dot(At.to(DOT_DTYPE), g.to(DOT_DTYPE), input_precision=PREC)
-            R += tl.dot(tl.trans(a), g, input_precision=PREC)
+            a, _ = _load_phi_q(q_base, t, offs_d, T, D, sqt, sqd, PHI)
+            a = tl.where(t[:, None] < T, a, 0.0)
             r += tl.sum(a * s[:, None], axis=0)
+            a = a.to(DOT_DTYPE)
+            Pt = tl.dot(vv, tl.trans(g), input_precision=PREC)
+            Pt = tl.where(causal_mask_t, Pt + s[None, :], 0.0)
+            db += tl.dot(Pt.to(DOT_DTYPE), a, input_precision=PREC)
+            At = tl.dot(b, tl.trans(a), input_precision=PREC)
+            At = tl.where(causal_mask_t, At, 0.0)
+            dv += tl.dot(At.to(DOT_DTYPE), g, input_precision=PREC)
+            R += tl.dot(tl.trans(a), g, input_precision=PREC)
         else:
-            da = tl.dot(g, tl.trans(S), input_precision=PREC) + s[:, None] * z[None, :]
+            da = tl.dot(g, tl.trans(S.to(DOT_DTYPE)), input_precision=PREC) + s[:, None] * z[None, :]
+            _, dphi_q = _load_phi_q(q_base, t, offs_d, T, D, sqt, sqd, PHI)
             dq = da * dphi_q
             tl.store(dq_base + t[:, None] * sdqt + offs_d[None, :] * sdqd,
                      dq.to(dq_ptr.dtype.element_ty),
@@ -477,7 +489,8 @@ class _FarField(torch.autograd.Function):
             z_seg = torch.empty(bh, n_seg, bd, **f32)
             _far_state_fwd_kernel[(n_seg, bh)](
                 k, v, mask, S_seg, z_seg, heads, seq, dim, dim_v, cps,
-                *strides(k), *strides(v), smb, smt, **common, **LAUNCH["state_fwd"],
+                *strides(k), *strides(v), smb, smt, DOT_DTYPE=_dot_dtype(q.dtype), **common,
+                **LAUNCH["state_fwd"],
             )
             if causal:
                 S0, z0 = _exclusive_scan(S_seg, False), _exclusive_scan(z_seg, False)
@@ -521,8 +534,8 @@ class _FarField(torch.autograd.Function):
             r_seg = torch.empty(bh, n_seg, bd, **f32)
             _far_state_bwd_kernel[(n_seg, bh)](
                 q, dout, out, den, R_seg, r_seg, heads, seq, dim, dim_v, cps, scale,
-                *strides(q), *strides(dout), *strides(out), NORMALIZE=normalize, **common,
-                **LAUNCH["state_bwd"],
+                *strides(q), *strides(dout), *strides(out), NORMALIZE=normalize,
+                DOT_DTYPE=_dot_dtype(q.dtype), **common, **LAUNCH["state_bwd"],
             )
             if causal:
                 R0, r0 = _exclusive_scan(R_seg, True), _exclusive_scan(r_seg, True)

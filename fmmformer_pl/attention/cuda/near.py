@@ -301,8 +301,8 @@ def _band_dkv_kernel(
 
 
 # Launch settings (tuned on an H200, bf16, head_dim 64; see docs/gpu.md).
-LAUNCH = {"fwd": dict(num_warps=4, num_stages=2), "dq": dict(num_warps=4, num_stages=2),
-          "dkv": dict(num_warps=4, num_stages=2)}
+LAUNCH = {"fwd": dict(num_warps=8, num_stages=2), "dq": dict(num_warps=8, num_stages=2),
+          "dkv": dict(num_warps=8, num_stages=2)}
 
 
 class _BandAttention(torch.autograd.Function):
