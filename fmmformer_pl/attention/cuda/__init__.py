@@ -19,6 +19,10 @@ def _usable(q: torch.Tensor) -> bool:
     return q.is_cuda and torch.cuda.is_available()
 
 
+# torch.compile does not trace into these: the kernels are already fused, and their host code
+# (launch grids, a dropout seed drawn with .item()) would only cause graph breaks. Compiling a
+# model fuses everything around the attention; the attention itself runs these kernels.
+@torch.compiler.disable
 def near_field_cuda(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -39,6 +43,7 @@ def near_field_cuda(
                                  key_padding_mask=key_padding_mask, dropout_p=dropout_p)
 
 
+@torch.compiler.disable
 def far_field_cuda(
     q: torch.Tensor,
     k: torch.Tensor,
