@@ -1,0 +1,20 @@
+"""LightningModules around the models, and the callbacks the CLI adds to every run."""
+
+from fmmformer_pl.tasks.callbacks import (
+    BlendWeightMonitor,
+    MajorityBaseline,
+    PlainProgressBar,
+    TrainingMonitor,
+)
+from fmmformer_pl.tasks.classification import ClassificationTask, RetrievalTask
+from fmmformer_pl.tasks.optim import OptimConfig
+
+__all__ = [
+    "BlendWeightMonitor",
+    "ClassificationTask",
+    "MajorityBaseline",
+    "OptimConfig",
+    "PlainProgressBar",
+    "RetrievalTask",
+    "TrainingMonitor",
+]

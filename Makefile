@@ -1,0 +1,58 @@
+# fmmformer-pl: every command a user or CI needs. `make help` lists them.
+# `make quickstart` and `make test` work on a fresh machine: they create .venv first.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# Installed FIRST and on its own: a bare `torch` requirement would pull the multi-GB CUDA build.
+# Pip resolves this to the CPU wheel where one is on disk (pip's find-links); on a GPU machine
+# set e.g. TORCH_SPEC="torch==2.11.0" to keep the CUDA build you have.
+TORCH_SPEC ?= torch==2.13.0
+EXTRAS ?= dev
+STAMP := $(VENV)/.fmmformer-installed
+IMAGE ?= fmmformer-pl
+QUICKSTART_CKPT := logs/quickstart/checkpoints/last.ckpt
+
+.DEFAULT_GOAL := help
+.PHONY: help install quickstart test lint bench tensorboard docker-build docker-run clean
+
+help: ## List the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-13s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+# Re-run the install when the package metadata changes; the stamp marks a finished install.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install "$(TORCH_SPEC)"
+	$(PY) -m pip install -e ".[$(EXTRAS)]"
+	touch $@
+
+install: $(STAMP) ## Create .venv: torch (CPU wheel) first, then this package with [dev] extras
+
+quickstart: $(STAMP) ## Train an FMMformer on generated ListOps (CPU, a few minutes), then test it
+	$(PY) cli.py fit --config configs/quickstart.yaml
+	$(PY) cli.py test --config configs/quickstart.yaml --ckpt_path $(QUICKSTART_CKPT)
+
+test: $(STAMP) ## Run the test suite (GPU tests are skipped without CUDA)
+	$(PY) -m pytest -q
+
+lint: $(STAMP) ## ruff (code) and hadolint (Dockerfile)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/hadolint Dockerfile
+
+bench: $(STAMP) ## Run the benchmarks in bench/ (tables on stdout, CSV beside them)
+	@set -e; for script in bench/bench_*.py; do echo "== $$script"; $(PY) $$script; done
+
+tensorboard: $(STAMP) ## Serve the TensorBoard logs in logs/ on http://localhost:6006
+	$(VENV)/bin/tensorboard --logdir logs --port 6006
+
+docker-build: ## Build the CUDA image (needs a Docker daemon; files you write stay yours)
+	docker build --build-arg UID=$$(id -u) --build-arg GID=$$(id -g) -t $(IMAGE) .
+
+docker-run: ## The quick start in the image, with ./data and ./logs mounted
+	docker run --rm -it --gpus all --ipc=host \
+		-v "$(CURDIR)/data:/data" -v "$(CURDIR)/logs:/app/logs" \
+		$(IMAGE) fit --config configs/quickstart.yaml
+
+clean: ## Remove logs, checkpoints and caches (keeps .venv and data/)
+	rm -rf logs lightning_logs .pytest_cache .ruff_cache .hypothesis build dist *.egg-info
+	find . -name __pycache__ -type d -not -path "./$(VENV)/*" -prune -exec rm -rf {} +

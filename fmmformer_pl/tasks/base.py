@@ -1,0 +1,54 @@
+"""What every task shares: the optimiser and schedule from :class:`OptimConfig`, and how many
+tokens a batch holds (read by the throughput callback)."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+from lightning.pytorch import LightningModule
+
+from fmmformer_pl.tasks.optim import (
+    OptimConfig,
+    build_optimizer,
+    build_scheduler,
+    parameter_groups,
+)
+
+# The batch keys that hold token ids, for every batch layout the data modules produce.
+TOKEN_KEYS = ("input_ids", "input_ids_1", "input_ids_2")
+
+
+class TaskBase(LightningModule):
+    """A LightningModule with ``self.optim`` (an :class:`OptimConfig`) and ``self.model``."""
+
+    def __init__(self, optim: Optional[OptimConfig] = None) -> None:
+        super().__init__()
+        self.optim = optim if optim is not None else OptimConfig()
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        optimizer = build_optimizer(parameter_groups(self, self.optim.weight_decay), self.optim)
+        total = self.optim.total_steps
+        if total is None:
+            total = int(self.trainer.estimated_stepping_batches)
+        scheduler = build_scheduler(optimizer, self.optim, total)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1},
+        }
+
+    @staticmethod
+    def check_sizes(**sizes: int) -> None:
+        """Raises a clear error for a size the data module did not provide (the CLI links them;
+        a data module without one of them links ``None``)."""
+        for name, value in sizes.items():
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(
+                    f"{name} must be a positive integer, got {value!r}: the CLI links it from the "
+                    f"data module's `{name}` property, or pass model.init_args.{name} yourself"
+                )
+
+    @staticmethod
+    def batch_tokens(batch: dict[str, torch.Tensor]) -> int:
+        """Token positions the model processes for ``batch`` (padding included: it is computed)."""
+        return sum(batch[key].numel() for key in TOKEN_KEYS if key in batch)
