@@ -17,8 +17,8 @@ Variants (what is timed is ``out = f(q, k, v)`` then ``autograd.grad(out, inputs
                        blended with learnable per-head weights (their gradients included)
 
 Time: median of ``--repeats`` CUDA-event timings after ``--warmup`` runs (fewer repeats where one
-run takes over 0.5 s; the CSV says how many). ``graph_ms``: the same step captured once in a
-CUDA graph and replayed (launch overhead removed), up to ``--graph-max-seq``.
+run takes over 0.5 s; the CSV says how many). Eager mode: at short lengths the time is the
+host's launch overhead, for every variant alike.
 Memory: peak allocated during one step minus what was allocated before it (the inputs).
 Roofline: ``flops`` counts the useful multiply-adds (x2) of forward and backward; ``bytes``
 the least traffic of any implementation: q, k, v, out read or written once forward, and q, k, v,
@@ -58,7 +58,7 @@ VARIANTS = (
     "fmm_r1", "fmm_r2",
 )  # fmt: skip
 FIELDS = (
-    "variant", "seq", "causal", "ms", "graph_ms", "repeats", "peak_extra_mib", "input_mib",
+    "variant", "seq", "causal", "ms", "repeats", "peak_extra_mib", "input_mib",
     "flops", "bytes", "tflops", "tbps", "bound", "of_floor", "note",
 )  # fmt: skip
 
@@ -188,8 +188,6 @@ def bench_one(name, seq, causal, args):
             times.append(start.elapsed_time(end))
         row["ms"] = round(statistics.median(times), 4)
         row["repeats"] = repeats
-        if seq <= args.graph_max_seq and name != "linear_reference":
-            row["graph_ms"] = _graph_time(step, args.repeats)
     except torch.OutOfMemoryError:
         row["note"] = "OOM"
     finally:
@@ -205,35 +203,6 @@ def bench_one(name, seq, causal, args):
             of_floor=round(floor / secs, 4),
         )  # fmt: skip
     return row
-
-
-def _graph_time(step, repeats):
-    """Median time of one replay of the step captured in a CUDA graph (None if capture fails)."""
-    try:
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            for _ in range(2):
-                step()
-        torch.cuda.current_stream().wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            step()
-        graph.replay()
-        torch.cuda.synchronize()
-        times = []
-        for _ in range(repeats):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            graph.replay()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end))
-        del graph
-        return round(statistics.median(times), 4)
-    except Exception as err:  # noqa: BLE001 - a failed capture is reported, not fatal
-        print(f"  (graph capture failed: {type(err).__name__}: {str(err)[:200]})")
-        return None
 
 
 def tune(args):
@@ -302,7 +271,6 @@ def main(argv=None):
     p.add_argument("--dense-max-seq", type=int, default=262144)
     p.add_argument("--reference-max-seq", type=int, default=65536)
     p.add_argument("--dense-masked-max-gb", type=float, default=100.0)
-    p.add_argument("--graph-max-seq", type=int, default=16384)
     p.add_argument("--tune", action="store_true", help="sweep launch settings first")
     p.add_argument("--tune-seq", type=int, default=65536)
     p.add_argument("--out-dir", type=Path, default=REPO / "docs")
@@ -322,7 +290,7 @@ def main(argv=None):
                 rows.append(row)
                 print(
                     f"{name:18s} seq={seq:8d} {mode:13s} ms={row.get('ms')!s:>9} "
-                    f"graph={row.get('graph_ms')!s:>8} peak+={row.get('peak_extra_mib')!s:>9}MiB "
+                    f"peak+={row.get('peak_extra_mib')!s:>9}MiB "
                     f"{row.get('tflops', '')!s:>7}TF/s {row.get('tbps', '')!s:>6}TB/s "
                     f"{row.get('bound', '')} {row.get('of_floor', '')} {row['note']}", flush=True,
                 )  # fmt: skip

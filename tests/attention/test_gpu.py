@@ -255,6 +255,9 @@ def test_layer_cuda_backend_matches_reference_backend(kind, causal):
     assert err < 2e-2, err.item()
     (y_fast.float() * keep).square().mean().backward()
     (y_ref * keep).square().mean().backward()
+    # Some gradients vanish in exact arithmetic (softmax ignores the key bias: it adds the same
+    # q.b to a whole row), so each is measured against the largest gradient as well.
+    scale = max(p.grad.norm() for p in ref.parameters())
     for (name, p_fast), p_ref in zip(fast.named_parameters(), ref.parameters(), strict=True):
-        rel = (p_fast.grad - p_ref.grad).norm() / p_ref.grad.norm().clamp_min(1e-12)
+        rel = (p_fast.grad - p_ref.grad).norm() / torch.maximum(p_ref.grad.norm(), 1e-2 * scale)
         assert rel < 5e-2, (name, rel.item())
