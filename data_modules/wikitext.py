@@ -618,6 +618,11 @@ class WikiText103DataModule(L.LightningDataModule):
 
     @property
     def max_length(self) -> int:
+        """Longest window a batch holds, the model's ``max_length`` (linked by the CLI)."""
+        return max(self.tgt_len, self.eval_tgt_len)
+
+    @property
+    def max_length(self) -> int:
         """The longest window of any batch, ``max(tgt_len, eval_tgt_len)``: the model's context."""
         return max(self.tgt_len, self.eval_tgt_len)
 
