@@ -7,11 +7,13 @@ from fmmformer_pl.tasks.callbacks import (
     TrainingMonitor,
 )
 from fmmformer_pl.tasks.classification import ClassificationTask, RetrievalTask
+from fmmformer_pl.tasks.language_model import LanguageModelTask
 from fmmformer_pl.tasks.optim import OptimConfig
 
 __all__ = [
     "BlendWeightMonitor",
     "ClassificationTask",
+    "LanguageModelTask",
     "MajorityBaseline",
     "OptimConfig",
     "PlainProgressBar",
