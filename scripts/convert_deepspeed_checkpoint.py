@@ -31,6 +31,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+# The checkpoint's hyper-parameters pickle this project's config classes: make the package
+# importable when the script runs from a checkout without `pip install -e .`.
+sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
+
 
 def _tag_dir(checkpoint_dir: Path, tag: str | None) -> Path:
     """The folder with the ``*_optim_states.pt`` shards, with an error that says what is wrong."""
