@@ -12,9 +12,9 @@ key_padding_mask bool ``(batch, seq)`` (True = padding). Semantics are exactly t
 Algorithm. The sequence is cut into chunks of ``_CHUNK`` positions and the chunks into
 *segments*, one program per (segment, batch * head), so a single long sequence still fills
 the GPU. A first kernel sums each segment's state S = sum_j b_j v_j^T (head_dim x head_dim_v)
-and z = sum_j b_j; a tiny exclusive scan over segments (PyTorch) gives every segment the
-state of all earlier ones (bidirectional: the total); the main kernel then walks its chunks
-with the state in registers:
+and z = sum_j b_j; the main kernel starts from the sum of the earlier segments' states (it
+adds them itself, from L2: no scan kernel in between; bidirectional: the total, one
+``sum``), then walks its chunks with the state in registers:
 
     num_c = a_c S + tril(a_c b_c^T) v_c,  den_c = a_c z + rowsum(tril(a_c b_c^T)),
     S += b_c^T v_c,  z += colsum(b_c)          (causal; bidirectional: num_c = a_c S_total)
@@ -148,13 +148,30 @@ def _load_g_s(do_base, o_base, den_base, t, offs_dv, T, DV, sdot, sdod, sot, sod
 
 
 @triton.jit
+def _sum_states(S_ptr, z_ptr, first, lo, hi, offs_d, offs_dv, BD: tl.constexpr,
+                BDV: tl.constexpr, SLOT: tl.constexpr):
+    """Sum of the states in slots first + lo .. first + hi - 1 (S: BD x BDV, z: BD).
+
+    A slot is SLOT = BD * BDV + BD float32 numbers: S row-major, then z (z_ptr = S_ptr + BD *
+    BDV). Summing the earlier segments here replaces a scan kernel between the two passes.
+    """
+    S = tl.zeros([BD, BDV], dtype=tl.float32)
+    z = tl.zeros([BD], dtype=tl.float32)
+    for sp in range(lo, hi):
+        slot = first + sp
+        S += tl.load(S_ptr + slot * SLOT + offs_d[:, None] * BDV + offs_dv[None, :])
+        z += tl.load(z_ptr + slot * SLOT + offs_d)
+    return S, z
+
+
+@triton.jit
 def _far_state_fwd_kernel(
     k_ptr, v_ptr, mask_ptr, S_ptr, z_ptr,
     H, T, D, DV, CPS,
     skb, skh, skt, skd, svb, svh, svt, svd, smb, smt,
     PHI: tl.constexpr, HAS_MASK: tl.constexpr,
     BT: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr, PREC: tl.constexpr,
-    DOT_DTYPE: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, SLOT: tl.constexpr,
 ):
     """Per segment: S = sum_j b_j v_j^T, z = sum_j b_j. Grid (segments, batch * heads)."""
     pid_s = tl.program_id(0)
@@ -178,24 +195,24 @@ def _far_state_fwd_kernel(
         S += tl.dot(tl.trans(b.to(DOT_DTYPE)), vv, input_precision=PREC)
         z += tl.sum(b, axis=0)
     slot = pid_bh * n_seg + pid_s
-    tl.store(S_ptr + slot * BD * BDV + offs_d[:, None] * BDV + offs_dv[None, :], S)
-    tl.store(z_ptr + slot * BD + offs_d, z)
+    tl.store(S_ptr + slot * SLOT + offs_d[:, None] * BDV + offs_dv[None, :], S)
+    tl.store(z_ptr + slot * SLOT + offs_d, z)
 
 
 @triton.jit
 def _far_fwd_kernel(
     q_ptr, k_ptr, v_ptr, mask_ptr, S_ptr, z_ptr, o_ptr, den_ptr,
-    H, T, D, DV, CPS, scale, s_bh, s_seg,
+    H, T, D, DV, CPS, scale,
     sqb, sqh, sqt, sqd, skb, skh, skt, skd, svb, svh, svt, svd, sob, soh, sot, sod, smb, smt,
     PHI: tl.constexpr, HAS_MASK: tl.constexpr, CAUSAL: tl.constexpr, HAS_INIT: tl.constexpr,
     NORMALIZE: tl.constexpr,
     BT: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr, PREC: tl.constexpr,
-    DOT_DTYPE: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, SLOT: tl.constexpr,
 ):
     """out (and den) for one segment's chunks. Grid (segments, batch * heads).
 
-    The initial state is S_ptr[pid_bh * s_bh + pid_seg * s_seg] (s_seg = 0: the same total for
-    every segment, the bidirectional case).
+    The initial state: causal, the sum of the earlier segments' states (slots of
+    ``_far_state_fwd_kernel``); bidirectional, the total of slot pid_bh.
     """
     pid_s = tl.program_id(0)
     pid_bh = tl.program_id(1).to(tl.int64)
@@ -211,9 +228,11 @@ def _far_fwd_kernel(
     offs_d = tl.arange(0, BD)
     offs_dv = tl.arange(0, BDV)
     if HAS_INIT:
-        slot = pid_bh * s_bh + pid_s * s_seg
-        S = tl.load(S_ptr + slot * BD * BDV + offs_d[:, None] * BDV + offs_dv[None, :])
-        z = tl.load(z_ptr + slot * BD + offs_d)
+        if CAUSAL:
+            S, z = _sum_states(S_ptr, z_ptr, pid_bh * tl.num_programs(0), 0, pid_s, offs_d,
+                               offs_dv, BD, BDV, SLOT)
+        else:
+            S, z = _sum_states(S_ptr, z_ptr, pid_bh, 0, 1, offs_d, offs_dv, BD, BDV, SLOT)
     else:
         S = tl.zeros([BD, BDV], dtype=tl.float32)
         z = tl.zeros([BD], dtype=tl.float32)
@@ -253,7 +272,7 @@ def _far_state_bwd_kernel(
     sqb, sqh, sqt, sqd, sdob, sdoh, sdot, sdod, sob, soh, sot, sod,
     PHI: tl.constexpr, NORMALIZE: tl.constexpr,
     BT: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr, PREC: tl.constexpr,
-    DOT_DTYPE: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, SLOT: tl.constexpr,
 ):
     """Per segment: R = sum_i a_i g_i^T, r = sum_i s_i a_i. Grid (segments, batch * heads)."""
     pid_s = tl.program_id(0)
@@ -280,8 +299,8 @@ def _far_state_bwd_kernel(
         r += tl.sum(a * s[:, None], axis=0)
         R += tl.dot(tl.trans(a.to(DOT_DTYPE)), g.to(DOT_DTYPE), input_precision=PREC)
     slot = pid_bh * n_seg + pid_s
-    tl.store(R_ptr + slot * BD * BDV + offs_d[:, None] * BDV + offs_dv[None, :], R)
-    tl.store(r_ptr + slot * BD + offs_d, r)
+    tl.store(R_ptr + slot * SLOT + offs_d[:, None] * BDV + offs_dv[None, :], R)
+    tl.store(r_ptr + slot * SLOT + offs_d, r)
 
 
 @triton.jit
@@ -293,7 +312,7 @@ def _far_dq_kernel(
     PHI: tl.constexpr, HAS_MASK: tl.constexpr, HAS_INIT: tl.constexpr,
     NORMALIZE: tl.constexpr,
     BT: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr, PREC: tl.constexpr,
-    DOT_DTYPE: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, SLOT: tl.constexpr,
 ):
     """Causal dq, forward over the chunks: da = (g S^T + s z^T) + tril(g v^T + s) b."""
     pid_s = tl.program_id(0)
@@ -313,9 +332,8 @@ def _far_dq_kernel(
     offs_d = tl.arange(0, BD)
     offs_dv = tl.arange(0, BDV)
     if HAS_INIT:
-        slot = pid_bh * n_seg + pid_s
-        S = tl.load(S_ptr + slot * BD * BDV + offs_d[:, None] * BDV + offs_dv[None, :])
-        z = tl.load(z_ptr + slot * BD + offs_d)
+        S, z = _sum_states(S_ptr, z_ptr, pid_bh * n_seg, 0, pid_s, offs_d, offs_dv, BD, BDV,
+                           SLOT)
     else:
         S = tl.zeros([BD, BDV], dtype=tl.float32)
         z = tl.zeros([BD], dtype=tl.float32)
@@ -353,7 +371,7 @@ def _far_dkv_kernel(
     PHI: tl.constexpr, HAS_MASK: tl.constexpr, CAUSAL: tl.constexpr, HAS_INIT: tl.constexpr,
     NORMALIZE: tl.constexpr,
     BT: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr, PREC: tl.constexpr,
-    DOT_DTYPE: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, SLOT: tl.constexpr,
 ):
     """dk, dv, backward over the chunks with the reverse state R, r.
 
@@ -379,20 +397,17 @@ def _far_dkv_kernel(
     offs_t = tl.arange(0, BT)
     offs_d = tl.arange(0, BD)
     offs_dv = tl.arange(0, BDV)
-    state_offs = offs_d[:, None] * BDV + offs_dv[None, :]
-    if CAUSAL:
-        slot = pid_bh * n_seg + pid_s
-    else:
-        slot = pid_bh
     if HAS_INIT:
-        R = tl.load(R_ptr + slot * BD * BDV + state_offs)
-        r = tl.load(r_ptr + slot * BD + offs_d)
+        if CAUSAL:  # the later segments' reverse states
+            R, r = _sum_states(R_ptr, r_ptr, pid_bh * n_seg, pid_s + 1, n_seg, offs_d, offs_dv,
+                               BD, BDV, SLOT)
+        else:
+            R, r = _sum_states(R_ptr, r_ptr, pid_bh, 0, 1, offs_d, offs_dv, BD, BDV, SLOT)
     else:
         R = tl.zeros([BD, BDV], dtype=tl.float32)
         r = tl.zeros([BD], dtype=tl.float32)
     if not CAUSAL:
-        S = tl.load(S_ptr + slot * BD * BDV + state_offs)
-        z = tl.load(z_ptr + slot * BD + offs_d)
+        S, z = _sum_states(S_ptr, z_ptr, pid_bh, 0, 1, offs_d, offs_dv, BD, BDV, SLOT)
     # Row j (key), column i (query) of the transposed intra-chunk products: i >= j.
     causal_mask_t = offs_t[None, :] >= offs_t[:, None]
     t0 = pid_s * CPS * BT
@@ -453,17 +468,13 @@ def _segments(batch_heads: int, seq: int, device: torch.device) -> tuple[int, in
     return cps, triton.cdiv(n_chunks, cps)
 
 
-def _exclusive_scan(x: torch.Tensor, reverse: bool) -> torch.Tensor:
-    """y[:, s] = sum of x[:, s'] over s' < s (reverse: s' > s), along dim 1, exactly."""
-    if reverse:
-        x = x.flip(1)
-    y = torch.zeros_like(x)
-    y[:, 1:] = x[:, :-1].cumsum(dim=1)
-    return y.flip(1) if reverse else y
-
-
 def _dot_dtype(dtype: torch.dtype):
     return tl.float32 if dtype == torch.float32 else tl.bfloat16
+
+
+def _state_slots(bd: int, bdv: int) -> int:
+    """float32 numbers per state slot: S (bd x bdv) then z (bd)."""
+    return bd * bdv + bd
 
 
 class _FarField(torch.autograd.Function):
@@ -473,95 +484,82 @@ class _FarField(torch.autograd.Function):
         dim_v = v.shape[-1]
         bh = batch * heads
         bd, bdv = block_dim(dim), block_dim(dim_v)
+        slot = _state_slots(bd, bdv)
         cps, n_seg = _segments(bh, seq, q.device)
         mask, smb, smt = padding_as_uint8(key_padding_mask, q)
-        prec = fp32_precision(q.dtype)
         scale = 1.0 / math.sqrt(seq)
-        f32 = dict(device=q.device, dtype=torch.float32)
-        common = dict(PHI=phi_code, HAS_MASK=key_padding_mask is not None, BT=_CHUNK, BD=bd,
-                      BDV=bdv, PREC=prec)
-
-        # Initial state of every segment: earlier segments' sum (causal) or the total.
-        has_init = (not causal) or n_seg > 1
-        S0 = z0 = None
-        if has_init:
-            S_seg = torch.empty(bh, n_seg, bd, bdv, **f32)
-            z_seg = torch.empty(bh, n_seg, bd, **f32)
-            _far_state_fwd_kernel[(n_seg, bh)](
-                k, v, mask, S_seg, z_seg, heads, seq, dim, dim_v, cps,
-                *strides(k), *strides(v), smb, smt, DOT_DTYPE=_dot_dtype(q.dtype), **common,
-                **LAUNCH["state_fwd"],
-            )
-            if causal:
-                S0, z0 = _exclusive_scan(S_seg, False), _exclusive_scan(z_seg, False)
-            else:
-                S0, z0 = S_seg.sum(dim=1), z_seg.sum(dim=1)
-        s_bh, s_seg = (n_seg, 1) if causal else (1, 0)
+        common = dict(PHI=phi_code, BT=_CHUNK, BD=bd, BDV=bdv, PREC=fp32_precision(q.dtype),
+                      DOT_DTYPE=_dot_dtype(q.dtype), SLOT=slot)
 
         out = empty_like_layout(q, dim_v)
-        den = torch.empty(bh, seq, **f32) if normalize else out  # out: a never-read stand-in
+        # Per-segment states (bh, n_seg, slot); the main kernel sums the earlier ones
+        # (causal); bidirectional reads their total (bh, slot). None: one causal segment.
+        init = None
+        if (not causal) or n_seg > 1:
+            seg = torch.empty(bh, n_seg, slot, device=q.device, dtype=torch.float32)
+            _far_state_fwd_kernel[(n_seg, bh)](
+                k, v, mask, seg, seg[..., bd * bdv:], heads, seq, dim, dim_v, cps,
+                *strides(k), *strides(v), smb, smt, HAS_MASK=key_padding_mask is not None,
+                **common, **LAUNCH["state_fwd"],
+            )
+            init = seg if causal else seg.sum(dim=1)
+        state = init if init is not None else out  # out: a never-read stand-in
+        den = torch.empty(bh, seq, device=q.device, dtype=torch.float32) if normalize else out
         _far_fwd_kernel[(n_seg, bh)](
-            q, k, v, mask, S0 if has_init else out, z0 if has_init else out, out, den,
-            heads, seq, dim, dim_v, cps, scale, s_bh, s_seg,
+            q, k, v, mask, state, state[..., bd * bdv:], out, den,
+            heads, seq, dim, dim_v, cps, scale,
             *strides(q), *strides(k), *strides(v), *strides(out), smb, smt,
-            CAUSAL=causal, HAS_INIT=has_init, NORMALIZE=normalize,
-            DOT_DTYPE=_dot_dtype(q.dtype), **common, **LAUNCH["fwd"],
+            HAS_MASK=key_padding_mask is not None, CAUSAL=causal, HAS_INIT=init is not None,
+            NORMALIZE=normalize, **common, **LAUNCH["fwd"],
         )
-        ctx.save_for_backward(q, k, v, mask, out, den, S0, z0)
-        ctx.cfg = (phi_code, causal, normalize, has_init, cps, n_seg, smb, smt,
+        ctx.save_for_backward(q, k, v, mask, out, den, init)
+        ctx.cfg = (phi_code, causal, normalize, cps, n_seg, smb, smt,
                    key_padding_mask is not None)
         return out
 
     @staticmethod
     def backward(ctx, dout):
-        q, k, v, mask, out, den, S0, z0 = ctx.saved_tensors
-        phi_code, causal, normalize, has_init, cps, n_seg, smb, smt, has_mask = ctx.cfg
+        q, k, v, mask, out, den, init = ctx.saved_tensors
+        phi_code, causal, normalize, cps, n_seg, smb, smt, has_mask = ctx.cfg
         batch, heads, seq, dim = q.shape
         dim_v = v.shape[-1]
         bh = batch * heads
         bd, bdv = block_dim(dim), block_dim(dim_v)
-        prec = fp32_precision(q.dtype)
+        slot = _state_slots(bd, bdv)
         scale = 1.0 / math.sqrt(seq)
-        f32 = dict(device=q.device, dtype=torch.float32)
-        common = dict(PHI=phi_code, BT=_CHUNK, BD=bd, BDV=bdv, PREC=prec)
+        common = dict(PHI=phi_code, BT=_CHUNK, BD=bd, BDV=bdv, PREC=fp32_precision(q.dtype),
+                      DOT_DTYPE=_dot_dtype(q.dtype), SLOT=slot)
         dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-        if not normalize:
-            den = out  # never read
+        has_init = init is not None
+        state = init if has_init else out  # out: a never-read stand-in
 
-        R0 = r0 = None
+        rstate = out
         if has_init:
-            R_seg = torch.empty(bh, n_seg, bd, bdv, **f32)
-            r_seg = torch.empty(bh, n_seg, bd, **f32)
+            rseg = torch.empty(bh, n_seg, slot, device=q.device, dtype=torch.float32)
             _far_state_bwd_kernel[(n_seg, bh)](
-                q, dout, out, den, R_seg, r_seg, heads, seq, dim, dim_v, cps, scale,
-                *strides(q), *strides(dout), *strides(out), NORMALIZE=normalize,
-                DOT_DTYPE=_dot_dtype(q.dtype), **common, **LAUNCH["state_bwd"],
+                q, dout, out, den, rseg, rseg[..., bd * bdv:], heads, seq, dim, dim_v, cps,
+                scale, *strides(q), *strides(dout), *strides(out), NORMALIZE=normalize,
+                **common, **LAUNCH["state_bwd"],
             )
-            if causal:
-                R0, r0 = _exclusive_scan(R_seg, True), _exclusive_scan(r_seg, True)
-            else:
-                R0, r0 = R_seg.sum(dim=1), r_seg.sum(dim=1)
+            rstate = rseg if causal else rseg.sum(dim=1)
 
-        dot_dtype = _dot_dtype(q.dtype)
         if causal:
             _far_dq_kernel[(n_seg, bh)](
-                q, k, v, mask, dout, out, den, S0 if has_init else out,
-                z0 if has_init else out, dq,
+                q, k, v, mask, dout, out, den, state, state[..., bd * bdv:], dq,
                 heads, seq, dim, dim_v, cps, scale,
                 *strides(q), *strides(k), *strides(v), *strides(dout), *strides(out),
                 *strides(dq), smb, smt,
-                HAS_MASK=has_mask, HAS_INIT=has_init, NORMALIZE=normalize,
-                DOT_DTYPE=dot_dtype, **common, **LAUNCH["dq"],
+                HAS_MASK=has_mask, HAS_INIT=has_init, NORMALIZE=normalize, **common,
+                **LAUNCH["dq"],
             )
         _far_dkv_kernel[(n_seg, bh)](
-            q, k, v, mask, dout, out, den, S0 if S0 is not None else out,
-            z0 if z0 is not None else out, R0 if has_init else out, r0 if has_init else out,
-            dq, dk, dv,
+            q, k, v, mask, dout, out, den, state, state[..., bd * bdv:], rstate,
+            rstate[..., bd * bdv:], dq, dk, dv,
             heads, seq, dim, dim_v, cps, scale,
             *strides(q), *strides(k), *strides(v), *strides(dout), *strides(out),
             *strides(dq), *strides(dk), *strides(dv), smb, smt,
             HAS_MASK=has_mask, CAUSAL=causal, HAS_INIT=has_init, NORMALIZE=normalize,
-            DOT_DTYPE=dot_dtype, **common, **LAUNCH["dkv"],
+            **common, **LAUNCH["dkv"],
         )
         return dq, dk, dv, None, None, None, None
 
