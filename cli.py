@@ -129,12 +129,14 @@ class FMMCLI(LightningCLI):
         subcommand = self.config.get("subcommand")  # self.subcommand is set after this hook
         config = self.config[subcommand] if subcommand else self.config
         if config.get("seed_everything") is True:
-            # Lightning's seed_everything() without a seed always picks 0. Draw a real one, unless
-            # a parent process already did (DDP workers re-run this script and must agree).
+            # Lightning's seed_everything() without a seed always picks 0: draw a real one. The
+            # DDP workers Lightning starts re-run this script (LOCAL_RANK > 0) and take the seed
+            # their parent drew, which seed_everything() left in PL_GLOBAL_SEED.
             inherited = os.environ.get("PL_GLOBAL_SEED")
-            config["seed_everything"] = (
-                int(inherited) if inherited is not None else random.SystemRandom().randrange(2**31)
-            )
+            if inherited is not None and os.environ.get("LOCAL_RANK", "0") != "0":
+                config["seed_everything"] = int(inherited)
+            else:
+                config["seed_everything"] = random.SystemRandom().randrange(2**31)
         trainer = config.get("trainer")
         if isinstance(trainer, Namespace):
             try:

@@ -23,28 +23,35 @@ from fmmformer_pl.tasks.base import TaskBase
 
 
 def _window(trainer: Trainer, window: Optional[int]) -> int:
-    return max(2, window if window is not None else trainer.log_every_n_steps)
+    return max(1, window if window is not None else trainer.log_every_n_steps)
 
 
 class TrainingMonitor(Callback):
     """Logs, every training step (the logger keeps every ``log_every_n_steps``-th):
 
     train/lr                 learning rate of the first parameter group
-    train/tokens_per_sec     token positions per second, summed over processes, averaged over
-                             the last ``window`` steps (default ``log_every_n_steps``)
+    train/tokens_per_sec     token positions per second, summed over processes: the tokens of
+                             the last ``window`` batches (default ``log_every_n_steps``) over the
+                             time from the start of the first to the end of the last
     train/peak_memory_gib    torch.cuda.max_memory_allocated, on CUDA only
     """
 
     def __init__(self, window: Optional[int] = None) -> None:
         self.window = window
-        self._marks: deque[tuple[float, int]] = deque()
+        self._batches: deque[tuple[float, float, int]] = deque()  # (start, end, tokens)
+        self._start = 0.0
 
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        # A validation loop between epochs is not training time.
-        self._marks.clear()
+        # Validation between two batches is not training time: windows restart after it.
+        self._batches.clear()
 
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._marks.clear()
+        self._batches.clear()
+
+    def on_train_batch_start(
+        self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        self._start = time.perf_counter()
 
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
@@ -54,21 +61,13 @@ class TrainingMonitor(Callback):
             pl_module.log("train/lr", lr, on_step=True, on_epoch=False, batch_size=1)
 
         tokens = TaskBase.batch_tokens(batch) if isinstance(batch, dict) else 0
-        self._marks.append((time.perf_counter(), tokens * trainer.world_size))
-        while len(self._marks) > _window(trainer, self.window):
-            self._marks.popleft()
-        if len(self._marks) >= 2:
-            elapsed = self._marks[-1][0] - self._marks[0][0]
-            # Tokens of the batches that ended after the first mark, over the time they took.
-            counted = sum(count for _, count in list(self._marks)[1:])
-            if elapsed > 0:
-                pl_module.log(
-                    "train/tokens_per_sec",
-                    counted / elapsed,
-                    on_step=True,
-                    on_epoch=False,
-                    batch_size=1,
-                )
+        self._batches.append((self._start, time.perf_counter(), tokens * trainer.world_size))
+        while len(self._batches) > _window(trainer, self.window):
+            self._batches.popleft()
+        elapsed = self._batches[-1][1] - self._batches[0][0]
+        if elapsed > 0:
+            rate = sum(count for _, _, count in self._batches) / elapsed
+            pl_module.log("train/tokens_per_sec", rate, on_step=True, on_epoch=False, batch_size=1)
 
         if pl_module.device.type == "cuda":
             peak = torch.cuda.max_memory_allocated(pl_module.device) / 2**30
