@@ -121,6 +121,8 @@ def test_fit_logs_the_named_scalars_saves_seed_and_checkpoint_then_test_and_pred
     # The majority-class baseline: label 4 is most frequent in train (5 of 8); in val it is 2/4.
     out = capsys.readouterr().out
     assert "majority-class baseline 0.5000 (always class 4" in out
+    # Not a terminal here: plain progress lines instead of a redrawn bar.
+    assert "epoch 2 step 3/3 | train/loss" in out and "validation at step 3 | val/acc" in out
     accuracy = float(cli.trainer.callback_metrics["val/acc"])
     assert f"Validation accuracy {accuracy:.4f}" in out
 
