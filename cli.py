@@ -22,6 +22,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn, Optional
 
+import torch.distributed
 from jsonargparse import Namespace
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.callbacks import RichProgressBar
@@ -157,6 +158,11 @@ def main(args: Optional[Sequence[str]] = None) -> int:
     except DataError as error:
         sys.stderr.write(f"error: {error}\n")
         return 2
+    finally:
+        # Lightning leaves a DDP process group up after fit; a gloo group still alive when the
+        # interpreter exits sometimes aborts it (SIGABRT) after a successful run.
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
     return 0
 
 
