@@ -68,7 +68,7 @@ def small_listops(data_root: Path, *extra: str) -> list[str]:
         (LISTOPS, ["--data.init_args.max_length", "64", "--data.init_args.batch_size", "4"]),
         (RETRIEVAL, ["--data.init_args.max_length", "64", "--data.init_args.truncate_length", "64",
                      "--data.init_args.batch_size", "2"]),
-        (WIKITEXT, []),
+        (WIKITEXT, ["--data.init_args.sliding_window", "true"]),  # evaluation with loss_mask
     ],
     ids=["classification", "retrieval", "language-model"],
 )  # fmt: skip
