@@ -1,6 +1,6 @@
 """GPU benchmark: forward+backward time and peak memory of one attention layer's core, 1K to 1M.
 
-    python bench/attention_gpu.py --out-dir docs            # full run (H200: about 3 minutes)
+    python bench/attention_gpu.py --out-dir docs            # full run (H200: about 1.5 minutes)
     python bench/attention_gpu.py --seqs 1024 65536 --tune  # quick look plus a launch sweep
 
 Inputs q, k, v ``(batch, heads, seq, head_dim)`` in bf16, laid out as a model makes them (a
@@ -95,9 +95,7 @@ def make_variant(name, heads, head_dim, band, causal):
     if name == "linear":
         return (lambda q, k, v: far_field(q, k, v, "elu", causal=causal, backend="cuda")), []
     if name == "linear_reference":
-        return (
-            lambda q, k, v: far_field(q, k, v, "elu", causal=causal, backend="reference")
-        ), []
+        return (lambda q, k, v: far_field(q, k, v, "elu", causal=causal, backend="reference")), []
     if name in ("fmm_r1", "fmm_r2"):
         maps = ["elu"] if name == "fmm_r1" else ["elu", "elu_flip"]
         cfg = AttentionConfig(kind="fmm", bandwidth=band, feature_maps=maps, backend="cuda")
@@ -220,11 +218,16 @@ def tune(args):
                     module.LAUNCH[key] = dict(num_warps=warps, num_stages=stages)
                 row = bench_one(name, seq, causal, args)
                 results.append((row.get("ms", float("inf")), warps, stages))
-                print(f"tune {name} seq={seq} causal={causal} warps={warps} stages={stages}: "
-                      f"{row.get('ms')} ms {row.get('note', '')}", flush=True)
+                print(
+                    f"tune {name} seq={seq} causal={causal} warps={warps} stages={stages}: "
+                    f"{row.get('ms')} ms {row.get('note', '')}",
+                    flush=True,
+                )
             best = min(results)
-            print(f"tune best {name} causal={causal}: warps={best[1]} stages={best[2]} "
-                  f"{best[0]} ms", flush=True)
+            print(
+                f"tune best {name} causal={causal}: warps={best[1]} stages={best[2]} {best[0]} ms",
+                flush=True,
+            )
         for key, value in saved.items():
             module.LAUNCH[key] = value
 
@@ -238,16 +241,20 @@ def plot(rows, path):
     fig, axes = plt.subplots(1, 2, figsize=(13, 5), sharey=True)
     for ax, causal in zip(axes, (False, True), strict=True):
         for name in VARIANTS:
-            pts = [(r["seq"], r["ms"]) for r in rows
-                   if r["variant"] == name and r["causal"] == causal and r.get("ms")]
+            pts = [
+                (r["seq"], r["ms"])
+                for r in rows
+                if r["variant"] == name and r["causal"] == causal and r.get("ms")
+            ]
             if pts:
                 xs, ys = zip(*sorted(pts), strict=True)
                 ax.plot(xs, ys, marker="o", label=name)
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xlabel("sequence length (tokens)")
-        ax.set_title(("causal" if causal else "bidirectional")
-                     + ": fwd+bwd, bf16, 1 x 8 heads x 64, band 64")
+        ax.set_title(
+            ("causal" if causal else "bidirectional") + ": fwd+bwd, bf16, 1 x 8 heads x 64, band 64"
+        )
         ax.grid(True, which="both", alpha=0.3)
     axes[0].set_ylabel("time (ms, median)")
     axes[1].legend(fontsize=8)
@@ -258,11 +265,16 @@ def plot(rows, path):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--seqs", type=int, nargs="+",
-                   default=[1024, 4096, 16384, 65536, 262144, 1048576])
+    p.add_argument(
+        "--seqs", type=int, nargs="+", default=[1024, 4096, 16384, 65536, 262144, 1048576]
+    )
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
-    p.add_argument("--modes", nargs="+", default=["bidirectional", "causal"],
-                   choices=["bidirectional", "causal"])
+    p.add_argument(
+        "--modes",
+        nargs="+",
+        default=["bidirectional", "causal"],
+        choices=["bidirectional", "causal"],
+    )
     p.add_argument("--heads", type=int, default=8)
     p.add_argument("--head-dim", type=int, default=64)
     p.add_argument("--band", type=int, default=64)
@@ -319,8 +331,10 @@ def _summary(rows):
             soft, fmm, band = (by.get((v, seq, causal)) for v in ("softmax", "fmm_r2", "band"))
             if soft and fmm:
                 band_txt = f"  band {soft / band:7.1f}x" if band else ""
-                print(f"  {'causal' if causal else 'bidir ':6s} seq={seq:8d}: softmax {soft:9.3f} ms"
-                      f"  fmm_r2 {fmm:8.3f} ms  -> {soft / fmm:7.1f}x{band_txt}")
+                print(
+                    f"  {'causal' if causal else 'bidir ':6s} seq={seq:8d}: softmax {soft:9.3f} ms"
+                    f"  fmm_r2 {fmm:8.3f} ms  -> {soft / fmm:7.1f}x{band_txt}"
+                )
 
 
 if __name__ == "__main__":

@@ -73,8 +73,7 @@ def build(task, variant, args):
 
         def doc():
             ids = torch.randint(1, 257, (batch, seq), device="cuda", generator=gen)
-            lengths = torch.randint(min(3000, seq), seq + 1, (batch,), device="cuda",
-                                    generator=gen)
+            lengths = torch.randint(min(3000, seq), seq + 1, (batch,), device="cuda", generator=gen)
             mask = torch.arange(seq, device="cuda")[None, :] >= lengths[:, None]
             return ids.masked_fill(mask, 0), mask
 
@@ -97,14 +96,18 @@ def build(task, variant, args):
 
 
 def run_one(task, variant, compiled, args):
-    row = dict(task=task, variant=variant, scheme=SCHEMES[task][variant] or "softmax",
-               compiled=compiled, note="")
+    row = dict(
+        task=task,
+        variant=variant,
+        scheme=SCHEMES[task][variant] or "softmax",
+        compiled=compiled,
+        note="",
+    )
     torch.manual_seed(0)
     torch.cuda.empty_cache()
     model, loss_fn, batch, positions, _ = build(task, variant, args)
     model = model.cuda().train()
-    row.update(batch=batch, positions=positions,
-               params=sum(p.numel() for p in model.parameters()))
+    row.update(batch=batch, positions=positions, params=sum(p.numel() for p in model.parameters()))
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
     net = torch.compile(model) if compiled else model
 
@@ -134,8 +137,11 @@ def run_one(task, variant, compiled, args):
             end.synchronize()
             times.append(start.elapsed_time(end))
         ms = statistics.median(times)
-        row.update(step_ms=round(ms, 3), tokens_per_s=round(batch * positions / ms * 1e3),
-                   peak_gib=round(torch.cuda.max_memory_allocated() / 2**30, 2))
+        row.update(
+            step_ms=round(ms, 3),
+            tokens_per_s=round(batch * positions / ms * 1e3),
+            peak_gib=round(torch.cuda.max_memory_allocated() / 2**30, 2),
+        )
     except torch.OutOfMemoryError:
         row["note"] = "OOM"
     except Exception as err:  # noqa: BLE001 - reported in the table (e.g. a compile failure)
@@ -146,15 +152,28 @@ def run_one(task, variant, compiled, args):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--tasks", nargs="+", default=["retrieval", "wikitext"],
-                   choices=list(SCHEMES))
-    p.add_argument("--variants", nargs="+", default=["fmm", "linear", "softmax"],
-                   choices=["fmm", "linear", "softmax"])
-    p.add_argument("--compile", nargs="*", default=[], choices=["fmm", "linear", "softmax"],
-                   help="variants to also run through torch.compile")
-    p.add_argument("--compile-tasks", nargs="*", default=["retrieval"], choices=list(SCHEMES),
-                   help="tasks whose --compile variants are compiled (the 16-layer decoder "
-                        "takes minutes to compile)")
+    p.add_argument("--tasks", nargs="+", default=["retrieval", "wikitext"], choices=list(SCHEMES))
+    p.add_argument(
+        "--variants",
+        nargs="+",
+        default=["fmm", "linear", "softmax"],
+        choices=["fmm", "linear", "softmax"],
+    )
+    p.add_argument(
+        "--compile",
+        nargs="*",
+        default=[],
+        choices=["fmm", "linear", "softmax"],
+        help="variants to also run through torch.compile",
+    )
+    p.add_argument(
+        "--compile-tasks",
+        nargs="*",
+        default=["retrieval"],
+        choices=list(SCHEMES),
+        help="tasks whose --compile variants are compiled (the 16-layer decoder "
+        "takes minutes to compile)",
+    )
     p.add_argument("--retrieval-seq", type=int, default=4096)
     p.add_argument("--retrieval-batch", type=int, default=32)
     p.add_argument("--wikitext-seq", type=int, default=256)

@@ -39,8 +39,9 @@ def near_field_cuda(
         from .near import band_attention_triton
     except ImportError:
         return None
-    return band_attention_triton(q, k, v, bandwidth, causal=causal,
-                                 key_padding_mask=key_padding_mask, dropout_p=dropout_p)
+    return band_attention_triton(
+        q, k, v, bandwidth, causal=causal, key_padding_mask=key_padding_mask, dropout_p=dropout_p
+    )
 
 
 @torch.compiler.disable
@@ -60,8 +61,15 @@ def far_field_cuda(
         from .far import far_field_triton
     except ImportError:
         return None
-    return far_field_triton(q, k, v, feature_map=feature_map, causal=causal,
-                            normalize=normalize, key_padding_mask=key_padding_mask)
+    return far_field_triton(
+        q,
+        k,
+        v,
+        feature_map=feature_map,
+        causal=causal,
+        normalize=normalize,
+        key_padding_mask=key_padding_mask,
+    )
 
 
 __all__ = ["near_field_cuda", "far_field_cuda"]

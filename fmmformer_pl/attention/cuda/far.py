@@ -69,8 +69,9 @@ _SINGLE_SEGMENT_CHUNKS = 16
 
 
 # Launch settings per kernel (tuned on an H200, bf16, head_dim 64; see docs/gpu.md).
-LAUNCH = {name: dict(num_warps=8, num_stages=2)
-          for name in ("state_fwd", "fwd", "state_bwd", "dq", "dkv")}
+LAUNCH = {
+    name: dict(num_warps=8, num_stages=2) for name in ("state_fwd", "fwd", "state_bwd", "dq", "dkv")
+}
 
 
 @triton.jit
@@ -108,8 +109,9 @@ def _load_tile(base, t, offs_d, T, D, stride_t, stride_d):
 
 
 @triton.jit
-def _load_phi_k(k_base, mask_base, t, offs_d, T, D, skt, skd, smt, PHI: tl.constexpr,
-                HAS_MASK: tl.constexpr):
+def _load_phi_k(
+    k_base, mask_base, t, offs_d, T, D, skt, skd, smt, PHI: tl.constexpr, HAS_MASK: tl.constexpr
+):
     """b = phi(k) zeroed at padding, outside the sequence and outside head_dim; and phi'(k)."""
     kk = _load_tile(k_base, t, offs_d, T, D, skt, skd)
     b, db = _phi(kk, PHI)
@@ -131,8 +133,21 @@ def _load_phi_q(q_base, t, offs_d, T, D, sqt, sqd, PHI: tl.constexpr):
 
 
 @triton.jit
-def _load_g_s(do_base, o_base, den_base, t, offs_dv, T, DV, sdot, sdod, sot, sod, scale,
-              NORMALIZE: tl.constexpr):
+def _load_g_s(
+    do_base,
+    o_base,
+    den_base,
+    t,
+    offs_dv,
+    T,
+    DV,
+    sdot,
+    sdod,
+    sot,
+    sod,
+    scale,
+    NORMALIZE: tl.constexpr,
+):
     """g = dout / den and s = -(dout . out) / den (0 where den = 0); or g = dout * scale."""
     do = _load_tile(do_base, t, offs_dv, T, DV, sdot, sdod)
     if NORMALIZE:
@@ -148,8 +163,18 @@ def _load_g_s(do_base, o_base, den_base, t, offs_dv, T, DV, sdot, sdod, sot, sod
 
 
 @triton.jit
-def _sum_states(S_ptr, z_ptr, first, lo, hi, offs_d, offs_dv, BD: tl.constexpr,
-                BDV: tl.constexpr, SLOT: tl.constexpr):
+def _sum_states(
+    S_ptr,
+    z_ptr,
+    first,
+    lo,
+    hi,
+    offs_d,
+    offs_dv,
+    BD: tl.constexpr,
+    BDV: tl.constexpr,
+    SLOT: tl.constexpr,
+):
     """Sum of the states in slots first + lo .. first + hi - 1 (S: BD x BDV, z: BD).
 
     A slot is SLOT = BD * BDV + BD float32 numbers: S row-major, then z (z_ptr = S_ptr + BD *
@@ -166,12 +191,34 @@ def _sum_states(S_ptr, z_ptr, first, lo, hi, offs_d, offs_dv, BD: tl.constexpr,
 
 @triton.jit
 def _far_state_fwd_kernel(
-    k_ptr, v_ptr, mask_ptr, S_ptr, z_ptr,
-    H, T, D, DV, CPS,
-    skb, skh, skt, skd, svb, svh, svt, svd, smb, smt,
-    PHI: tl.constexpr, HAS_MASK: tl.constexpr,
-    BT: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr, PREC: tl.constexpr,
-    DOT_DTYPE: tl.constexpr, SLOT: tl.constexpr,
+    k_ptr,
+    v_ptr,
+    mask_ptr,
+    S_ptr,
+    z_ptr,
+    H,
+    T,
+    D,
+    DV,
+    CPS,
+    skb,
+    skh,
+    skt,
+    skd,
+    svb,
+    svh,
+    svt,
+    svd,
+    smb,
+    smt,
+    PHI: tl.constexpr,
+    HAS_MASK: tl.constexpr,
+    BT: tl.constexpr,
+    BD: tl.constexpr,
+    BDV: tl.constexpr,
+    PREC: tl.constexpr,
+    DOT_DTYPE: tl.constexpr,
+    SLOT: tl.constexpr,
 ):
     """Per segment: S = sum_j b_j v_j^T, z = sum_j b_j. Grid (segments, batch * heads)."""
     pid_s = tl.program_id(0)
@@ -201,13 +248,49 @@ def _far_state_fwd_kernel(
 
 @triton.jit
 def _far_fwd_kernel(
-    q_ptr, k_ptr, v_ptr, mask_ptr, S_ptr, z_ptr, o_ptr, den_ptr,
-    H, T, D, DV, CPS, scale,
-    sqb, sqh, sqt, sqd, skb, skh, skt, skd, svb, svh, svt, svd, sob, soh, sot, sod, smb, smt,
-    PHI: tl.constexpr, HAS_MASK: tl.constexpr, CAUSAL: tl.constexpr, HAS_INIT: tl.constexpr,
+    q_ptr,
+    k_ptr,
+    v_ptr,
+    mask_ptr,
+    S_ptr,
+    z_ptr,
+    o_ptr,
+    den_ptr,
+    H,
+    T,
+    D,
+    DV,
+    CPS,
+    scale,
+    sqb,
+    sqh,
+    sqt,
+    sqd,
+    skb,
+    skh,
+    skt,
+    skd,
+    svb,
+    svh,
+    svt,
+    svd,
+    sob,
+    soh,
+    sot,
+    sod,
+    smb,
+    smt,
+    PHI: tl.constexpr,
+    HAS_MASK: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    HAS_INIT: tl.constexpr,
     NORMALIZE: tl.constexpr,
-    BT: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr, PREC: tl.constexpr,
-    DOT_DTYPE: tl.constexpr, SLOT: tl.constexpr,
+    BT: tl.constexpr,
+    BD: tl.constexpr,
+    BDV: tl.constexpr,
+    PREC: tl.constexpr,
+    DOT_DTYPE: tl.constexpr,
+    SLOT: tl.constexpr,
 ):
     """out (and den) for one segment's chunks. Grid (segments, batch * heads).
 
@@ -229,8 +312,9 @@ def _far_fwd_kernel(
     offs_dv = tl.arange(0, BDV)
     if HAS_INIT:
         if CAUSAL:
-            S, z = _sum_states(S_ptr, z_ptr, pid_bh * tl.num_programs(0), 0, pid_s, offs_d,
-                               offs_dv, BD, BDV, SLOT)
+            S, z = _sum_states(
+                S_ptr, z_ptr, pid_bh * tl.num_programs(0), 0, pid_s, offs_d, offs_dv, BD, BDV, SLOT
+            )
         else:
             S, z = _sum_states(S_ptr, z_ptr, pid_bh, 0, 1, offs_d, offs_dv, BD, BDV, SLOT)
     else:
@@ -261,18 +345,45 @@ def _far_fwd_kernel(
         else:
             out = num * scale
         o_ptrs = o_base + t[:, None] * sot + offs_dv[None, :] * sod
-        tl.store(o_ptrs, out.to(o_ptr.dtype.element_ty),
-                 mask=(t[:, None] < T) & (offs_dv[None, :] < DV))
+        tl.store(
+            o_ptrs, out.to(o_ptr.dtype.element_ty), mask=(t[:, None] < T) & (offs_dv[None, :] < DV)
+        )
 
 
 @triton.jit
 def _far_state_bwd_kernel(
-    q_ptr, do_ptr, o_ptr, den_ptr, R_ptr, r_ptr,
-    H, T, D, DV, CPS, scale,
-    sqb, sqh, sqt, sqd, sdob, sdoh, sdot, sdod, sob, soh, sot, sod,
-    PHI: tl.constexpr, NORMALIZE: tl.constexpr,
-    BT: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr, PREC: tl.constexpr,
-    DOT_DTYPE: tl.constexpr, SLOT: tl.constexpr,
+    q_ptr,
+    do_ptr,
+    o_ptr,
+    den_ptr,
+    R_ptr,
+    r_ptr,
+    H,
+    T,
+    D,
+    DV,
+    CPS,
+    scale,
+    sqb,
+    sqh,
+    sqt,
+    sqd,
+    sdob,
+    sdoh,
+    sdot,
+    sdod,
+    sob,
+    soh,
+    sot,
+    sod,
+    PHI: tl.constexpr,
+    NORMALIZE: tl.constexpr,
+    BT: tl.constexpr,
+    BD: tl.constexpr,
+    BDV: tl.constexpr,
+    PREC: tl.constexpr,
+    DOT_DTYPE: tl.constexpr,
+    SLOT: tl.constexpr,
 ):
     """Per segment: R = sum_i a_i g_i^T, r = sum_i s_i a_i. Grid (segments, batch * heads)."""
     pid_s = tl.program_id(0)
@@ -294,8 +405,9 @@ def _far_state_bwd_kernel(
         t = t0 + c * BT + offs_t
         a, _ = _load_phi_q(q_base, t, offs_d, T, D, sqt, sqd, PHI)
         a = tl.where(t[:, None] < T, a, 0.0)
-        g, s = _load_g_s(do_base, o_base, den_base, t, offs_dv, T, DV, sdot, sdod, sot, sod,
-                         scale, NORMALIZE)
+        g, s = _load_g_s(
+            do_base, o_base, den_base, t, offs_dv, T, DV, sdot, sdod, sot, sod, scale, NORMALIZE
+        )
         r += tl.sum(a * s[:, None], axis=0)
         R += tl.dot(tl.trans(a.to(DOT_DTYPE)), g.to(DOT_DTYPE), input_precision=PREC)
     slot = pid_bh * n_seg + pid_s
@@ -305,14 +417,58 @@ def _far_state_bwd_kernel(
 
 @triton.jit
 def _far_dq_kernel(
-    q_ptr, k_ptr, v_ptr, mask_ptr, do_ptr, o_ptr, den_ptr, S_ptr, z_ptr, dq_ptr,
-    H, T, D, DV, CPS, scale,
-    sqb, sqh, sqt, sqd, skb, skh, skt, skd, svb, svh, svt, svd, sdob, sdoh, sdot, sdod,
-    sob, soh, sot, sod, sdqb, sdqh, sdqt, sdqd, smb, smt,
-    PHI: tl.constexpr, HAS_MASK: tl.constexpr, HAS_INIT: tl.constexpr,
+    q_ptr,
+    k_ptr,
+    v_ptr,
+    mask_ptr,
+    do_ptr,
+    o_ptr,
+    den_ptr,
+    S_ptr,
+    z_ptr,
+    dq_ptr,
+    H,
+    T,
+    D,
+    DV,
+    CPS,
+    scale,
+    sqb,
+    sqh,
+    sqt,
+    sqd,
+    skb,
+    skh,
+    skt,
+    skd,
+    svb,
+    svh,
+    svt,
+    svd,
+    sdob,
+    sdoh,
+    sdot,
+    sdod,
+    sob,
+    soh,
+    sot,
+    sod,
+    sdqb,
+    sdqh,
+    sdqt,
+    sdqd,
+    smb,
+    smt,
+    PHI: tl.constexpr,
+    HAS_MASK: tl.constexpr,
+    HAS_INIT: tl.constexpr,
     NORMALIZE: tl.constexpr,
-    BT: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr, PREC: tl.constexpr,
-    DOT_DTYPE: tl.constexpr, SLOT: tl.constexpr,
+    BT: tl.constexpr,
+    BD: tl.constexpr,
+    BDV: tl.constexpr,
+    PREC: tl.constexpr,
+    DOT_DTYPE: tl.constexpr,
+    SLOT: tl.constexpr,
 ):
     """Causal dq, forward over the chunks: da = (g S^T + s z^T) + tril(g v^T + s) b."""
     pid_s = tl.program_id(0)
@@ -332,8 +488,7 @@ def _far_dq_kernel(
     offs_d = tl.arange(0, BD)
     offs_dv = tl.arange(0, BDV)
     if HAS_INIT:
-        S, z = _sum_states(S_ptr, z_ptr, pid_bh * n_seg, 0, pid_s, offs_d, offs_dv, BD, BDV,
-                           SLOT)
+        S, z = _sum_states(S_ptr, z_ptr, pid_bh * n_seg, 0, pid_s, offs_d, offs_dv, BD, BDV, SLOT)
     else:
         S = tl.zeros([BD, BDV], dtype=tl.float32)
         z = tl.zeros([BD], dtype=tl.float32)
@@ -343,8 +498,9 @@ def _far_dq_kernel(
         t = t0 + c * BT + offs_t
         b, _ = _load_phi_k(k_base, mask_base, t, offs_d, T, D, skt, skd, smt, PHI, HAS_MASK)
         vv = _load_tile(v_base, t, offs_dv, T, DV, svt, svd).to(DOT_DTYPE)
-        g, s = _load_g_s(do_base, o_base, den_base, t, offs_dv, T, DV, sdot, sdod, sot, sod,
-                         scale, NORMALIZE)
+        g, s = _load_g_s(
+            do_base, o_base, den_base, t, offs_dv, T, DV, sdot, sdod, sot, sod, scale, NORMALIZE
+        )
         g = g.to(DOT_DTYPE)
         da = tl.dot(g, tl.trans(S.to(DOT_DTYPE)), input_precision=PREC) + s[:, None] * z[None, :]
         P = tl.dot(g, tl.trans(vv), input_precision=PREC)
@@ -355,23 +511,80 @@ def _far_dq_kernel(
         S += tl.dot(tl.trans(b), vv, input_precision=PREC)
         _, dphi_q = _load_phi_q(q_base, t, offs_d, T, D, sqt, sqd, PHI)
         dq = da * dphi_q
-        tl.store(dq_base + t[:, None] * sdqt + offs_d[None, :] * sdqd,
-                 dq.to(dq_ptr.dtype.element_ty),
-                 mask=(t[:, None] < T) & (offs_d[None, :] < D))
+        tl.store(
+            dq_base + t[:, None] * sdqt + offs_d[None, :] * sdqd,
+            dq.to(dq_ptr.dtype.element_ty),
+            mask=(t[:, None] < T) & (offs_d[None, :] < D),
+        )
 
 
 @triton.jit
 def _far_dkv_kernel(
-    q_ptr, k_ptr, v_ptr, mask_ptr, do_ptr, o_ptr, den_ptr, S_ptr, z_ptr, R_ptr, r_ptr,
-    dq_ptr, dk_ptr, dv_ptr,
-    H, T, D, DV, CPS, scale,
-    sqb, sqh, sqt, sqd, skb, skh, skt, skd, svb, svh, svt, svd, sdob, sdoh, sdot, sdod,
-    sob, soh, sot, sod, sdqb, sdqh, sdqt, sdqd, sdkb, sdkh, sdkt, sdkd,
-    sdvb, sdvh, sdvt, sdvd, smb, smt,
-    PHI: tl.constexpr, HAS_MASK: tl.constexpr, CAUSAL: tl.constexpr, HAS_INIT: tl.constexpr,
+    q_ptr,
+    k_ptr,
+    v_ptr,
+    mask_ptr,
+    do_ptr,
+    o_ptr,
+    den_ptr,
+    S_ptr,
+    z_ptr,
+    R_ptr,
+    r_ptr,
+    dq_ptr,
+    dk_ptr,
+    dv_ptr,
+    H,
+    T,
+    D,
+    DV,
+    CPS,
+    scale,
+    sqb,
+    sqh,
+    sqt,
+    sqd,
+    skb,
+    skh,
+    skt,
+    skd,
+    svb,
+    svh,
+    svt,
+    svd,
+    sdob,
+    sdoh,
+    sdot,
+    sdod,
+    sob,
+    soh,
+    sot,
+    sod,
+    sdqb,
+    sdqh,
+    sdqt,
+    sdqd,
+    sdkb,
+    sdkh,
+    sdkt,
+    sdkd,
+    sdvb,
+    sdvh,
+    sdvt,
+    sdvd,
+    smb,
+    smt,
+    PHI: tl.constexpr,
+    HAS_MASK: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    HAS_INIT: tl.constexpr,
     NORMALIZE: tl.constexpr,
-    BT: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr, PREC: tl.constexpr,
-    DOT_DTYPE: tl.constexpr, SLOT: tl.constexpr,
+    BT: tl.constexpr,
+    BD: tl.constexpr,
+    BDV: tl.constexpr,
+    PREC: tl.constexpr,
+    DOT_DTYPE: tl.constexpr,
+    SLOT: tl.constexpr,
 ):
     """dk, dv, backward over the chunks with the reverse state R, r.
 
@@ -399,8 +612,9 @@ def _far_dkv_kernel(
     offs_dv = tl.arange(0, BDV)
     if HAS_INIT:
         if CAUSAL:  # the later segments' reverse states
-            R, r = _sum_states(R_ptr, r_ptr, pid_bh * n_seg, pid_s + 1, n_seg, offs_d, offs_dv,
-                               BD, BDV, SLOT)
+            R, r = _sum_states(
+                R_ptr, r_ptr, pid_bh * n_seg, pid_s + 1, n_seg, offs_d, offs_dv, BD, BDV, SLOT
+            )
         else:
             R, r = _sum_states(R_ptr, r_ptr, pid_bh, 0, 1, offs_d, offs_dv, BD, BDV, SLOT)
     else:
@@ -414,12 +628,12 @@ def _far_dkv_kernel(
     for cc in range(0, CPS):
         c = CPS - 1 - cc
         t = t0 + c * BT + offs_t
-        b, dphi_k = _load_phi_k(k_base, mask_base, t, offs_d, T, D, skt, skd, smt, PHI,
-                                HAS_MASK)
+        b, dphi_k = _load_phi_k(k_base, mask_base, t, offs_d, T, D, skt, skd, smt, PHI, HAS_MASK)
         b = b.to(DOT_DTYPE)
         vv = _load_tile(v_base, t, offs_dv, T, DV, svt, svd).to(DOT_DTYPE)
-        g, s = _load_g_s(do_base, o_base, den_base, t, offs_dv, T, DV, sdot, sdod, sot, sod,
-                         scale, NORMALIZE)
+        g, s = _load_g_s(
+            do_base, o_base, den_base, t, offs_dv, T, DV, sdot, sdod, sot, sod, scale, NORMALIZE
+        )
         g = g.to(DOT_DTYPE)
         db = tl.dot(vv, tl.trans(R.to(DOT_DTYPE)), input_precision=PREC) + r[None, :]
         dv = tl.dot(b, R.to(DOT_DTYPE), input_precision=PREC)
@@ -436,20 +650,28 @@ def _far_dkv_kernel(
             dv += tl.dot(At.to(DOT_DTYPE), g, input_precision=PREC)
             R += tl.dot(tl.trans(a), g, input_precision=PREC)
         else:
-            da = tl.dot(g, tl.trans(S.to(DOT_DTYPE)), input_precision=PREC) + s[:, None] * z[None, :]
+            da = (
+                tl.dot(g, tl.trans(S.to(DOT_DTYPE)), input_precision=PREC) + s[:, None] * z[None, :]
+            )
             _, dphi_q = _load_phi_q(q_base, t, offs_d, T, D, sqt, sqd, PHI)
             dq = da * dphi_q
-            tl.store(dq_base + t[:, None] * sdqt + offs_d[None, :] * sdqd,
-                     dq.to(dq_ptr.dtype.element_ty),
-                     mask=(t[:, None] < T) & (offs_d[None, :] < D))
+            tl.store(
+                dq_base + t[:, None] * sdqt + offs_d[None, :] * sdqd,
+                dq.to(dq_ptr.dtype.element_ty),
+                mask=(t[:, None] < T) & (offs_d[None, :] < D),
+            )
         # dphi_k is 0 at padding, so padded keys get no gradient (b was 0 there too).
         dk = db * dphi_k
-        tl.store(dk_base + t[:, None] * sdkt + offs_d[None, :] * sdkd,
-                 dk.to(dk_ptr.dtype.element_ty),
-                 mask=(t[:, None] < T) & (offs_d[None, :] < D))
-        tl.store(dv_base + t[:, None] * sdvt + offs_dv[None, :] * sdvd,
-                 dv.to(dv_ptr.dtype.element_ty),
-                 mask=(t[:, None] < T) & (offs_dv[None, :] < DV))
+        tl.store(
+            dk_base + t[:, None] * sdkt + offs_d[None, :] * sdkd,
+            dk.to(dk_ptr.dtype.element_ty),
+            mask=(t[:, None] < T) & (offs_d[None, :] < D),
+        )
+        tl.store(
+            dv_base + t[:, None] * sdvt + offs_dv[None, :] * sdvd,
+            dv.to(dv_ptr.dtype.element_ty),
+            mask=(t[:, None] < T) & (offs_dv[None, :] < DV),
+        )
 
 
 def _sm_count(device: torch.device) -> int:
@@ -488,8 +710,15 @@ class _FarField(torch.autograd.Function):
         cps, n_seg = _segments(bh, seq, q.device)
         mask, smb, smt = padding_as_uint8(key_padding_mask, q)
         scale = 1.0 / math.sqrt(seq)
-        common = dict(PHI=phi_code, BT=_CHUNK, BD=bd, BDV=bdv, PREC=fp32_precision(q.dtype),
-                      DOT_DTYPE=_dot_dtype(q.dtype), SLOT=slot)
+        common = dict(
+            PHI=phi_code,
+            BT=_CHUNK,
+            BD=bd,
+            BDV=bdv,
+            PREC=fp32_precision(q.dtype),
+            DOT_DTYPE=_dot_dtype(q.dtype),
+            SLOT=slot,
+        )
 
         out = empty_like_layout(q, dim_v)
         # Per-segment states (bh, n_seg, slot); the main kernel sums the earlier ones
@@ -498,23 +727,57 @@ class _FarField(torch.autograd.Function):
         if (not causal) or n_seg > 1:
             seg = torch.empty(bh, n_seg, slot, device=q.device, dtype=torch.float32)
             _far_state_fwd_kernel[(n_seg, bh)](
-                k, v, mask, seg, seg[..., bd * bdv:], heads, seq, dim, dim_v, cps,
-                *strides(k), *strides(v), smb, smt, HAS_MASK=key_padding_mask is not None,
-                **common, **LAUNCH["state_fwd"],
+                k,
+                v,
+                mask,
+                seg,
+                seg[..., bd * bdv :],
+                heads,
+                seq,
+                dim,
+                dim_v,
+                cps,
+                *strides(k),
+                *strides(v),
+                smb,
+                smt,
+                HAS_MASK=key_padding_mask is not None,
+                **common,
+                **LAUNCH["state_fwd"],
             )
             init = seg if causal else seg.sum(dim=1)
         state = init if init is not None else out  # out: a never-read stand-in
         den = torch.empty(bh, seq, device=q.device, dtype=torch.float32) if normalize else out
         _far_fwd_kernel[(n_seg, bh)](
-            q, k, v, mask, state, state[..., bd * bdv:], out, den,
-            heads, seq, dim, dim_v, cps, scale,
-            *strides(q), *strides(k), *strides(v), *strides(out), smb, smt,
-            HAS_MASK=key_padding_mask is not None, CAUSAL=causal, HAS_INIT=init is not None,
-            NORMALIZE=normalize, **common, **LAUNCH["fwd"],
+            q,
+            k,
+            v,
+            mask,
+            state,
+            state[..., bd * bdv :],
+            out,
+            den,
+            heads,
+            seq,
+            dim,
+            dim_v,
+            cps,
+            scale,
+            *strides(q),
+            *strides(k),
+            *strides(v),
+            *strides(out),
+            smb,
+            smt,
+            HAS_MASK=key_padding_mask is not None,
+            CAUSAL=causal,
+            HAS_INIT=init is not None,
+            NORMALIZE=normalize,
+            **common,
+            **LAUNCH["fwd"],
         )
         ctx.save_for_backward(q, k, v, mask, out, den, init)
-        ctx.cfg = (phi_code, causal, normalize, cps, n_seg, smb, smt,
-                   key_padding_mask is not None)
+        ctx.cfg = (phi_code, causal, normalize, cps, n_seg, smb, smt, key_padding_mask is not None)
         return out
 
     @staticmethod
@@ -527,8 +790,15 @@ class _FarField(torch.autograd.Function):
         bd, bdv = block_dim(dim), block_dim(dim_v)
         slot = _state_slots(bd, bdv)
         scale = 1.0 / math.sqrt(seq)
-        common = dict(PHI=phi_code, BT=_CHUNK, BD=bd, BDV=bdv, PREC=fp32_precision(q.dtype),
-                      DOT_DTYPE=_dot_dtype(q.dtype), SLOT=slot)
+        common = dict(
+            PHI=phi_code,
+            BT=_CHUNK,
+            BD=bd,
+            BDV=bdv,
+            PREC=fp32_precision(q.dtype),
+            DOT_DTYPE=_dot_dtype(q.dtype),
+            SLOT=slot,
+        )
         dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
         has_init = init is not None
         state = init if has_init else out  # out: a never-read stand-in
@@ -537,29 +807,96 @@ class _FarField(torch.autograd.Function):
         if has_init:
             rseg = torch.empty(bh, n_seg, slot, device=q.device, dtype=torch.float32)
             _far_state_bwd_kernel[(n_seg, bh)](
-                q, dout, out, den, rseg, rseg[..., bd * bdv:], heads, seq, dim, dim_v, cps,
-                scale, *strides(q), *strides(dout), *strides(out), NORMALIZE=normalize,
-                **common, **LAUNCH["state_bwd"],
+                q,
+                dout,
+                out,
+                den,
+                rseg,
+                rseg[..., bd * bdv :],
+                heads,
+                seq,
+                dim,
+                dim_v,
+                cps,
+                scale,
+                *strides(q),
+                *strides(dout),
+                *strides(out),
+                NORMALIZE=normalize,
+                **common,
+                **LAUNCH["state_bwd"],
             )
             rstate = rseg if causal else rseg.sum(dim=1)
 
         if causal:
             _far_dq_kernel[(n_seg, bh)](
-                q, k, v, mask, dout, out, den, state, state[..., bd * bdv:], dq,
-                heads, seq, dim, dim_v, cps, scale,
-                *strides(q), *strides(k), *strides(v), *strides(dout), *strides(out),
-                *strides(dq), smb, smt,
-                HAS_MASK=has_mask, HAS_INIT=has_init, NORMALIZE=normalize, **common,
+                q,
+                k,
+                v,
+                mask,
+                dout,
+                out,
+                den,
+                state,
+                state[..., bd * bdv :],
+                dq,
+                heads,
+                seq,
+                dim,
+                dim_v,
+                cps,
+                scale,
+                *strides(q),
+                *strides(k),
+                *strides(v),
+                *strides(dout),
+                *strides(out),
+                *strides(dq),
+                smb,
+                smt,
+                HAS_MASK=has_mask,
+                HAS_INIT=has_init,
+                NORMALIZE=normalize,
+                **common,
                 **LAUNCH["dq"],
             )
         _far_dkv_kernel[(n_seg, bh)](
-            q, k, v, mask, dout, out, den, state, state[..., bd * bdv:], rstate,
-            rstate[..., bd * bdv:], dq, dk, dv,
-            heads, seq, dim, dim_v, cps, scale,
-            *strides(q), *strides(k), *strides(v), *strides(dout), *strides(out),
-            *strides(dq), *strides(dk), *strides(dv), smb, smt,
-            HAS_MASK=has_mask, CAUSAL=causal, HAS_INIT=has_init, NORMALIZE=normalize,
-            **common, **LAUNCH["dkv"],
+            q,
+            k,
+            v,
+            mask,
+            dout,
+            out,
+            den,
+            state,
+            state[..., bd * bdv :],
+            rstate,
+            rstate[..., bd * bdv :],
+            dq,
+            dk,
+            dv,
+            heads,
+            seq,
+            dim,
+            dim_v,
+            cps,
+            scale,
+            *strides(q),
+            *strides(k),
+            *strides(v),
+            *strides(dout),
+            *strides(out),
+            *strides(dq),
+            *strides(dk),
+            *strides(dv),
+            smb,
+            smt,
+            HAS_MASK=has_mask,
+            CAUSAL=causal,
+            HAS_INIT=has_init,
+            NORMALIZE=normalize,
+            **common,
+            **LAUNCH["dkv"],
         )
         return dq, dk, dv, None, None, None, None
 
@@ -583,5 +920,6 @@ def far_field_triton(
         return None
     if not supported(q, k, v) or q.shape[2] == 0:
         return None
-    return _FarField.apply(q, k, v, key_padding_mask, PHI_CODES[feature_map], bool(causal),
-                           bool(normalize))
+    return _FarField.apply(
+        q, k, v, key_padding_mask, PHI_CODES[feature_map], bool(causal), bool(normalize)
+    )

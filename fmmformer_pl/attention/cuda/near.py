@@ -85,8 +85,11 @@ def _dropout_keep_kernel(out_ptr, seed, T, W, p_drop, BM: tl.constexpr, BN: tl.c
     offs_m = tl.program_id(0) * BM + tl.arange(0, BM)
     offs_n = tl.program_id(1) * BN + tl.arange(0, BN)
     keep = _dropout_keep(seed, offs_m, offs_n, W, p_drop, False)
-    tl.store(out_ptr + offs_m[:, None] * T + offs_n[None, :], keep.to(tl.float32),
-             mask=(offs_m[:, None] < T) & (offs_n[None, :] < T))
+    tl.store(
+        out_ptr + offs_m[:, None] * T + offs_n[None, :],
+        keep.to(tl.float32),
+        mask=(offs_m[:, None] < T) & (offs_n[None, :] < T),
+    )
 
 
 @triton.jit
@@ -101,11 +104,45 @@ def _key_keep(mask_base, offs_n, T, smt, HAS_MASK: tl.constexpr):
 
 @triton.jit
 def _band_fwd_kernel(
-    q_ptr, k_ptr, v_ptr, mask_ptr, o_ptr, lse_ptr,
-    H, T, W, D, DV, qk_scale, seed, p_drop,
-    sqb, sqh, sqt, sqd, skb, skh, skt, skd, svb, svh, svt, svd, sob, soh, sot, sod, smb, smt,
-    HAS_MASK: tl.constexpr, CAUSAL: tl.constexpr, DROPOUT: tl.constexpr,
-    BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
+    q_ptr,
+    k_ptr,
+    v_ptr,
+    mask_ptr,
+    o_ptr,
+    lse_ptr,
+    H,
+    T,
+    W,
+    D,
+    DV,
+    qk_scale,
+    seed,
+    p_drop,
+    sqb,
+    sqh,
+    sqt,
+    sqd,
+    skb,
+    skh,
+    skt,
+    skd,
+    svb,
+    svh,
+    svt,
+    svd,
+    sob,
+    soh,
+    sot,
+    sod,
+    smb,
+    smt,
+    HAS_MASK: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    DROPOUT: tl.constexpr,
+    BM: tl.constexpr,
+    BN: tl.constexpr,
+    BD: tl.constexpr,
+    BDV: tl.constexpr,
     PREC: tl.constexpr,
 ):
     """out and the base-2 log-sum-exp for one query block. Grid (query blocks, batch * heads)."""
@@ -122,8 +159,11 @@ def _band_fwd_kernel(
     offs_m = m0 + tl.arange(0, BM)
     offs_d = tl.arange(0, BD)
     offs_dv = tl.arange(0, BDV)
-    q = tl.load(q_base + offs_m[:, None] * sqt + offs_d[None, :] * sqd,
-                mask=(offs_m[:, None] < T) & (offs_d[None, :] < D), other=0.0)
+    q = tl.load(
+        q_base + offs_m[:, None] * sqt + offs_d[None, :] * sqd,
+        mask=(offs_m[:, None] < T) & (offs_d[None, :] < D),
+        other=0.0,
+    )
 
     m_i = tl.full([BM], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BM], dtype=tl.float32)
@@ -135,10 +175,16 @@ def _band_fwd_kernel(
         hi = tl.minimum(m0 + BM + W - 1, T)
     for n0 in range(lo, hi, BN):
         offs_n = n0 + tl.arange(0, BN)
-        k = tl.load(k_base + offs_n[:, None] * skt + offs_d[None, :] * skd,
-                    mask=(offs_n[:, None] < T) & (offs_d[None, :] < D), other=0.0)
-        v = tl.load(v_base + offs_n[:, None] * svt + offs_dv[None, :] * svd,
-                    mask=(offs_n[:, None] < T) & (offs_dv[None, :] < DV), other=0.0)
+        k = tl.load(
+            k_base + offs_n[:, None] * skt + offs_d[None, :] * skd,
+            mask=(offs_n[:, None] < T) & (offs_d[None, :] < D),
+            other=0.0,
+        )
+        v = tl.load(
+            v_base + offs_n[:, None] * svt + offs_dv[None, :] * svd,
+            mask=(offs_n[:, None] < T) & (offs_dv[None, :] < DV),
+            other=0.0,
+        )
         s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
         valid = _band_mask(offs_m, offs_n, T, W, CAUSAL)
         valid = valid & _key_keep(mask_base, offs_n, T, smt, HAS_MASK)[None, :]
@@ -158,20 +204,67 @@ def _band_fwd_kernel(
     seen = l_i > 0
     out = acc / tl.where(seen, l_i, 1.0)[:, None]
     lse = tl.where(seen, m_i + tl.log2(tl.where(seen, l_i, 1.0)), float("inf"))
-    tl.store(o_base + offs_m[:, None] * sot + offs_dv[None, :] * sod,
-             out.to(o_ptr.dtype.element_ty),
-             mask=(offs_m[:, None] < T) & (offs_dv[None, :] < DV))
+    tl.store(
+        o_base + offs_m[:, None] * sot + offs_dv[None, :] * sod,
+        out.to(o_ptr.dtype.element_ty),
+        mask=(offs_m[:, None] < T) & (offs_dv[None, :] < DV),
+    )
     tl.store(lse_ptr + pid_bh * T + offs_m, lse, mask=offs_m < T)
 
 
 @triton.jit
 def _band_dq_kernel(
-    q_ptr, k_ptr, v_ptr, mask_ptr, o_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr,
-    H, T, W, D, DV, qk_scale, sm_scale, seed, p_drop,
-    sqb, sqh, sqt, sqd, skb, skh, skt, skd, svb, svh, svt, svd, sob, soh, sot, sod,
-    sdob, sdoh, sdot, sdod, sdqb, sdqh, sdqt, sdqd, smb, smt,
-    HAS_MASK: tl.constexpr, CAUSAL: tl.constexpr, DROPOUT: tl.constexpr,
-    BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
+    q_ptr,
+    k_ptr,
+    v_ptr,
+    mask_ptr,
+    o_ptr,
+    do_ptr,
+    lse_ptr,
+    delta_ptr,
+    dq_ptr,
+    H,
+    T,
+    W,
+    D,
+    DV,
+    qk_scale,
+    sm_scale,
+    seed,
+    p_drop,
+    sqb,
+    sqh,
+    sqt,
+    sqd,
+    skb,
+    skh,
+    skt,
+    skd,
+    svb,
+    svh,
+    svt,
+    svd,
+    sob,
+    soh,
+    sot,
+    sod,
+    sdob,
+    sdoh,
+    sdot,
+    sdod,
+    sdqb,
+    sdqh,
+    sdqt,
+    sdqd,
+    smb,
+    smt,
+    HAS_MASK: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    DROPOUT: tl.constexpr,
+    BM: tl.constexpr,
+    BN: tl.constexpr,
+    BD: tl.constexpr,
+    BDV: tl.constexpr,
     PREC: tl.constexpr,
 ):
     """dq = sm_scale sum_j p_ij (dp_ij - delta_i) k_j for one query block; writes delta too."""
@@ -191,13 +284,16 @@ def _band_dq_kernel(
     offs_d = tl.arange(0, BD)
     offs_dv = tl.arange(0, BDV)
     row_ok = offs_m < T
-    q = tl.load(q_base + offs_m[:, None] * sqt + offs_d[None, :] * sqd,
-                mask=row_ok[:, None] & (offs_d[None, :] < D), other=0.0)
+    q = tl.load(
+        q_base + offs_m[:, None] * sqt + offs_d[None, :] * sqd,
+        mask=row_ok[:, None] & (offs_d[None, :] < D),
+        other=0.0,
+    )
     dv_mask = row_ok[:, None] & (offs_dv[None, :] < DV)
-    do = tl.load(do_base + offs_m[:, None] * sdot + offs_dv[None, :] * sdod, mask=dv_mask,
-                 other=0.0)
-    o = tl.load(o_base + offs_m[:, None] * sot + offs_dv[None, :] * sod, mask=dv_mask,
-                other=0.0)
+    do = tl.load(
+        do_base + offs_m[:, None] * sdot + offs_dv[None, :] * sdod, mask=dv_mask, other=0.0
+    )
+    o = tl.load(o_base + offs_m[:, None] * sot + offs_dv[None, :] * sod, mask=dv_mask, other=0.0)
     delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), axis=1)
     tl.store(delta_ptr + pid_bh * T + offs_m, delta, mask=row_ok)
     lse = tl.load(lse_ptr + pid_bh * T + offs_m, mask=row_ok, other=float("inf"))
@@ -211,10 +307,16 @@ def _band_dq_kernel(
         hi = tl.minimum(m0 + BM + W - 1, T)
     for n0 in range(lo, hi, BN):
         offs_n = n0 + tl.arange(0, BN)
-        k = tl.load(k_base + offs_n[:, None] * skt + offs_d[None, :] * skd,
-                    mask=(offs_n[:, None] < T) & (offs_d[None, :] < D), other=0.0)
-        v = tl.load(v_base + offs_n[:, None] * svt + offs_dv[None, :] * svd,
-                    mask=(offs_n[:, None] < T) & (offs_dv[None, :] < DV), other=0.0)
+        k = tl.load(
+            k_base + offs_n[:, None] * skt + offs_d[None, :] * skd,
+            mask=(offs_n[:, None] < T) & (offs_d[None, :] < D),
+            other=0.0,
+        )
+        v = tl.load(
+            v_base + offs_n[:, None] * svt + offs_dv[None, :] * svd,
+            mask=(offs_n[:, None] < T) & (offs_dv[None, :] < DV),
+            other=0.0,
+        )
         s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
         valid = _band_mask(offs_m, offs_n, T, W, CAUSAL)
         valid = valid & _key_keep(mask_base, offs_n, T, smt, HAS_MASK)[None, :]
@@ -226,18 +328,66 @@ def _band_dq_kernel(
         ds = p * (dp - delta[:, None])
         dq += tl.dot(ds.to(k.dtype), k, input_precision=PREC)
     dq = dq * sm_scale
-    tl.store(dq_base + offs_m[:, None] * sdqt + offs_d[None, :] * sdqd,
-             dq.to(dq_ptr.dtype.element_ty), mask=row_ok[:, None] & (offs_d[None, :] < D))
+    tl.store(
+        dq_base + offs_m[:, None] * sdqt + offs_d[None, :] * sdqd,
+        dq.to(dq_ptr.dtype.element_ty),
+        mask=row_ok[:, None] & (offs_d[None, :] < D),
+    )
 
 
 @triton.jit
 def _band_dkv_kernel(
-    q_ptr, k_ptr, v_ptr, mask_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr,
-    H, T, W, D, DV, qk_scale, sm_scale, seed, p_drop,
-    sqb, sqh, sqt, sqd, skb, skh, skt, skd, svb, svh, svt, svd,
-    sdob, sdoh, sdot, sdod, sdkb, sdkh, sdkt, sdkd, sdvb, sdvh, sdvt, sdvd, smb, smt,
-    HAS_MASK: tl.constexpr, CAUSAL: tl.constexpr, DROPOUT: tl.constexpr,
-    BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
+    q_ptr,
+    k_ptr,
+    v_ptr,
+    mask_ptr,
+    do_ptr,
+    lse_ptr,
+    delta_ptr,
+    dk_ptr,
+    dv_ptr,
+    H,
+    T,
+    W,
+    D,
+    DV,
+    qk_scale,
+    sm_scale,
+    seed,
+    p_drop,
+    sqb,
+    sqh,
+    sqt,
+    sqd,
+    skb,
+    skh,
+    skt,
+    skd,
+    svb,
+    svh,
+    svt,
+    svd,
+    sdob,
+    sdoh,
+    sdot,
+    sdod,
+    sdkb,
+    sdkh,
+    sdkt,
+    sdkd,
+    sdvb,
+    sdvh,
+    sdvt,
+    sdvd,
+    smb,
+    smt,
+    HAS_MASK: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    DROPOUT: tl.constexpr,
+    BM: tl.constexpr,
+    BN: tl.constexpr,
+    BD: tl.constexpr,
+    BDV: tl.constexpr,
     PREC: tl.constexpr,
 ):
     """dk, dv for one key block, over the query blocks whose band reaches it (transposed)."""
@@ -257,10 +407,16 @@ def _band_dkv_kernel(
     offs_d = tl.arange(0, BD)
     offs_dv = tl.arange(0, BDV)
     col_ok = offs_n < T
-    k = tl.load(k_base + offs_n[:, None] * skt + offs_d[None, :] * skd,
-                mask=col_ok[:, None] & (offs_d[None, :] < D), other=0.0)
-    v = tl.load(v_base + offs_n[:, None] * svt + offs_dv[None, :] * svd,
-                mask=col_ok[:, None] & (offs_dv[None, :] < DV), other=0.0)
+    k = tl.load(
+        k_base + offs_n[:, None] * skt + offs_d[None, :] * skd,
+        mask=col_ok[:, None] & (offs_d[None, :] < D),
+        other=0.0,
+    )
+    v = tl.load(
+        v_base + offs_n[:, None] * svt + offs_dv[None, :] * svd,
+        mask=col_ok[:, None] & (offs_dv[None, :] < DV),
+        other=0.0,
+    )
     keep = _key_keep(mask_base, offs_n, T, smt, HAS_MASK)
 
     dk = tl.zeros([BN, BD], dtype=tl.float32)
@@ -274,10 +430,16 @@ def _band_dkv_kernel(
     for m0 in range(lo, hi, BM):
         offs_m = m0 + tl.arange(0, BM)
         row_ok = offs_m < T
-        q = tl.load(q_base + offs_m[:, None] * sqt + offs_d[None, :] * sqd,
-                    mask=row_ok[:, None] & (offs_d[None, :] < D), other=0.0)
-        do = tl.load(do_base + offs_m[:, None] * sdot + offs_dv[None, :] * sdod,
-                     mask=row_ok[:, None] & (offs_dv[None, :] < DV), other=0.0).to(k.dtype)
+        q = tl.load(
+            q_base + offs_m[:, None] * sqt + offs_d[None, :] * sqd,
+            mask=row_ok[:, None] & (offs_d[None, :] < D),
+            other=0.0,
+        )
+        do = tl.load(
+            do_base + offs_m[:, None] * sdot + offs_dv[None, :] * sdod,
+            mask=row_ok[:, None] & (offs_dv[None, :] < DV),
+            other=0.0,
+        ).to(k.dtype)
         lse = tl.load(lse_ptr + pid_bh * T + offs_m, mask=row_ok, other=float("inf"))
         delta = tl.load(delta_ptr + pid_bh * T + offs_m, mask=row_ok, other=0.0)
         sT = tl.dot(k, tl.trans(q), input_precision=PREC) * qk_scale  # (keys, queries)
@@ -294,15 +456,24 @@ def _band_dkv_kernel(
         dsT = pT * (dpT - delta[None, :])
         dk += tl.dot(dsT.to(k.dtype), q, input_precision=PREC)
     dk = dk * sm_scale
-    tl.store(dk_base + offs_n[:, None] * sdkt + offs_d[None, :] * sdkd,
-             dk.to(dk_ptr.dtype.element_ty), mask=col_ok[:, None] & (offs_d[None, :] < D))
-    tl.store(dv_base + offs_n[:, None] * sdvt + offs_dv[None, :] * sdvd,
-             dv.to(dv_ptr.dtype.element_ty), mask=col_ok[:, None] & (offs_dv[None, :] < DV))
+    tl.store(
+        dk_base + offs_n[:, None] * sdkt + offs_d[None, :] * sdkd,
+        dk.to(dk_ptr.dtype.element_ty),
+        mask=col_ok[:, None] & (offs_d[None, :] < D),
+    )
+    tl.store(
+        dv_base + offs_n[:, None] * sdvt + offs_dv[None, :] * sdvd,
+        dv.to(dv_ptr.dtype.element_ty),
+        mask=col_ok[:, None] & (offs_dv[None, :] < DV),
+    )
 
 
 # Launch settings (tuned on an H200, bf16, head_dim 64; see docs/gpu.md).
-LAUNCH = {"fwd": dict(num_warps=8, num_stages=2), "dq": dict(num_warps=8, num_stages=2),
-          "dkv": dict(num_warps=8, num_stages=2)}
+LAUNCH = {
+    "fwd": dict(num_warps=8, num_stages=2),
+    "dq": dict(num_warps=8, num_stages=2),
+    "dkv": dict(num_warps=8, num_stages=2),
+}
 
 
 class _BandAttention(torch.autograd.Function):
@@ -313,15 +484,40 @@ class _BandAttention(torch.autograd.Function):
         bh = batch * heads
         mask, smb, smt = padding_as_uint8(key_padding_mask, q)
         sm_scale = 1.0 / math.sqrt(dim)
-        cfg = dict(HAS_MASK=key_padding_mask is not None, CAUSAL=causal,
-                   DROPOUT=dropout_p > 0.0, BM=_BLOCK_M, BN=_BLOCK_N, BD=block_dim(dim),
-                   BDV=block_dim(dim_v), PREC=fp32_precision(q.dtype))
+        cfg = dict(
+            HAS_MASK=key_padding_mask is not None,
+            CAUSAL=causal,
+            DROPOUT=dropout_p > 0.0,
+            BM=_BLOCK_M,
+            BN=_BLOCK_N,
+            BD=block_dim(dim),
+            BDV=block_dim(dim_v),
+            PREC=fp32_precision(q.dtype),
+        )
         out = empty_like_layout(q, dim_v)
         lse = torch.empty(bh, seq, device=q.device, dtype=torch.float32)
         _band_fwd_kernel[(triton.cdiv(seq, _BLOCK_M), bh)](
-            q, k, v, mask, out, lse, heads, seq, bandwidth, dim, dim_v, sm_scale * _LOG2E,
-            seed, dropout_p,
-            *strides(q), *strides(k), *strides(v), *strides(out), smb, smt, **cfg,
+            q,
+            k,
+            v,
+            mask,
+            out,
+            lse,
+            heads,
+            seq,
+            bandwidth,
+            dim,
+            dim_v,
+            sm_scale * _LOG2E,
+            seed,
+            dropout_p,
+            *strides(q),
+            *strides(k),
+            *strides(v),
+            *strides(out),
+            smb,
+            smt,
+            **cfg,
             **LAUNCH["fwd"],
         )
         ctx.save_for_backward(q, k, v, mask, out, lse)
@@ -341,16 +537,64 @@ class _BandAttention(torch.autograd.Function):
         dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
         delta = torch.empty_like(lse)
         _band_dq_kernel[(triton.cdiv(seq, _BLOCK_M), bh)](
-            q, k, v, mask, out, dout, lse, delta, dq,
-            heads, seq, bandwidth, dim, dim_v, sm_scale * _LOG2E, sm_scale, seed, dropout_p,
-            *strides(q), *strides(k), *strides(v), *strides(out), *strides(dout),
-            *strides(dq), smb, smt, **cfg, **LAUNCH["dq"],
+            q,
+            k,
+            v,
+            mask,
+            out,
+            dout,
+            lse,
+            delta,
+            dq,
+            heads,
+            seq,
+            bandwidth,
+            dim,
+            dim_v,
+            sm_scale * _LOG2E,
+            sm_scale,
+            seed,
+            dropout_p,
+            *strides(q),
+            *strides(k),
+            *strides(v),
+            *strides(out),
+            *strides(dout),
+            *strides(dq),
+            smb,
+            smt,
+            **cfg,
+            **LAUNCH["dq"],
         )
         _band_dkv_kernel[(triton.cdiv(seq, _BLOCK_N), bh)](
-            q, k, v, mask, dout, lse, delta, dk, dv,
-            heads, seq, bandwidth, dim, dim_v, sm_scale * _LOG2E, sm_scale, seed, dropout_p,
-            *strides(q), *strides(k), *strides(v), *strides(dout), *strides(dk),
-            *strides(dv), smb, smt, **cfg, **LAUNCH["dkv"],
+            q,
+            k,
+            v,
+            mask,
+            dout,
+            lse,
+            delta,
+            dk,
+            dv,
+            heads,
+            seq,
+            bandwidth,
+            dim,
+            dim_v,
+            sm_scale * _LOG2E,
+            sm_scale,
+            seed,
+            dropout_p,
+            *strides(q),
+            *strides(k),
+            *strides(v),
+            *strides(dout),
+            *strides(dk),
+            *strides(dv),
+            smb,
+            smt,
+            **cfg,
+            **LAUNCH["dkv"],
         )
         return dq, dk, dv, None, None, None, None, None
 
@@ -383,19 +627,20 @@ def band_attention_triton(
             seed = int(torch.randint(0, 2**30, (1,)).item())
     else:
         seed = 0
-    return _BandAttention.apply(q, k, v, key_padding_mask, bandwidth, bool(causal), dropout_p,
-                                seed)
+    return _BandAttention.apply(q, k, v, key_padding_mask, bandwidth, bool(causal), dropout_p, seed)
 
 
-def dropout_keep_matrix(seq: int, bandwidth: int, dropout_p: float, seed: int,
-                        device: torch.device) -> torch.Tensor:
+def dropout_keep_matrix(
+    seq: int, bandwidth: int, dropout_p: float, seed: int, device: torch.device
+) -> torch.Tensor:
     """The (seq x seq) bool matrix of kept probabilities that ``seed`` gives (batch * head
     index 0; index n uses ``seed + n``). For tests only: it is quadratic."""
     bandwidth = min(int(bandwidth), seq)
     out = torch.empty(seq, seq, device=device, dtype=torch.float32)
     grid = (triton.cdiv(seq, _BLOCK_M), triton.cdiv(seq, _BLOCK_N))
-    _dropout_keep_kernel[grid](out, seed, seq, bandwidth, float(dropout_p), BM=_BLOCK_M,
-                               BN=_BLOCK_N)
+    _dropout_keep_kernel[grid](
+        out, seed, seq, bandwidth, float(dropout_p), BM=_BLOCK_M, BN=_BLOCK_N
+    )
     return out > 0.5
 
 
@@ -423,8 +668,18 @@ def band_attention_flash(
     qt, kt, vt = (t.transpose(1, 2) for t in (q, k, v))  # (batch, seq, heads, head_dim)
     try:
         out = torch.ops.aten._flash_attention_forward(
-            qt, kt, vt, None, None, seq, seq, float(dropout_p), bool(causal), False,
-            scale=1.0 / math.sqrt(q.shape[-1]), window_size_left=left,
+            qt,
+            kt,
+            vt,
+            None,
+            None,
+            seq,
+            seq,
+            float(dropout_p),
+            bool(causal),
+            False,
+            scale=1.0 / math.sqrt(q.shape[-1]),
+            window_size_left=left,
             window_size_right=0 if causal else left,
         )[0]
     except (RuntimeError, TypeError):
