@@ -39,8 +39,8 @@ lint: $(STAMP) ## ruff (code) and hadolint (Dockerfile)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/hadolint Dockerfile
 
-bench: $(STAMP) ## Run the benchmarks in bench/ (tables on stdout, CSV beside them)
-	@set -e; for script in bench/bench_*.py; do echo "== $$script"; $(PY) $$script; done
+bench: $(STAMP) ## CPU attention benchmark (table + CSV); GPU ones: bench/attention_gpu.py, bench/train_throughput.py
+	$(PY) bench/attention_cpu.py --csv logs/bench_attention_cpu.csv
 
 tensorboard: $(STAMP) ## Serve the TensorBoard logs in logs/ on http://localhost:6006
 	$(VENV)/bin/tensorboard --logdir logs --port 6006
