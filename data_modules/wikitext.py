@@ -622,11 +622,6 @@ class WikiText103DataModule(L.LightningDataModule):
         return max(self.tgt_len, self.eval_tgt_len)
 
     @property
-    def max_length(self) -> int:
-        """The longest window of any batch, ``max(tgt_len, eval_tgt_len)``: the model's context."""
-        return max(self.tgt_len, self.eval_tgt_len)
-
-    @property
     def num_tokens(self) -> dict[str, int]:
         """Tokens per split, ``<eos>`` included."""
         return dict(self._ensure_cache().meta["tokens"])
