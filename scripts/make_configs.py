@@ -125,6 +125,8 @@ def wikitext_config(variant: str) -> dict[str, Any]:
     decoder = DecoderConfig(
         dim=128, depth=16, num_heads=8, ffn_dim=2048, dropout=0.1,
         adaptive_softmax_cutoffs=[20000, 40000, 200000],
+        # div_val 1 in the released lmtool-fwms runs: every tail row is tied to the embedding.
+        adaptive_softmax_div_value=1.0,
         attention=WT103_VARIANTS[variant](),
     )  # fmt: skip
     return {
