@@ -73,7 +73,7 @@ for relative, text in make_configs.all_configs().items():
     path.write_text(text)
 EOF
 fi
-BASE=$CONFIGS/lra/listops/fmm2_band5.yaml
+BASE=$CONFIGS/lra/listops/${VARIANT:-fmm2_band5}.yaml
 
 log() { echo "[$((SECONDS - START)) s] $*" | tee -a "$OUT/progress.log"; }
 

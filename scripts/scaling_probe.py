@@ -4,7 +4,7 @@ Added to a run with (``scripts/`` on ``PYTHONPATH``)::
 
     --trainer.callbacks+=scaling_probe.ScalingProbe --trainer.callbacks.out_dir=DIR
 
-It writes, from global rank 0, at the end of ``fit``:
+It writes, from global rank 0, at the end of training:
 
 ``DIR/loss.csv``  ``step,loss,lr`` where ``loss`` is the GLOBAL batch's training loss,
     loss_t = (1 / world) * sum_r loss_t^r    (each loss_t^r the mean over rank r's samples,
@@ -84,11 +84,14 @@ class ScalingProbe(Callback):
         lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else float("nan")
         self.losses.append((trainer.global_step, float(global_loss), lr))
 
-    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        per_rank = torch.zeros(2, dtype=torch.float64, device=pl_module.device)
-        if pl_module.device.type == "cuda":
-            per_rank[0] = torch.cuda.max_memory_allocated(pl_module.device) / 2**30
-            per_rank[1] = torch.cuda.max_memory_reserved(pl_module.device) / 2**30
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # on_train_end, not on_fit_end: by then the strategy's teardown has moved the module to
+        # the CPU, and NCCL cannot gather CPU tensors.
+        device = trainer.strategy.root_device
+        per_rank = torch.zeros(2, dtype=torch.float64, device=device)
+        if device.type == "cuda":
+            per_rank[0] = torch.cuda.max_memory_allocated(device) / 2**30
+            per_rank[1] = torch.cuda.max_memory_reserved(device) / 2**30
         if dist.is_available() and dist.is_initialized() and trainer.world_size > 1:
             gathered = [torch.zeros_like(per_rank) for _ in range(trainer.world_size)]
             dist.all_gather(gathered, per_rank)

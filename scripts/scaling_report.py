@@ -9,11 +9,12 @@ Writes into ``--out``:
   checks.csv   each check with its measured value, its tolerance and pass/fail
 and prints the same as Markdown tables.
 
-Checks (tolerances stated here, once):
+Checks (tolerances stated here, once; a check whose runs are missing is left out):
   curve_<s>      1 GPU vs 2 GPUs, same global batch, same sample sets per step (the
                  DistributedSampler's permutation is split across ranks): max over steps of
                  |loss_2(t) - loss_1(t)| <= 0.05 and mean <= 0.01. bf16 rounding differs with
                  the per-GPU batch shape, and the differences compound over steps.
+  curve_<s>_vs_ddp_2gpu   the same bound between DeepSpeed and DDP, both on 2 GPUs.
   efficiency_<s> throughput(2 GPUs) / (2 x throughput(1 GPU)): reported, not checked.
   resume_<s>     the resumed run starts at step E + 1 (E = the epoch-0 checkpoint's step) with
                  the uninterrupted run's learning rate at that step (relative 1e-6), and its
@@ -159,6 +160,19 @@ def main(argv: list[str] | None = None) -> int:
                     f"max {CURVE_MAX}, mean {CURVE_MEAN}",
                     worst <= CURVE_MAX and mean <= CURVE_MEAN,
                 )
+        ddp_two = curves.get("ddp2")
+        if short != "ddp" and two and ddp_two:
+            # Same sample sets per step (both shard one permutation over 2 ranks): the strategy
+            # changes only the arithmetic (DeepSpeed bf16 keeps bf16 weights, DDP autocasts).
+            steps = sorted(set(two) & set(ddp_two))
+            diffs = [abs(two[s] - ddp_two[s]) for s in steps]
+            worst, mean = max(diffs), sum(diffs) / len(diffs)
+            check(
+                f"curve_{strategy}_vs_ddp_2gpu",
+                f"max {worst:.4f}, mean {mean:.4f} over {len(steps)} steps",
+                f"max {CURVE_MAX}, mean {CURVE_MEAN}",
+                worst <= CURVE_MAX and mean <= CURVE_MEAN,
+            )
         one_run = by_name.get(f"{short}1" if short == "ddp" else f"{short}_1")
         two_run = by_name.get(f"{short}2" if short == "ddp" else f"{short}_2")
         if one_run and two_run and one_run["samples_per_sec"] and two_run["samples_per_sec"]:
