@@ -8,7 +8,7 @@ a fixed buffer. Products are element-wise, broadcast over batch and sequence. No
 softmax is applied to any weight: the released code uses raw weights throughout.
 
 Shapes: every field output is ``(batch, heads, seq, head_dim)``; a weight is stored as
-``()`` (scalar), ``(heads,)`` (head) or ``(heads * head_dim,)`` (channel) and viewed as
+``(1,)`` (scalar; not 0-dim, which DeepSpeed's flat bf16 buffers cannot view), ``(heads,)`` (head) or ``(heads * head_dim,)`` (channel) and viewed as
 ``(1, heads, 1, head_dim)`` to multiply it (channel c of the model dimension is head
 c // head_dim, lane c % head_dim: the order in which heads are concatenated).
 
@@ -50,7 +50,9 @@ class FieldWeight(nn.Module):
             )
         self.granularity = spec.granularity
         self.num_heads, self.head_dim = num_heads, head_dim
-        shape = {"scalar": (), "head": (num_heads,), "channel": (num_heads * head_dim,)}
+        # A scalar is stored as (1,): DeepSpeed ZeRO flattens parameters into bf16 buffers and
+        # fails on 0-dim ones ("self.dim() cannot be 0 to view BFloat16 as Byte").
+        shape = {"scalar": (1,), "head": (num_heads,), "channel": (num_heads * head_dim,)}
         value = torch.full(shape[spec.granularity], float(spec.init))
         if spec.learnable:
             self.weight = nn.Parameter(value)

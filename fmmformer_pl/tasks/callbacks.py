@@ -190,8 +190,11 @@ class MajorityBaseline(Callback):
             return
         if self.metric not in trainer.callback_metrics:
             return
-        train = trainer.strategy.reduce(self.train_counts.to(pl_module.device), reduce_op="sum")
-        val = trainer.strategy.reduce(self.val_counts.to(pl_module.device), reduce_op="sum")
+        # The strategy's device, not pl_module.device: by on_fit_end the module may be back on
+        # the CPU, and NCCL cannot reduce CPU tensors (every multi-GPU fit then exited 1).
+        device = trainer.strategy.root_device
+        train = trainer.strategy.reduce(self.train_counts.to(device), reduce_op="sum")
+        val = trainer.strategy.reduce(self.val_counts.to(device), reduce_op="sum")
         majority = int(torch.argmax(train))
         baseline = float(val[majority]) / max(1, int(val.sum()))
         accuracy = float(trainer.callback_metrics[self.metric])

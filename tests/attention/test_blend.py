@@ -22,7 +22,7 @@ HEADS, HEAD_DIM = 3, 4
 
 
 @pytest.mark.parametrize(
-    "granularity, shape", [("scalar", ()), ("head", (HEADS,)), ("channel", (HEADS * HEAD_DIM,))]
+    "granularity, shape", [("scalar", (1,)), ("head", (HEADS,)), ("channel", (HEADS * HEAD_DIM,))]
 )
 @pytest.mark.parametrize("learnable", [True, False])
 def test_weight_shape_init_and_learnability(granularity, shape, learnable):
@@ -127,26 +127,26 @@ def test_paper_schemes_reproduce_the_released_code():
     }
     assert w("lra_listops_fmm_2kernel") == {
         "near.weight": ((2,), [1.0], True),
-        "far.0.weight": ((), [1.0], True),
-        "far.1.weight": ((), [0.0], True),
+        "far.0.weight": ((1,), [1.0], True),
+        "far.1.weight": ((1,), [0.0], True),
         "far_group.weight": ((2,), [0.0], True),
     }
     # Text (type_blend 4): D + w (.) L, w per channel, init 0; 2 kernels averaged first.
     assert w("lra_text_fmm_1kernel") == {
-        "near.weight": ((), [1.0], False),
+        "near.weight": ((1,), [1.0], False),
         "far.0.weight": ((64,), [0.0], True),
     }
     assert w("lra_text_fmm_2kernel") == {
-        "near.weight": ((), [1.0], False),
-        "far.0.weight": ((), [0.5], False),
-        "far.1.weight": ((), [0.5], False),
+        "near.weight": ((1,), [1.0], False),
+        "far.0.weight": ((1,), [0.5], False),
+        "far.1.weight": ((1,), [0.5], False),
         "far_group.weight": ((64,), [0.0], True),
     }
     # WikiText-103 (LM type_blend 2): w (.) D + L, w per channel init 0, L scaled 1/sqrt(16).
     assert w("wt103_fmm_2kernel_band20") == {
         "near.weight": ((64,), [0.0], True),
-        "far.0.weight": ((), [0.125], False),
-        "far.1.weight": ((), [0.125], False),
+        "far.0.weight": ((1,), [0.125], False),
+        "far.1.weight": ((1,), [0.125], False),
     }
     assert w("lra_band5") == {} and w("wt103_band20") == {}
     assert (paper_scheme("lra_band5").bandwidth, paper_scheme("lra_band5").dropout) == (5, 0.1)

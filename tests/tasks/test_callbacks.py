@@ -87,9 +87,15 @@ def test_majority_baseline_counts_train_labels_and_scores_the_validation_split(c
     restored = MajorityBaseline()
     restored.load_state_dict(baseline.state_dict())
     restored.val_counts = baseline.val_counts
-    strategy = SimpleNamespace(reduce=lambda tensor, reduce_op: tensor)
+    # The counts are reduced on the strategy's device, not the module's: by on_fit_end the
+    # module may be back on the CPU while NCCL needs CUDA tensors ("meta" stands in for that).
+    def reduce(tensor, reduce_op):
+        assert tensor.device == strategy.root_device and reduce_op == "sum"
+        return tensor
+
+    strategy = SimpleNamespace(reduce=reduce, root_device=torch.device("cpu"))
     trainer = fake_trainer(callback_metrics={"val/acc": torch.tensor(0.75)}, strategy=strategy)
-    restored.on_fit_end(trainer, module)
+    restored.on_fit_end(trainer, SimpleNamespace(num_classes=3, device=torch.device("meta")))
     assert restored.result == (0.75, 0.25, 2)  # class 2 is 1 of the 4 validation labels
     assert "majority-class baseline 0.2500 (always class 2" in capsys.readouterr().out
 

@@ -122,3 +122,26 @@ def test_configure_optimizers_uses_the_optim_config_and_explicit_total_steps():
         optimizer.step()
         scheduler.step()
     assert lrs == pytest.approx([0.0, 0.005, 0.01, 0.01 * (1 - 1 / 8)])
+
+
+def test_a_checkpoint_of_a_task_built_in_python_loads_with_weights_only(tmp_path):
+    # Built from Python (not the CLI), the hyper-parameters hold our config dataclasses;
+    # torch.load's default weights_only=True must still read our own checkpoint.
+    from lightning.pytorch import Trainer
+
+    task = ClassificationTask(vocab_size=12, num_classes=3, max_length=9, encoder=TINY_ENCODER)
+    batch = classification_batch()
+    loader = torch.utils.data.DataLoader([batch], batch_size=None)
+    trainer = Trainer(
+        max_steps=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False,
+    )  # fmt: skip
+    trainer.fit(task, loader)
+    path = tmp_path / "task.ckpt"
+    trainer.save_checkpoint(path)
+
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    assert isinstance(state["hyper_parameters"]["encoder"], EncoderConfig)
+    restored = ClassificationTask.load_from_checkpoint(path, map_location="cpu", weights_only=True)
+    for name, value in task.state_dict().items():
+        torch.testing.assert_close(restored.state_dict()[name], value)
