@@ -4,7 +4,6 @@ import torch
 
 from fmmformer_pl.attention.config import AttentionConfig, BlendWeight
 from fmmformer_pl.models.config import DecoderConfig, EncoderConfig
-
 from fmmformer_pl.tasks.callbacks import (
     BlendWeightMonitor,
     MajorityBaseline,
