@@ -31,8 +31,14 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY fmmformer_pl ./fmmformer_pl
 COPY data_modules ./data_modules
-RUN pip install --no-cache-dir . \
-    && python -c "import fmmformer_pl, data_modules, lightning"
+# deepspeed (pinned in the [deepspeed] extra) builds from source: without build isolation, so
+# its setup.py sees the base image's torch instead of downloading another; DS_BUILD_OPS=0
+# precompiles no CUDA op (this runtime image has no nvcc; the configs use torch's AdamW, so
+# ZeRO needs none of DeepSpeed's JIT-built optimisers). DL3013: ".[deepspeed]" is this package.
+# hadolint ignore=DL3013
+RUN DS_BUILD_OPS=0 pip install --no-cache-dir --no-build-isolation "deepspeed==0.19.8" \
+    && pip install --no-cache-dir ".[deepspeed]" \
+    && python -c "import fmmformer_pl, data_modules, lightning, deepspeed"
 
 COPY cli.py ./
 COPY configs ./configs

@@ -50,7 +50,7 @@ docker-build: ## Build the CUDA image (needs a Docker daemon; files you write st
 
 docker-run: ## The quick start in the image, with ./data and ./logs mounted
 	docker run --rm -it --gpus all --ipc=host \
-		-v "$(CURDIR)/data:/data" -v "$(CURDIR)/logs:/app/logs" \
+		-v "$(CURDIR)/data:/app/data" -v "$(CURDIR)/logs:/app/logs" \
 		$(IMAGE) fit --config configs/quickstart.yaml
 
 clean: ## Remove logs, checkpoints and caches (keeps .venv and data/)
