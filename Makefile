@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 # Pip resolves this to the CPU wheel where one is on disk (pip's find-links); on a GPU machine
 # set e.g. TORCH_SPEC="torch==2.11.0" to keep the CUDA build you have.
 TORCH_SPEC ?= torch==2.13.0
-EXTRAS ?= dev
+EXTRAS ?= dev,deepspeed
 STAMP := $(VENV)/.fmmformer-installed
 IMAGE ?= fmmformer-pl
 QUICKSTART_CKPT := logs/quickstart/checkpoints/last.ckpt
