@@ -49,7 +49,15 @@ _NOISE = ("Given value", "Subtypes:", "- Expected a <class 'NoneType'>")
 
 
 class QuietArgumentParser(LightningArgumentParser):
-    """Reports a bad option as one ``error:`` paragraph, without the 100-line usage listing."""
+    """Reports a bad option as one ``error:`` paragraph, without the 100-line usage listing.
+
+    Abbreviated options are refused: argparse would otherwise read ``--trainer.max_step 3`` as
+    ``--trainer.max_steps 3``, and a typo that happens to be a prefix would pass silently.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str, ex: Optional[Exception] = None) -> NoReturn:
         if not self.exit_on_error:  # a subcommand's parser: its parent reports the error

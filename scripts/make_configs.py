@@ -56,7 +56,8 @@ LRA_TASKS: dict[str, dict[str, Any]] = {
                       batch=32, warmup=800, steps=30000, val_every=1000),
     "image": dict(data="ImageDataModule", lengths={},
                   batch=256, warmup=175, steps=35000, val_every=None),
-    "pathfinder": dict(data="PathfinderDataModule", lengths={},
+    # on_bad_row: skip -- the release holds empty PNGs (FORMATS.md); LRA's pipeline drops them.
+    "pathfinder": dict(data="PathfinderDataModule", lengths=dict(on_bad_row="skip"),
                        batch=256, warmup=312, steps=62400, val_every=None),
 }  # fmt: skip
 
