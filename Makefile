@@ -8,6 +8,9 @@ PY := $(VENV)/bin/python
 # Pip resolves this to the CPU wheel where one is on disk (pip's find-links); on a GPU machine
 # set e.g. TORCH_SPEC="torch==2.11.0" to keep the CUDA build you have.
 TORCH_SPEC ?= torch==2.13.0
+# Extra pip options for that torch install. Elsewhere PyPI's Linux wheel is the CUDA build;
+# for the CPU build: make install TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cpu"
+TORCH_PIP_ARGS ?=
 EXTRAS ?= dev,deepspeed
 STAMP := $(VENV)/.fmmformer-installed
 IMAGE ?= fmmformer-pl
@@ -22,7 +25,7 @@ help: ## List the targets
 # Re-run the install when the package metadata changes; the stamp marks a finished install.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install "$(TORCH_SPEC)"
+	$(PY) -m pip install $(TORCH_PIP_ARGS) "$(TORCH_SPEC)"
 	$(PY) -m pip install -e ".[$(EXTRAS)]"
 	touch $@
 
