@@ -14,6 +14,8 @@ from torch import nn
 from fmmformer_pl.attention.config import AttentionConfig
 from fmmformer_pl.attention.layer import AttentionState, FMMAttention
 
+from .config import DecoderConfig, EncoderConfig
+
 _ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU}
 
 
@@ -73,6 +75,17 @@ class Block(nn.Module):
         y, state = self.attn.step(self.ln_attn(x_t), state)
         x_t = x_t + self.drop(y)
         return x_t + self.drop(self.ffn(self.ln_ffn(x_t))), state
+
+
+def block_stack(config: EncoderConfig | DecoderConfig, causal: bool) -> nn.ModuleList:
+    """``config.depth`` pre-LN blocks of the encoder (causal=False) or the decoder (True)."""
+    return nn.ModuleList(
+        Block(
+            config.dim, config.num_heads, config.ffn_dim, config.dropout, config.attention,
+            causal=causal, activation=config.activation,
+        )  # fmt: skip
+        for _ in range(config.depth)
+    )
 
 
 def init_weights(module: nn.Module) -> None:

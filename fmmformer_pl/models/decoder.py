@@ -27,7 +27,7 @@ from torch import nn
 
 from fmmformer_pl.attention.layer import AttentionState
 
-from .blocks import Block, init_weights
+from .blocks import block_stack, init_weights
 from .config import DecoderConfig
 from .embeddings import TokenPositionEmbedding
 
@@ -153,18 +153,7 @@ class FMMDecoderLM(nn.Module):
         self.embed = TokenPositionEmbedding(
             vocab_size, config.dim, max_length, config.positions, config.dropout
         )
-        self.blocks = nn.ModuleList(
-            Block(
-                config.dim,
-                config.num_heads,
-                config.ffn_dim,
-                config.dropout,
-                config.attention,
-                causal=True,
-                activation=config.activation,
-            )  # fmt: skip
-            for _ in range(config.depth)
-        )
+        self.blocks = block_stack(config, causal=True)
         self.ln_final = nn.LayerNorm(config.dim)
         self.adaptive = None
         self.lm_head = None

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .blocks import Block, init_weights
+from .blocks import block_stack, init_weights
 from .config import EncoderConfig
 from .embeddings import TokenPositionEmbedding
 
@@ -30,18 +30,7 @@ class FMMEncoder(nn.Module):
         self.embed = TokenPositionEmbedding(
             vocab_size, config.dim, max_length + int(self.use_cls), config.positions, config.dropout
         )
-        self.blocks = nn.ModuleList(
-            Block(
-                config.dim,
-                config.num_heads,
-                config.ffn_dim,
-                config.dropout,
-                config.attention,
-                causal=False,
-                activation=config.activation,
-            )  # fmt: skip
-            for _ in range(config.depth)
-        )
+        self.blocks = block_stack(config, causal=False)
         self.ln_final = nn.LayerNorm(config.dim)
         self.apply(init_weights)
         self.cls = nn.Parameter(torch.randn(1, 1, config.dim) * 0.02) if self.use_cls else None
