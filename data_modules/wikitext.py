@@ -54,6 +54,7 @@ import lightning as L
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from torchdata.stateful_dataloader import StatefulDataLoader
 
 from data_modules.common.base import BadRows
 from data_modules.common.cache import CACHE_DIRNAME, ArrayCache, CachedArrays, CacheWriter
@@ -432,6 +433,10 @@ class LMStreamDataset(IterableDataset):
     ``batch_size`` streams among ``batch_size * world_size``. Each item is a whole batch (use a
     ``DataLoader`` with ``batch_size=None``); with DataLoader workers, worker ``w`` of ``n``
     produces batches ``w, w+n, ...`` and the loader returns them in order.
+
+    Stateful for ``torchdata``'s ``StatefulDataLoader`` (which calls ``state_dict`` in the
+    process, main or worker, that iterates): the state is the next window index, so a run
+    resumed from a mid-epoch checkpoint continues with the window it would have read next.
     """
 
     def __init__(
@@ -462,6 +467,8 @@ class LMStreamDataset(IterableDataset):
         self.rows = (rank * batch_size, (rank + 1) * batch_size, n_streams, n_step)
         self.windows = stream_windows(n_step, tgt_len, stride)
         self.sliding = stride is not None
+        self._next_window = 0  # the window the running pass yields next
+        self._resume_at: Optional[int] = None  # set by load_state_dict for the next pass
 
     @property
     def streams(self) -> np.ndarray:
@@ -499,10 +506,27 @@ class LMStreamDataset(IterableDataset):
             out["loss_mask"] = mask
         return out
 
+    def state_dict(self) -> dict[str, int]:
+        return {"next_window": self._next_window}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self._resume_at = int(state["next_window"])
+
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         info = get_worker_info()
         start, step = (0, 1) if info is None else (info.id, info.num_workers)
+        resume, self._resume_at = self._resume_at, None
+        # A saved position at (or past) the end means the pass was complete: start a new one.
+        if resume is not None and resume < len(self.windows):
+            if (resume - start) % step:
+                raise ValueError(
+                    f"window {resume} does not belong to loader worker {start} of {step}: "
+                    "resume with the num_workers the checkpoint was saved with"
+                )
+            start = resume
+        self._next_window = start
         for index in range(start, len(self.windows), step):
+            self._next_window = index + step
             yield self.batch(index)
 
 
@@ -648,7 +672,9 @@ class WikiText103DataModule(L.LightningDataModule):
             self._tokens[split], batch_size, tgt_len, rank, world_size, stride
         )
         # An IterableDataset: Lightning adds no DistributedSampler (we shard by stream ourselves).
-        return DataLoader(dataset, batch_size=None, num_workers=self.num_workers)
+        # Stateful for training only: Lightning checkpoints the train loader's position.
+        loader = StatefulDataLoader if split == "train" else DataLoader
+        return loader(dataset, batch_size=None, num_workers=self.num_workers)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", self.batch_size, self.tgt_len, None)

@@ -30,14 +30,21 @@ shape-dependent memory spikes; the attention's cost is linear in ``max_length`` 
 
 Sequences longer than ``truncate_length`` (default ``max_length``) are cut at preparation time,
 keeping the head, as LRA does.
+
+Resuming mid-epoch: the train loader is a ``torchdata`` ``StatefulDataLoader`` whose sampler,
+:class:`ResumableShuffleSampler`, orders epoch ``e`` by ``randperm(n, seed = PL_GLOBAL_SEED + e)``
+(``DistributedSampler``'s rule, sharded over the processes itself, so Lightning injects no other
+sampler) and saves ``(epoch, rows yielded)`` in the checkpoint: a resumed run reads exactly the
+rows the uninterrupted run would have read next, with any number of workers or processes.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 from abc import abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -45,6 +52,8 @@ import numpy as np
 import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
+from torch.utils.data.distributed import DistributedSampler
+from torchdata.stateful_dataloader import StatefulDataLoader
 
 from data_modules.common.cache import CACHE_DIRNAME, ArrayCache, CachedArrays, CacheWriter
 from data_modules.common.errors import DataFormatError, SkippedRowsWarning
@@ -53,6 +62,7 @@ __all__ = [
     "BadRows",
     "ClassificationDataModule",
     "PadCollate",
+    "ResumableShuffleSampler",
     "TokenSequenceDataset",
 ]
 
@@ -161,6 +171,62 @@ class PadCollate:
             out[mask_key] = torch.from_numpy(positions[None, :] >= lengths[:, None])
         out["label"] = torch.tensor([int(item["label"]) for item in items], dtype=torch.long)
         return out
+
+
+class _ResumableIndices(Iterator[int]):
+    """One epoch's indices, stateful: ``state_dict`` is how many were yielded."""
+
+    def __init__(self, indices: list[int]) -> None:
+        self.indices = indices
+        self.yielded = 0
+
+    def __iter__(self) -> _ResumableIndices:
+        return self
+
+    def __next__(self) -> int:
+        if self.yielded >= len(self.indices):
+            raise StopIteration
+        self.yielded += 1
+        return self.indices[self.yielded - 1]
+
+    def state_dict(self) -> dict[str, int]:
+        return {"yielded": self.yielded}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        # An epoch read to its end resumes as a fresh pass, not as an empty one.
+        yielded = int(state["yielded"])
+        self.yielded = yielded if yielded < len(self.indices) else 0
+
+
+class ResumableShuffleSampler(DistributedSampler):
+    """``DistributedSampler`` (shuffled, padded to equal shards) whose position is checkpointed.
+
+    Epoch ``e`` reads ``randperm(n, generator seeded with seed + e)``, padded by repetition to a
+    multiple of ``num_replicas``, rank ``r`` taking every ``num_replicas``-th index from ``r``.
+    The order depends only on ``(seed, epoch)``; ``state_dict`` holds the epoch, the iterator's
+    ``state_dict`` the rows yielded, which ``StatefulDataLoader`` saves and restores. Being a
+    ``DistributedSampler``, it is left in place by Lightning under DDP.
+    """
+
+    def __init__(self, dataset: Dataset, num_replicas: int = 1, rank: int = 0, seed: int = 0):
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
+
+    def __iter__(self) -> _ResumableIndices:
+        return _ResumableIndices(list(super().__iter__()))
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "seed": self.seed, "num_replicas": self.num_replicas}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        if (state["seed"], state["num_replicas"]) != (self.seed, self.num_replicas):
+            # Another seed or world size orders the rows differently: say so, resumption is
+            # then only approximate (the position is kept, the rows behind it are not those read).
+            log.warning(
+                "Resuming with seed %d and %d process(es), the checkpoint had seed %d and %d: "
+                "the rest of the interrupted epoch is not the rows the run would have read",
+                self.seed, self.num_replicas, state["seed"], state["num_replicas"],
+            )  # fmt: skip
+        self.set_epoch(int(state["epoch"]))
 
 
 class ClassificationDataModule(LightningDataModule):
@@ -318,15 +384,23 @@ class ClassificationDataModule(LightningDataModule):
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         if split not in self._datasets:
             self.setup(None)
-        return DataLoader(
-            self._datasets[split],
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            collate_fn=self.make_collate(),
-            persistent_workers=self.num_workers > 0,
-        )
+        dataset = self._datasets[split]
+        options = {
+            "batch_size": self.batch_size,
+            "num_workers": self.num_workers,
+            "pin_memory": self.pin_memory,
+            "collate_fn": self.make_collate(),
+            "persistent_workers": self.num_workers > 0,
+        }
+        if not shuffle:
+            return DataLoader(dataset, **options)
+        # The seed Lightning gives its own DistributedSampler; the trainer's rank and world size
+        # (it is attached when fit asks for this loader), so one process and DDP read alike.
+        trainer = getattr(self, "trainer", None)
+        rank, world = (0, 1) if trainer is None else (trainer.global_rank, trainer.world_size)
+        seed = int(os.getenv("PL_GLOBAL_SEED", "0"))
+        sampler = ResumableShuffleSampler(dataset, num_replicas=world, rank=rank, seed=seed)
+        return StatefulDataLoader(dataset, sampler=sampler, **options)
 
     def dataset(self, split: str) -> Dataset:
         """The dataset of ``split`` (train / val / test), set up on first use."""

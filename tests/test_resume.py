@@ -1,0 +1,90 @@
+"""Resuming from a MID-EPOCH checkpoint continues exactly where the run stopped.
+
+Several batches per epoch, the run stopped inside an epoch (the second one, so the epoch's
+shuffle seed matters too) and resumed: the resumed run must end with the weights and validation
+metrics of the run that was never interrupted. Before the train loaders were stateful, a resumed
+run drew a fresh permutation (LRA) or restarted the stream at window 0 (WikiText).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from cli import build_cli
+from tests.app_data import make_data_root
+from tests.test_cli import LISTOPS, SMALL_LM, SMALL_LRA, WIKITEXT
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory) -> Path:
+    return make_data_root(tmp_path_factory.mktemp("data"))
+
+
+def listops_args(data_root: Path, workers: int) -> list[str]:
+    # 8 train rows in batches of 2: 4 steps per epoch; no dropout, so two runs compute alike.
+    return ["--config", str(LISTOPS), "--data.init_args.data_dir", str(data_root), *SMALL_LRA,
+            "--data.init_args.max_length", "32", "--data.init_args.batch_size", "2",
+            "--data.init_args.num_workers", str(workers),
+            "--model.init_args.encoder.dropout", "0",
+            "--model.init_args.encoder.attention.dropout", "0"]  # fmt: skip
+
+
+def wikitext_args(data_root: Path, workers: int) -> list[str]:
+    return ["--config", str(WIKITEXT), "--data.init_args.data_dir", str(data_root), *SMALL_LM,
+            "--data.init_args.num_workers", str(workers),
+            "--model.init_args.decoder.dropout", "0",
+            "--model.init_args.decoder.attention.dropout", "0"]  # fmt: skip
+
+
+def fit(args: list[str], folder: Path, monkeypatch, *extra: str):
+    folder.mkdir()
+    monkeypatch.chdir(folder)  # logs/ and checkpoints land here
+    return build_cli(["fit", *args, "--seed_everything", "7", "--trainer.log_every_n_steps", "1",
+                      "--trainer.limit_val_batches", "1", "--trainer.val_check_interval", "1.0", *extra])  # fmt: skip
+
+
+def assert_same_run(straight, resumed) -> None:
+    assert resumed.trainer.global_step == straight.trainer.global_step
+    assert resumed.trainer.current_epoch == straight.trainer.current_epoch
+    straight_state, resumed_state = straight.model.state_dict(), resumed.model.state_dict()
+    for name, value in straight_state.items():
+        assert torch.allclose(value, resumed_state[name], atol=1e-6), name
+    for key, value in straight.trainer.callback_metrics.items():
+        if "tokens_per_sec" not in key:  # a timing, not a result
+            assert float(resumed.trainer.callback_metrics[key]) == pytest.approx(
+                float(value), abs=1e-6
+            ), key
+
+
+@pytest.mark.parametrize("task", ["listops", "wikitext"])
+@pytest.mark.parametrize("workers", [0, 1], ids=["in-process", "worker"])
+def test_resume_from_mid_epoch_equals_the_uninterrupted_run(
+    task, workers, data_root, tmp_path, monkeypatch
+):
+    args = (listops_args if task == "listops" else wikitext_args)(data_root, workers)
+    # The schedule's length is fixed so that the interrupted run plans the same schedule.
+    args += ["--model.init_args.optim.total_steps", "20", "--model.init_args.optim.warmup_steps",
+             "2"]  # fmt: skip
+    probe = fit(args, tmp_path / "probe", monkeypatch, "--trainer.max_steps", "1")
+    per_epoch = probe.trainer.num_training_batches
+    assert per_epoch >= 3, "the fixture must give several batches per epoch"
+    # Stopped inside the second epoch; both end with the validation at the end of that epoch.
+    stop, end = per_epoch + 1, 2 * per_epoch
+
+    # The uninterrupted run also saves a checkpoint right after step `stop`, inside the epoch
+    # (the configs' own callbacks save at validation, i.e. at epoch ends).
+    saved = tmp_path / "mid_epoch"
+    straight = fit(args, tmp_path / "straight", monkeypatch, "--trainer.max_steps", str(end),
+                   "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
+                   "--trainer.callbacks.dirpath", str(saved),
+                   "--trainer.callbacks.every_n_train_steps", str(stop),
+                   "--trainer.callbacks.save_top_k", "-1")  # fmt: skip
+    checkpoint = str(saved / f"epoch=1-step={stop}.ckpt")
+    resumed = fit(args, tmp_path / "resumed", monkeypatch, "--trainer.max_steps", str(end),
+                  "--ckpt_path", checkpoint)  # fmt: skip
+    assert_same_run(straight, resumed)
