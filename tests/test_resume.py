@@ -88,3 +88,26 @@ def test_resume_from_mid_epoch_equals_the_uninterrupted_run(
     resumed = fit(args, tmp_path / "resumed", monkeypatch, "--trainer.max_steps", str(end),
                   "--ckpt_path", checkpoint)  # fmt: skip
     assert_same_run(straight, resumed)
+
+
+@pytest.mark.parametrize("task", ["listops", "wikitext"])
+def test_resume_from_an_epoch_end_checkpoint_equals_the_uninterrupted_run(
+    task, data_root, tmp_path, monkeypatch
+):
+    # The configs' own checkpoints are written at validation, i.e. at epoch ends. Lightning's
+    # set_epoch runs one ahead after such a resume; the sampler must shuffle by current_epoch.
+    args = (listops_args if task == "listops" else wikitext_args)(data_root, 0)
+    args += ["--model.init_args.optim.total_steps", "20", "--model.init_args.optim.warmup_steps",
+             "2"]  # fmt: skip
+    probe = fit(args, tmp_path / "probe", monkeypatch, "--trainer.max_steps", "1")
+    per_epoch = probe.trainer.num_training_batches
+    end = 3 * per_epoch  # three epochs; the checkpoint is the one at the end of the first
+    saved = tmp_path / "epoch_end"
+    straight = fit(args, tmp_path / "straight", monkeypatch, "--trainer.max_steps", str(end),
+                   "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
+                   "--trainer.callbacks.dirpath", str(saved),
+                   "--trainer.callbacks.save_top_k", "-1")  # fmt: skip
+    checkpoint = str(saved / f"epoch=0-step={per_epoch}.ckpt")
+    resumed = fit(args, tmp_path / "resumed", monkeypatch, "--trainer.max_steps", str(end),
+                  "--ckpt_path", checkpoint)  # fmt: skip
+    assert_same_run(straight, resumed)

@@ -44,7 +44,7 @@ import logging
 import os
 import warnings
 from abc import abstractmethod
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -174,10 +174,10 @@ class PadCollate:
 
 
 class _ResumableIndices(Iterator[int]):
-    """One epoch's indices, stateful: ``state_dict`` is how many were yielded."""
+    """One epoch's indices, stateful: ``state_dict`` is the epoch and how many were yielded."""
 
-    def __init__(self, indices: list[int]) -> None:
-        self.indices = indices
+    def __init__(self, indices: list[int], epoch: int) -> None:
+        self.indices, self.epoch = indices, epoch
         self.yielded = 0
 
     def __iter__(self) -> _ResumableIndices:
@@ -190,12 +190,14 @@ class _ResumableIndices(Iterator[int]):
         return self.indices[self.yielded - 1]
 
     def state_dict(self) -> dict[str, int]:
-        return {"yielded": self.yielded}
+        return {"epoch": self.epoch, "yielded": self.yielded}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
-        # An epoch read to its end resumes as a fresh pass, not as an empty one.
+        # A position only means something in the epoch it was saved in: a checkpoint written at
+        # the end of epoch e (yielded == all) resumes epoch e + 1 from its start.
         yielded = int(state["yielded"])
-        self.yielded = yielded if yielded < len(self.indices) else 0
+        same_epoch = int(state.get("epoch", self.epoch)) == self.epoch
+        self.yielded = yielded if same_epoch and yielded < len(self.indices) else 0
 
 
 class ResumableShuffleSampler(DistributedSampler):
@@ -203,16 +205,31 @@ class ResumableShuffleSampler(DistributedSampler):
 
     Epoch ``e`` reads ``randperm(n, generator seeded with seed + e)``, padded by repetition to a
     multiple of ``num_replicas``, rank ``r`` taking every ``num_replicas``-th index from ``r``.
-    The order depends only on ``(seed, epoch)``; ``state_dict`` holds the epoch, the iterator's
-    ``state_dict`` the rows yielded, which ``StatefulDataLoader`` saves and restores. Being a
+    The order depends only on ``(seed, epoch)``; the iterator's ``state_dict`` holds the epoch
+    and the rows yielded, which ``StatefulDataLoader`` saves and restores. Being a
     ``DistributedSampler``, it is left in place by Lightning under DDP.
+
+    ``epoch_source`` (the data module passes ``trainer.current_epoch``) names the epoch at each
+    ``__iter__``. Lightning's own ``set_epoch`` counts epochs *processed*, which after a resume
+    from an end-of-epoch checkpoint runs one ahead of the epoch being trained (it shuffled
+    epoch 1 with epoch 2's order); ``current_epoch`` does not.
     """
 
-    def __init__(self, dataset: Dataset, num_replicas: int = 1, rank: int = 0, seed: int = 0):
+    def __init__(
+        self,
+        dataset: Dataset,
+        num_replicas: int = 1,
+        rank: int = 0,
+        seed: int = 0,
+        epoch_source: Callable[[], int] | None = None,
+    ):
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
+        self.epoch_source = epoch_source
 
     def __iter__(self) -> _ResumableIndices:
-        return _ResumableIndices(list(super().__iter__()))
+        if self.epoch_source is not None:
+            self.epoch = int(self.epoch_source())
+        return _ResumableIndices(list(super().__iter__()), self.epoch)
 
     def state_dict(self) -> dict[str, int]:
         return {"epoch": self.epoch, "seed": self.seed, "num_replicas": self.num_replicas}
@@ -399,7 +416,10 @@ class ClassificationDataModule(LightningDataModule):
         trainer = getattr(self, "trainer", None)
         rank, world = (0, 1) if trainer is None else (trainer.global_rank, trainer.world_size)
         seed = int(os.getenv("PL_GLOBAL_SEED", "0"))
-        sampler = ResumableShuffleSampler(dataset, num_replicas=world, rank=rank, seed=seed)
+        epoch_source = None if trainer is None else (lambda: trainer.current_epoch)
+        sampler = ResumableShuffleSampler(
+            dataset, num_replicas=world, rank=rank, seed=seed, epoch_source=epoch_source
+        )
         return StatefulDataLoader(dataset, sampler=sampler, **options)
 
     def dataset(self, split: str) -> Dataset:
