@@ -267,6 +267,9 @@ class ClassificationDataModule(LightningDataModule):
     batch_fields: ClassVar[dict[str, tuple[str, str]]] = {"input": ("input_ids", "padding_mask")}
     #: loader split -> source split
     split_sources: ClassVar[dict[str, str]] = {"train": "train", "val": "val", "test": "test"}
+    #: the splits are carved from one pool of rows (a seeded split), not read from their own
+    #: files: an empty validation or test split then warns instead of raising
+    carved_splits: ClassVar[bool] = False
     #: also hash file contents into the cache key (slower; size + mtime catch ordinary edits)
     hash_contents: ClassVar[bool] = False
 
@@ -377,6 +380,19 @@ class ClassificationDataModule(LightningDataModule):
             built = True
             bad_rows = BadRows(self.on_bad_row)
             self.build_split(source, files, writer, bad_rows)
+            if writer.num_sequences == 0:
+                where = (
+                    files[0] if len(files) == 1 else Path(os.path.commonpath(files or [task_dir]))
+                )
+                got = "none"
+                if bad_rows.skipped:
+                    got += f" ({bad_rows.skipped} malformed row(s) skipped)"
+                error = DataFormatError(where, None, f"at least one row in the {source} split", got)
+                # An empty split would train on nothing or report an accuracy of 0/0. Splits
+                # carved from one pool (Pathfinder's 80/10/10) may be empty on tiny data: warn.
+                if not self.carved_splits or source == "train":
+                    raise error
+                warnings.warn(str(error), UserWarning, stacklevel=2)
             writer.meta.update(skipped_rows=bad_rows.skipped, first_bad_row=bad_rows.first)
 
         cached = cache.get_or_build(builder)

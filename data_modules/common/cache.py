@@ -170,6 +170,11 @@ class CacheWriter:
         self._sequence_writers.append(writer)
         return writer
 
+    @property
+    def num_sequences(self) -> int:
+        """Rows written so far: the longest of the sequence arrays (0 when there are none)."""
+        return max((len(writer) for writer in self._sequence_writers), default=0)
+
     def close(self) -> None:
         for writer in self._sequence_writers:
             writer.close()

@@ -198,6 +198,7 @@ class PathfinderDataModule(ClassificationDataModule):
     """
 
     tokenizer_version = "1"
+    carved_splits = True  # 80/10/10 of one pool: tiny data may leave val or test empty
 
     def __init__(
         self,

@@ -95,7 +95,7 @@ def test_line_endings_and_last_line_without_newline(tmp_path: Path) -> None:
     # \r\n and a lone \r end lines in Python's text mode (Transformer-XL's reading); \x0b and
     # \u2028 do not end lines there but are white space to str.split.
     train = "a b\r\nc\rd\x0be\u2028f\n\n  \ng"
-    write_wikitext(tmp_path, train=train + " <unk>", valid="a", test="")
+    write_wikitext(tmp_path, train=train + " <unk>", valid="a", test="g")
     folder = tmp_path / "wikitext-103"
     module = make_module(tmp_path)
     module.setup()
@@ -103,7 +103,7 @@ def test_line_endings_and_last_line_without_newline(tmp_path: Path) -> None:
     assert words == reference_tokens(folder / "wiki.train.tokens")
     assert words == ["a", "b", "<eos>", "c", "<eos>", "d", "e", "f", "<eos>", "<eos>", "<eos>",
                      "g", "<unk>", "<eos>"]  # fmt: skip
-    assert module.num_tokens["test"] == 0
+    assert module.num_tokens["test"] == 2  # g <eos>: the last line needs no newline either
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
