@@ -340,7 +340,11 @@ def build_corpus(source_dir: Path, out_dir: Path, on_bad_row: OnBadRow = "error"
         bad = BadRows(on_bad_row)
         meta["tokens"][split] = _write_npy(out_dir / f"{split}.npy", _numericalise(path, stoi, bad))
         if not meta["tokens"][split]:
-            got = f"no tokens ({bad.skipped} malformed line(s) skipped)" if bad.skipped else "an empty file"
+            got = (
+                f"no tokens ({bad.skipped} malformed line(s) skipped)"
+                if bad.skipped
+                else "an empty file"
+            )
             raise DataFormatError(path, None, "at least one line of text", got)
         meta["skipped_lines"][split], meta["first_bad_line"][split] = bad.skipped, bad.first
     meta["vocab_size"] = len(vocab)

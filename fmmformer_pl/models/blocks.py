@@ -81,8 +81,13 @@ def block_stack(config: EncoderConfig | DecoderConfig, causal: bool) -> nn.Modul
     """``config.depth`` pre-LN blocks of the encoder (causal=False) or the decoder (True)."""
     return nn.ModuleList(
         Block(
-            config.dim, config.num_heads, config.ffn_dim, config.dropout, config.attention,
-            causal=causal, activation=config.activation,
+            config.dim,
+            config.num_heads,
+            config.ffn_dim,
+            config.dropout,
+            config.attention,
+            causal=causal,
+            activation=config.activation,
         )  # fmt: skip
         for _ in range(config.depth)
     )

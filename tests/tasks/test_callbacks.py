@@ -87,6 +87,7 @@ def test_majority_baseline_counts_train_labels_and_scores_the_validation_split(c
     restored = MajorityBaseline()
     restored.load_state_dict(baseline.state_dict())
     restored.val_counts = baseline.val_counts
+
     # The counts are reduced on the strategy's device, not the module's: by on_fit_end the
     # module may be back on the CPU while NCCL needs CUDA tensors ("meta" stands in for that).
     def reduce(tensor, reduce_op):
