@@ -40,6 +40,7 @@ test: $(STAMP) ## Run the test suite (GPU tests are skipped without CUDA)
 
 lint: $(STAMP) ## ruff (code) and hadolint (Dockerfile)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check fmmformer_pl data_modules tests bench scripts cli.py
 	$(VENV)/bin/hadolint Dockerfile
 
 bench: $(STAMP) ## CPU attention benchmark (table + CSV); GPU ones: bench/attention_gpu.py, bench/train_throughput.py
