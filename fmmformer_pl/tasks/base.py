@@ -37,6 +37,9 @@ class TaskBase(LightningModule):
             "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1},
         }
 
+    def on_train_start(self) -> None:
+        restore_pending_loader_states(self.trainer)
+
     @staticmethod
     def check_sizes(**sizes: int) -> None:
         """Raises a clear error for a size the data module did not provide (the CLI links them;
@@ -52,3 +55,23 @@ class TaskBase(LightningModule):
     def batch_tokens(batch: dict[str, torch.Tensor]) -> int:
         """Token positions the model processes for ``batch`` (padding included: it is computed)."""
         return sum(batch[key].numel() for key in TOKEN_KEYS if key in batch)
+
+
+def restore_pending_loader_states(trainer: Any) -> None:
+    """Loads the train loaders' checkpointed positions that Lightning 2.6 leaves unloaded.
+
+    ``configure_optimizers`` reads ``trainer.estimated_stepping_batches`` (the schedule's
+    length), which builds the train loader *before* the checkpoint is restored; the fit loop
+    then keeps that loader and never loads its saved state, so a resumed run would re-read the
+    epoch from its start (Lightning issue #20550, open). Called from ``on_train_start`` (after
+    the restore, before the first batch), this does what the fit loop does on its normal path:
+    load the pending states, then create the iterator anew. A no-op when nothing is pending.
+    """
+    fit_loop = trainer.fit_loop
+    pending = getattr(fit_loop, "_combined_loader_states_to_load", None)
+    if not pending or getattr(fit_loop, "_combined_loader", None) is None:
+        return
+    fit_loop._combined_loader._load_state_dicts(pending)
+    fit_loop._combined_loader_states_to_load = []
+    iter(fit_loop._data_fetcher)  # the iterator made before the restore holds the old position
+
