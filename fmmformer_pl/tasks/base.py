@@ -74,4 +74,3 @@ def restore_pending_loader_states(trainer: Any) -> None:
     fit_loop._combined_loader._load_state_dicts(pending)
     fit_loop._combined_loader_states_to_load = []
     iter(fit_loop._data_fetcher)  # the iterator made before the restore holds the old position
-
