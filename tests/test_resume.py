@@ -112,3 +112,43 @@ def test_resume_from_an_epoch_end_checkpoint_equals_the_uninterrupted_run(
     resumed = fit(args, tmp_path / "resumed", monkeypatch, "--trainer.max_steps", str(end),
                   "--ckpt_path", checkpoint)  # fmt: skip
     assert_same_run(straight, resumed)
+
+
+def test_ddp_resume_from_mid_epoch_equals_the_uninterrupted_run(data_root, tmp_path):
+    # Two CPU processes (gloo): each rank reads its own shard of the epoch's permutation, and
+    # the resumed ranks must continue their shards where they stopped.
+    import os
+    import subprocess
+    import sys
+
+    from tests.test_cli import ROOT, small_listops
+
+    # 8 rows, batch 1 per rank, 2 ranks: 4 steps per epoch; stop inside epoch 1, end with it.
+    stop, end = 5, 8
+    common = [sys.executable, str(ROOT / "cli.py"), "fit",
+              *small_listops(data_root, "--data.init_args.batch_size", "1",
+                             "--trainer.devices", "2", "--trainer.strategy", "ddp",
+                             "--trainer.max_epochs", "10", "--trainer.max_steps", str(end),
+                             "--model.init_args.optim.warmup_steps", "2", "--seed_everything", "7")]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    finals = {}
+    for name in ("straight", "resumed"):  # in order: the resumed run needs the straight run's file
+        folder = tmp_path / name
+        every_step = ["--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
+                      "--trainer.callbacks.dirpath", str(folder / "steps"),
+                      "--trainer.callbacks.every_n_train_steps", "1",
+                      "--trainer.callbacks.save_top_k", "-1"]  # fmt: skip
+        if name == "resumed":
+            every_step += [
+                "--ckpt_path",
+                str(tmp_path / "straight" / "steps" / f"epoch=1-step={stop}.ckpt"),
+            ]
+        folder.mkdir()
+        result = subprocess.run([*common, *every_step], cwd=folder, capture_output=True,
+                                text=True, timeout=300, env=env)  # fmt: skip
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        final = folder / "steps" / f"epoch=1-step={end}.ckpt"
+        finals[name] = torch.load(final, map_location="cpu", weights_only=False)
+    assert finals["resumed"]["global_step"] == finals["straight"]["global_step"] == end
+    for key, value in finals["straight"]["state_dict"].items():
+        assert torch.allclose(finals["resumed"]["state_dict"][key], value, atol=1e-6), key
