@@ -27,7 +27,7 @@ from data_modules.common.base import BadRowPolicy, BadRows, ClassificationDataMo
 from data_modules.common.cache import CacheWriter
 from data_modules.common.errors import DataFormatError
 from data_modules.common.paths import resolve_task_dir
-from data_modules.lra.text import byte_tokens
+from data_modules.lra.text import ByteLevelBinary, byte_tokens
 
 __all__ = ["RetrievalDataModule", "parse_row", "read_aan_tsv"]
 
@@ -84,7 +84,7 @@ def read_aan_tsv(path: str | Path, bad_rows: BadRows | None = None, strict_utf8:
             yield line_number, text1, text2, label
 
 
-class RetrievalDataModule(ClassificationDataModule):
+class RetrievalDataModule(ByteLevelBinary, ClassificationDataModule):
     """AAN document matching, byte level (LRA "Retrieval"); validation reads the ``eval`` file.
 
     ``data_dir``: ``lra_release/``, ``lra_release/lra_release/`` or ``tsv_data/`` itself.
@@ -121,17 +121,6 @@ class RetrievalDataModule(ClassificationDataModule):
         )  # fmt: skip
         self.strict_utf8 = strict_utf8
         self.save_hyperparameters()
-
-    @property
-    def vocab_size(self) -> int:
-        return 257
-
-    @property
-    def num_classes(self) -> int:
-        return 2
-
-    def cache_settings(self) -> dict:
-        return {**super().cache_settings(), "strict_utf8": self.strict_utf8}
 
     def locate_sources(self) -> tuple[Path, dict[str, list[Path]]]:
         names = {source: f"new_aan_pairs.{source}.tsv" for source in SOURCES}

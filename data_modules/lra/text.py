@@ -80,7 +80,25 @@ def check_review(data: bytes, path: Path, strict_utf8: bool) -> None:
             ) from None
 
 
-class TextDataModule(ClassificationDataModule):
+class ByteLevelBinary:
+    """What the byte-level LRA tasks (Text, Retrieval) share: ids = byte + 1 with 0 for padding
+    (``vocab_size`` 257), two classes, and ``strict_utf8`` as part of the cache key."""
+
+    strict_utf8: bool
+
+    @property
+    def vocab_size(self) -> int:
+        return 257
+
+    @property
+    def num_classes(self) -> int:
+        return 2
+
+    def cache_settings(self) -> dict:
+        return {**super().cache_settings(), "strict_utf8": self.strict_utf8}
+
+
+class TextDataModule(ByteLevelBinary, ClassificationDataModule):
     """IMDB sentiment, byte level (LRA "Text").
 
     ``data_dir``: the folder holding ``aclImdb/`` (or ``aclImdb/`` itself). ``max_length``
@@ -114,17 +132,6 @@ class TextDataModule(ClassificationDataModule):
         )  # fmt: skip
         self.strict_utf8 = strict_utf8
         self.save_hyperparameters()
-
-    @property
-    def vocab_size(self) -> int:
-        return 257
-
-    @property
-    def num_classes(self) -> int:
-        return 2
-
-    def cache_settings(self) -> dict:
-        return {**super().cache_settings(), "strict_utf8": self.strict_utf8}
 
     def locate_sources(self) -> tuple[Path, dict[str, list[Path]]]:
         required = ["train/pos", "train/neg", "test/pos", "test/neg"]
