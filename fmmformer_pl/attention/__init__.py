@@ -1,4 +1,4 @@
-from .far_field import far_field  # noqa: F401
+from .far_field import far_field, far_fields  # noqa: F401
 from .feature_maps import FEATURE_MAPS, get_feature_map  # noqa: F401
 from .near_field import near_field  # noqa: F401
 

@@ -13,7 +13,7 @@ per position (which would be seq * head_dim * head_dim_v numbers).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -113,6 +113,42 @@ def far_field(
     else:
         out = numer / math.sqrt(seq)
     return out.to(out_dtype)
+
+
+def far_fields(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    feature_maps: Sequence[str | Callable[[torch.Tensor], torch.Tensor]],
+    causal: bool = False,
+    normalize: bool = True,
+    key_padding_mask: torch.Tensor | None = None,
+    backend: str = "auto",
+) -> list[torch.Tensor]:
+    """``[far_field(q, k, v, phi) for phi in feature_maps]`` (same arguments and results).
+
+    On the GPU fast path the maps are computed two at a time from one pass over q, k, v (the
+    paper's rank-2 far field reads its inputs once); elsewhere, and for callable maps, one
+    ``far_field`` per map.
+    """
+    maps = list(feature_maps)
+    if not maps:
+        raise ValueError("far_fields needs at least one feature map")
+    _check_inputs(q, k, v, key_padding_mask)
+    for m in maps:
+        if isinstance(m, str):
+            get_feature_map(m)  # unknown names fail here, whichever path runs
+    fast = _fast_path("far_fields_cuda", backend, q)
+    if fast is not None:
+        outs = fast(
+            q, k, v, maps, causal=causal, normalize=normalize, key_padding_mask=key_padding_mask
+        )
+        if outs is not None:
+            return outs
+        if backend == "cuda":
+            raise RuntimeError("backend='cuda': far_fields_cuda does not support this case")
+    kw = dict(causal=causal, normalize=normalize, key_padding_mask=key_padding_mask)
+    return [far_field(q, k, v, m, backend=backend, **kw) for m in maps]
 
 
 def _causal_sums(phi_q, phi_k, v):

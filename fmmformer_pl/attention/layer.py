@@ -32,7 +32,7 @@ from torch import nn
 
 from .blend import Blend
 from .config import AttentionConfig
-from .far_field import far_field
+from .far_field import far_fields
 from .feature_maps import get_feature_map
 from .near_field import near_field
 
@@ -124,10 +124,7 @@ class FMMAttention(nn.Module):
             if not self.has_far:
                 return near
         kw = dict(causal=self.causal, normalize=cfg.far_normalize, backend=cfg.backend)
-        far = [
-            far_field(q, k, v, name, key_padding_mask=key_padding_mask, **kw)
-            for name in cfg.feature_maps
-        ]
+        far = far_fields(q, k, v, cfg.feature_maps, key_padding_mask=key_padding_mask, **kw)
         if far_length is not None and not cfg.far_normalize:
             # far_field divided by sqrt(seq); the unnormalised field is linear in that scale.
             far = [f * math.sqrt(q.shape[-2] / far_length) for f in far]

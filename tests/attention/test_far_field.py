@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from fmmformer_pl.attention import FEATURE_MAPS, far_field
+from fmmformer_pl.attention import FEATURE_MAPS, far_field, far_fields
 from fmmformer_pl.attention.naive import naive_far_field
 
 from .conftest import assert_matches, outputs_and_grads, random_padding, random_qkv
@@ -165,3 +165,23 @@ def test_integer_inputs_rejected():
     x = torch.ones(1, 1, 4, 2, dtype=torch.long)
     with pytest.raises(TypeError, match="floating-point"):
         far_field(x, x, x)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_far_fields_is_one_far_field_per_map(causal):
+    q, k, v = (torch.randn(2, 3, 37, 8, dtype=torch.float64) for _ in range(3))
+    mask = torch.rand(2, 37) < 0.2
+    maps = ["elu", "elu_flip", lambda x: torch.relu(x) + 0.5]
+    outs = far_fields(q, k, v, maps, causal=causal, key_padding_mask=mask)
+    assert len(outs) == 3
+    for out, phi in zip(outs, maps, strict=True):
+        ref = far_field(q, k, v, phi, causal=causal, key_padding_mask=mask)
+        torch.testing.assert_close(out, ref, rtol=0, atol=0)
+
+
+def test_far_fields_bad_arguments():
+    q = torch.randn(1, 1, 4, 8)
+    with pytest.raises(ValueError, match="at least one feature map"):
+        far_fields(q, q, q, [])
+    with pytest.raises(ValueError, match="nope"):
+        far_fields(q, q, q, ["elu", "nope"])

@@ -13,7 +13,7 @@ import math
 import pytest
 import torch
 
-from fmmformer_pl.attention import far_field, near_field
+from fmmformer_pl.attention import far_field, far_fields, near_field
 from fmmformer_pl.attention.config import AttentionConfig
 from fmmformer_pl.attention.layer import FMMAttention
 from fmmformer_pl.attention.naive import visible_keys
@@ -143,6 +143,52 @@ def test_far_field_long_sequence_many_segments(causal):
         lambda a, b, c: far_field(a, b, c, backend="cuda", **kw),
         lambda a, b, c: far_field(a, b, c, backend="reference", **kw),
         q, k, v, torch.bfloat16, f"far long causal={causal}",
+    )  # fmt: skip
+
+
+def _cat_fields(fn):
+    """Several far fields as one tensor (last dim), so that _compare checks them together."""
+    return lambda a, b, c: torch.cat(fn(a, b, c), dim=-1)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("normalize", [True, False])
+@pytest.mark.parametrize("maps", [("elu", "elu_flip"), ("tanh", "softplus", "relu")])
+@pytest.mark.parametrize("shape", [(2, 3, 63, 64, 64), (1, 2, 1000, 40, 24), (1, 8, 5000, 64, 64)])
+def test_far_fields_several_maps_match_reference(dtype, causal, normalize, maps, shape):
+    """Two maps per pass (and a third in a second pass), gradients summed over the maps."""
+    batch, heads, seq, dim, dim_v = shape
+    q, k, v = _inputs(batch, heads, seq, dim, dim_v, dtype)
+    mask = _padding(batch, seq, "scattered")
+    kw = dict(causal=causal, normalize=normalize, key_padding_mask=mask)
+    _compare(
+        _cat_fields(lambda a, b, c: far_fields(a, b, c, maps, backend="cuda", **kw)),
+        _cat_fields(lambda a, b, c: far_fields(a, b, c, maps, backend="reference", **kw)),
+        q, k, v, dtype, f"far_fields {maps} {shape} {dtype} causal={causal} norm={normalize}",
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_far_fields_long_sequence_many_segments(causal):
+    q, k, v = _inputs(1, 2, 70_001, 64, 64, torch.bfloat16)
+    kw = dict(causal=causal)
+    maps = ("elu", "elu_flip")
+    _compare(
+        _cat_fields(lambda a, b, c: far_fields(a, b, c, maps, backend="cuda", **kw)),
+        _cat_fields(lambda a, b, c: far_fields(a, b, c, maps, backend="reference", **kw)),
+        q, k, v, torch.bfloat16, f"far_fields long causal={causal}",
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_far_fields_one_output_unused(causal):
+    """Only the second map reaches the loss: the first's gradient arrives as None."""
+    q, k, v = _inputs(1, 2, 300, 64, 64, torch.float32)
+    _compare(
+        lambda a, b, c: far_fields(a, b, c, ("elu", "elu_flip"), causal=causal, backend="cuda")[1],
+        lambda a, b, c: far_field(a, b, c, "elu_flip", causal=causal, backend="reference"),
+        q, k, v, torch.float32, f"far_fields unused output causal={causal}",
     )  # fmt: skip
 
 

@@ -8,6 +8,7 @@ the functions return None.
 
     near_field_cuda: Triton sliding-window flash kernel with in-kernel dropout (``near.py``).
     far_field_cuda: Triton chunked linear attention with float32 states (``far.py``).
+    far_fields_cuda: the same for several feature maps, two per pass over the inputs.
 """
 
 from __future__ import annotations
@@ -72,4 +73,32 @@ def far_field_cuda(
     )
 
 
-__all__ = ["near_field_cuda", "far_field_cuda"]
+@torch.compiler.disable
+def far_fields_cuda(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    feature_maps,
+    causal: bool = False,
+    normalize: bool = True,
+    key_padding_mask: torch.Tensor | None = None,
+) -> list[torch.Tensor] | None:
+    """Several feature maps' far fields at once (same arguments and result as ``far_fields``)."""
+    if not _usable(q):
+        return None
+    try:
+        from .far import far_fields_triton
+    except ImportError:
+        return None
+    return far_fields_triton(
+        q,
+        k,
+        v,
+        feature_maps,
+        causal=causal,
+        normalize=normalize,
+        key_padding_mask=key_padding_mask,
+    )
+
+
+__all__ = ["near_field_cuda", "far_field_cuda", "far_fields_cuda"]
