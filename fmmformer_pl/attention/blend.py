@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from .config import AttentionConfig, BlendWeight
+from .near_field import _fast_path
 
 _GRANULARITIES = ("scalar", "head", "channel")
 
@@ -68,6 +69,15 @@ class FieldWeight(nn.Module):
         else:
             w = self.weight.view(1, self.num_heads, 1, self.head_dim)
         return field * w.to(field.dtype)
+
+    def coefficient(self) -> torch.Tensor:
+        """The weight per (head, lane) as float32 ``(heads, head_dim)`` (differentiable)."""
+        w = self.weight.float()
+        if self.granularity == "scalar":
+            return w.view(1, 1).expand(self.num_heads, self.head_dim)
+        if self.granularity == "head":
+            return w.view(self.num_heads, 1).expand(self.num_heads, self.head_dim)
+        return w.view(self.num_heads, self.head_dim)
 
     def extra_repr(self) -> str:
         learnable = isinstance(self.weight, nn.Parameter)
@@ -104,19 +114,36 @@ class Blend(nn.Module):
         self.far = nn.ModuleList(FieldWeight(s, num_heads, head_dim) for s in far_specs)
         group = config.far_group_weight
         self.far_group = None if group is None else FieldWeight(group, num_heads, head_dim)
+        self.backend = config.backend
 
     def forward(self, near: torch.Tensor | None, far: Sequence[torch.Tensor]) -> torch.Tensor:
         # near: (batch, heads, seq, head_dim) or None; far: r tensors of that shape
         if len(far) != len(self.far):
             raise ValueError(f"expected {len(self.far)} far-field outputs, got {len(far)}")
+        if self.near is not None and near is None:
+            raise ValueError("this blend needs the near field")
+        fused = self._fused(near, far)
+        if fused is not None:
+            return fused
         y = sum(w(f) for w, f in zip(self.far, far, strict=True))
         if self.far_group is not None:
             y = self.far_group(y)
         if self.near is not None:
-            if near is None:
-                raise ValueError("this blend needs the near field")
             y = self.near(near) + y
         return y  # (batch, heads, seq, head_dim)
+
+    def _fused(self, near, far) -> torch.Tensor | None:
+        """The blend as one GPU kernel each way (``cuda.blend_cuda``), or None where it does
+        not apply (CPU, ``backend="reference"``, fields of different layouts)."""
+        fields = ([near] if self.near is not None else []) + list(far)
+        fast = _fast_path("blend_cuda", self.backend, fields[0])
+        if fast is None:
+            return None
+        group = self.far_group.coefficient() if self.far_group is not None else None
+        coeffs = [w.coefficient() if group is None else w.coefficient() * group for w in self.far]
+        if self.near is not None:
+            coeffs.insert(0, self.near.coefficient())
+        return fast(fields, torch.stack(coeffs))  # coeffs: (fields, heads, head_dim)
 
 
 # ----------------------------------------------------------------------------------------

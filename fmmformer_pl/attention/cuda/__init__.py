@@ -9,6 +9,7 @@ the functions return None.
     near_field_cuda: Triton sliding-window flash kernel with in-kernel dropout (``near.py``).
     far_field_cuda: Triton chunked linear attention with float32 states (``far.py``).
     far_fields_cuda: the same for several feature maps, two per pass over the inputs.
+    blend_cuda: the weighted sum of the fields, one kernel forward and one backward.
 """
 
 from __future__ import annotations
@@ -101,4 +102,16 @@ def far_fields_cuda(
     )
 
 
-__all__ = ["near_field_cuda", "far_field_cuda", "far_fields_cuda"]
+@torch.compiler.disable
+def blend_cuda(fields: list[torch.Tensor], coeffs: torch.Tensor) -> torch.Tensor | None:
+    """``sum_f coeffs[f] * fields[f]`` in one kernel each way (``blend.py``), or None."""
+    if not _usable(fields[0]):
+        return None
+    try:
+        from .blend import blend_triton
+    except ImportError:
+        return None
+    return blend_triton(fields, coeffs)
+
+
+__all__ = ["near_field_cuda", "far_field_cuda", "far_fields_cuda", "blend_cuda"]

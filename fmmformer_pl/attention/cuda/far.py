@@ -74,29 +74,34 @@ MAPS_PER_CALL = 2
 # times alternatives by overwriting these module attributes.
 PLAN = {
     # Positions per chunk. Causal chunks carry a (chunk x chunk) intra-chunk product.
-    "chunk_causal": 32,
+    "chunk_causal": 64,
     "chunk_bidir": 64,
     # Chunks per program of the bidirectional main kernels (no state carried between them).
     "main_chunks_bidir": 1,
     # Segments: aim for this many programs per SM, and no segment under this many chunks.
-    "programs_per_sm": 8,
+    "programs_per_sm": 2,
     "min_segment_chunks": 4,
     # Up to this many chunks a causal (batch, head) is one segment: no state pass, no cumsum
     # (saves launches where launch overhead dominates: short sequences).
     "single_segment_chunks": 16,
 }
+# bench/far_tune.py --graph, H200, 64K tokens, r = 2 (docs/kernel_tune_graph.csv: kernel time
+# without launch overhead): a 128-register cap (two programs per SM) for the bidirectional
+# kernels (0.96 vs 1.32 ms); 4 warps and 3 stages for the causal ones (2.29 vs 2.88 ms with
+# chunks of 64, 8 warps: 4.1 ms).
+_CAPPED = dict(num_warps=8, num_stages=2, maxnreg=128)
+_CAUSAL = dict(num_warps=4, num_stages=3)
 LAUNCH = {
-    name: dict(num_warps=8, num_stages=2)
-    for name in (
-        "state_fwd",
-        "fwd",
-        "state_bwd",
-        "dq",
-        "dkv",
-        "fwd_bidir",
-        "dq_bidir",
-        "dkv_bidir",
-    )  # fmt: skip
+    "state_fwd": dict(_CAPPED),
+    "state_bwd": dict(_CAPPED),
+    "fwd_bidir": dict(_CAPPED),
+    "dq_bidir": dict(_CAPPED),
+    "dkv_bidir": dict(_CAPPED),
+    "state_fwd_causal": dict(_CAUSAL, maxnreg=128),
+    "state_bwd_causal": dict(_CAUSAL, maxnreg=128),
+    "fwd": dict(_CAUSAL),
+    "dq": dict(_CAUSAL),
+    "dkv": dict(_CAUSAL),
 }
 
 
@@ -807,7 +812,8 @@ class _FarFields(torch.autograd.Function):
             seg = plan.states(q, nm)  # (bh, n_seg, map, slot)
             _state_fwd_kernel[(plan.n_seg, plan.bh)](
                 k, v, mask, seg, *sizes, plan.cps, *strides(k), *strides(v), smb, smt,
-                HAS_MASK=has_mask, **plan.constexprs, **LAUNCH["state_fwd"],
+                HAS_MASK=has_mask, **plan.constexprs,
+                **LAUNCH["state_fwd_causal" if causal else "state_fwd"],
             )  # fmt: skip
             if causal:
                 state = seg.cumsum_(dim=1)  # inclusive: segment s starts from slot s - 1
@@ -850,7 +856,8 @@ class _FarFields(torch.autograd.Function):
             _state_bwd_kernel[(plan.n_seg, plan.bh)](
                 q, douts[0], do1, outs[0], o1, den, rseg, *sizes, plan.cps, plan.scale,
                 *strides(q), *strides(douts[0]), *strides(outs[0]),
-                NORMALIZE=normalize, REVERSED=causal, **cx, **LAUNCH["state_bwd"],
+                NORMALIZE=normalize, REVERSED=causal, **cx,
+                **LAUNCH["state_bwd_causal" if causal else "state_bwd"],
             )  # fmt: skip
             if causal:
                 rstate = rseg.cumsum_(dim=1)  # reversed order: sums of this and later segments

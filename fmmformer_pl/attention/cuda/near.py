@@ -469,10 +469,12 @@ def _band_dkv_kernel(
 
 
 # Launch settings (tuned on an H200, bf16, head_dim 64; see docs/gpu.md).
+# bench/far_tune.py, H200, 64K tokens (docs/kernel_tune.csv): 4 warps beat 8 (0.90 vs
+# 1.46 ms bidirectional, 0.96 vs 1.24 causal); 64 x 64 blocks beat 128 x 64, 64 x 32, 32 x 32.
 LAUNCH = {
-    "fwd": dict(num_warps=8, num_stages=2),
-    "dq": dict(num_warps=8, num_stages=2),
-    "dkv": dict(num_warps=8, num_stages=2),
+    "fwd": dict(num_warps=4, num_stages=2),
+    "dq": dict(num_warps=4, num_stages=2),
+    "dkv": dict(num_warps=4, num_stages=2),
 }
 
 

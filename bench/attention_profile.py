@@ -1,0 +1,131 @@
+"""Where the time of one attention step goes on the GPU: host launches vs kernels.
+
+    python bench/attention_profile.py --seqs 1024 65536 --out docs/attention_profile.csv
+
+For each variant (``bench/attention_gpu.py``'s names), length and mask: the eager step time
+(CUDA events around fwd + bwd, as in ``attention_gpu.py``), the same step replayed from a CUDA
+graph (no host work: the GPU time of its kernels and the gaps between them), the number of
+kernels one step launches, and the kernels that take the most GPU time (torch.profiler).
+eager >> graph means the step is host-bound: the GPU waits for the Python side to launch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+from attention_gpu import make_variant  # noqa: E402
+
+
+def _time(fn, repeats):
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def profile_one(name, seq, causal, args):
+    fn, params = make_variant(name, args.heads, args.head_dim, args.band, causal)
+    gen = torch.Generator(device="cuda").manual_seed(seq)
+
+    def make():
+        t = torch.randn(1, seq, args.heads, args.head_dim, device="cuda", generator=gen)
+        return t.to(torch.bfloat16).transpose(1, 2).requires_grad_(True)
+
+    q, k, v = make(), make(), make()
+    inputs = [q, k, v, *params]
+    grad_out = torch.randn_like(fn(q, k, v))
+
+    def step():
+        return torch.autograd.grad(fn(q, k, v), inputs, grad_out)
+
+    for _ in range(3):
+        step()
+    torch.cuda.synchronize()
+    eager = _time(step, args.repeats)
+
+    graph_ms, note = float("nan"), ""
+    try:
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            step()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            step()
+        graph.replay()
+        torch.cuda.synchronize()
+        graph_ms = _time(graph.replay, args.repeats)
+    except Exception as err:  # report, do not stop the sweep
+        note = f"graph capture failed: {type(err).__name__}: {str(err)[:120]}"
+
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        step()
+        torch.cuda.synchronize()
+    kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    by_name: dict[str, float] = {}
+    for e in kernels:
+        by_name[e.name] = by_name.get(e.name, 0.0) + e.device_time / 1e3  # ms
+    top = sorted(by_name.items(), key=lambda kv: -kv[1])[: args.top]
+    return dict(
+        variant=name, seq=seq, causal=causal, eager_ms=round(eager, 4),
+        graph_ms=round(graph_ms, 4), kernels=len(kernels),
+        kernel_ms=round(sum(by_name.values()), 4),
+        top=" | ".join(f"{n[:48]} {t:.3f}" for n, t in top), note=note,
+    )  # fmt: skip
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--seqs", type=int, nargs="+", default=[1024, 65536])
+    p.add_argument("--variants", nargs="+", default=["softmax", "band", "linear", "fmm_r2"])
+    p.add_argument("--modes", nargs="+", default=["bidirectional", "causal"])
+    p.add_argument("--heads", type=int, default=8)
+    p.add_argument("--head-dim", type=int, default=64)
+    p.add_argument("--band", type=int, default=64)
+    p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--top", type=int, default=8)
+    p.add_argument("--out", type=Path, default=REPO / "docs" / "attention_profile.csv")
+    args = p.parse_args(argv)
+    if not torch.cuda.is_available():
+        raise SystemExit("attention_profile.py needs a CUDA device")
+    rows = []
+    for mode in args.modes:
+        for seq in args.seqs:
+            for name in args.variants:
+                row = profile_one(name, seq, mode == "causal", args)
+                rows.append(row)
+                print(
+                    f"{name:8s} {mode:13s} seq={seq:7d} eager {row['eager_ms']:8.3f} ms  "
+                    f"graph {row['graph_ms']:8.3f} ms  kernels {row['kernels']:3d} "
+                    f"(sum {row['kernel_ms']:.3f} ms) {row['note']}\n    {row['top']}",
+                    flush=True,
+                )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    with open(args.out, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

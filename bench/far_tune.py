@@ -1,0 +1,265 @@
+"""Launch-plan sweep of the GPU kernels: far field (r = 2) and near field, fwd+bwd at one length.
+
+    python bench/far_tune.py --out docs/kernel_tune.csv          # H200: about 4 minutes
+
+What is timed: ``far_fields(q, k, v, ["elu", "elu_flip"])`` (both masks) and ``near_field``
+(band 64) forward + backward, bf16, batch 1, 8 heads, head_dim 64, seq ``--seq``, median of
+``--repeats`` CUDA-event timings. Each setting changes one knob of the default plan
+(``far.PLAN`` / ``far.LAUNCH`` / ``near.LAUNCH`` and the near block sizes); at the end the
+per-knob winners are combined and timed again, and the script prints the plan to paste into
+the kernels' modules. Triton compiles every setting once; ``--workers`` processes compile
+them in parallel first (into Triton's on-disk cache), so the timing loop only loads kernels.
+
+``--graph`` times replays of a CUDA graph of the step instead: the kernels' own time, without
+the host's launch overhead (which dominates eager timings below ~64K tokens on our machine).
+Writes one CSV row per (field, mode, setting): ms, and the setting as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import multiprocessing as mp
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from fmmformer_pl.attention import far_fields, near_field  # noqa: E402
+
+FAR_MAPS = ["elu", "elu_flip"]
+BAND = 64
+
+# Knob -> values tried (one at a time, the others at their defaults). "launch:<kernels>"
+# knobs set num_warps / num_stages / maxnreg of those kernels together.
+FAR_KNOBS = {
+    "bidirectional": {
+        "plan:chunk_bidir": [32, 64, 128],
+        "plan:main_chunks_bidir": [1, 2, 4, 8],
+        "plan:programs_per_sm": [2, 4, 8, 16],
+        "warps:state_fwd,state_bwd": [4, 8],
+        "warps:fwd_bidir,dq_bidir,dkv_bidir": [4, 8],
+        "stages:state_fwd,state_bwd,fwd_bidir,dq_bidir,dkv_bidir": [1, 2, 3],
+        "maxnreg:state_fwd,state_bwd,fwd_bidir,dq_bidir,dkv_bidir": [None, 128],
+    },
+    "causal": {
+        "plan:chunk_causal": [16, 32, 64],
+        "plan:programs_per_sm": [2, 4, 8, 16, 32],
+        "plan:min_segment_chunks": [1, 4, 16],
+        "warps:state_fwd_causal,state_bwd_causal": [4, 8],
+        "warps:fwd,dq,dkv": [4, 8],
+        "stages:state_fwd_causal,state_bwd_causal,fwd,dq,dkv": [1, 2, 3],
+        "maxnreg:state_fwd_causal,state_bwd_causal,fwd,dq,dkv": [None, 128],
+    },
+}
+NEAR_KNOBS = {
+    "blocks": [(64, 64), (128, 64), (64, 32), (128, 32), (32, 32), (128, 128)],
+    "warps:fwd,dq,dkv": [4, 8],
+    "stages:fwd,dq,dkv": [1, 2, 3],
+}
+
+
+def _modules():
+    from fmmformer_pl.attention.cuda import far, near
+
+    return far, near
+
+
+def _snapshot():
+    far, near = _modules()
+    return (
+        json.loads(json.dumps(far.PLAN)),
+        {k: dict(v) for k, v in far.LAUNCH.items()},
+        {k: dict(v) for k, v in near.LAUNCH.items()},
+        (near._BLOCK_M, near._BLOCK_N),
+    )
+
+
+def _restore(snap):
+    far, near = _modules()
+    plan, far_launch, near_launch, blocks = snap
+    far.PLAN.clear()
+    far.PLAN.update(plan)
+    for table, saved in ((far.LAUNCH, far_launch), (near.LAUNCH, near_launch)):
+        table.clear()
+        table.update({k: dict(v) for k, v in saved.items()})
+    near._BLOCK_M, near._BLOCK_N = blocks
+
+
+def _apply(field, setting):
+    """Set the knobs of ``setting`` ({knob: value}) on the modules."""
+    far, near = _modules()
+    launch = far.LAUNCH if field == "far" else near.LAUNCH
+    for knob, value in setting.items():
+        if knob == "blocks":
+            near._BLOCK_M, near._BLOCK_N = value
+            continue
+        kind, names = knob.split(":")
+        if kind == "plan":
+            far.PLAN[names] = value
+            continue
+        key = {"warps": "num_warps", "stages": "num_stages", "maxnreg": "maxnreg"}[kind]
+        for name in names.split(","):
+            if value is None:
+                launch[name].pop(key, None)
+            else:
+                launch[name][key] = value
+
+
+def _inputs(seq, heads=8, dim=64):
+    gen = torch.Generator(device="cuda").manual_seed(0)
+
+    def make():
+        t = torch.randn(1, seq, heads, dim, device="cuda", generator=gen)
+        return t.to(torch.bfloat16).transpose(1, 2).requires_grad_(True)
+
+    return make(), make(), make()
+
+
+def _step_fn(field, causal, q, k, v):
+    if field == "far":
+
+        def run():
+            outs = far_fields(q, k, v, FAR_MAPS, causal=causal, backend="cuda")
+            return torch.autograd.grad(outs, (q, k, v), [torch.ones_like(o) for o in outs])
+
+    else:
+
+        def run():
+            out = near_field(q, k, v, BAND, causal=causal, backend="cuda")
+            return torch.autograd.grad(out, (q, k, v), torch.ones_like(out))
+
+    return run
+
+
+def _graphed(run):
+    """``run`` captured in a CUDA graph: its replay times the kernels without host launches."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        run()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        run()
+    return graph.replay
+
+
+def time_setting(field, causal, setting, seq, repeats, graph=False):
+    snap = _snapshot()
+    try:
+        _apply(field, setting)
+        q, k, v = _inputs(seq)
+        run = _step_fn(field, causal, q, k, v)
+        run()
+        if graph:
+            run = _graphed(run)
+        torch.cuda.synchronize()
+        times = []
+        for _ in range(repeats):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            run()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+        return statistics.median(times), ""
+    except Exception as err:  # a setting that does not compile or launch is reported, not fatal
+        return float("nan"), f"{type(err).__name__}: {str(err)[:200]}"
+    finally:
+        _restore(snap)
+
+
+def settings():
+    """(field, mode, setting) triples: the default, then each knob's values one at a time."""
+    out = []
+    for mode, knobs in FAR_KNOBS.items():
+        out.append(("far", mode, {}))
+        out += [("far", mode, {knob: v}) for knob, values in knobs.items() for v in values]
+    for mode in ("bidirectional", "causal"):
+        out.append(("near", mode, {}))
+        out += [("near", mode, {knob: v}) for knob, values in NEAR_KNOBS.items() for v in values]
+    return out
+
+
+def _warm(job):
+    """Worker: compile (and run once) each setting of the batch (same length: Triton
+    specialises integer arguments on divisibility, so a shorter one could compile others)."""
+    batch, seq = job
+    for field, mode, setting in batch:
+        time_setting(field, mode == "causal", setting, seq, 1)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--seq", type=int, default=65536)
+    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--workers", type=int, default=12, help="parallel compile processes (0: none)")
+    p.add_argument(
+        "--graph",
+        action="store_true",
+        help="time CUDA-graph replays (GPU time only; eager timings include host launches)",
+    )
+    p.add_argument("--out", type=Path, default=REPO / "docs" / "kernel_tune.csv")
+    args = p.parse_args(argv)
+    if not torch.cuda.is_available():
+        raise SystemExit("far_tune.py needs a CUDA device")
+    todo = settings()
+    if args.workers > 0:
+        ctx = mp.get_context("spawn")
+        batches = [todo[i :: args.workers] for i in range(args.workers)]
+        with ctx.Pool(args.workers) as pool:
+            pool.map(_warm, [(b, args.seq) for b in batches])
+        print(f"compiled {len(todo)} settings in {args.workers} processes", flush=True)
+    rows, best = [], {}
+    for field, mode, setting in todo:
+        ms, err = time_setting(field, mode == "causal", setting, args.seq, args.repeats, args.graph)
+        rows.append(dict(field=field, mode=mode, setting=json.dumps(setting), ms=ms, error=err))
+        print(f"{field:4s} {mode:13s} {json.dumps(setting):60s} {ms:8.3f} ms {err}", flush=True)
+        for knob, value in setting.items():
+            key = (field, mode, knob)
+            if ms == ms and (key not in best or ms < best[key][0]):
+                best[key] = (ms, value)
+    # Combine each knob's winner (only knobs that beat the default by over 2%).
+    for field, mode in {(f, m) for f, m, _ in todo}:
+        default = next(
+            r["ms"] for r in rows if (r["field"], r["mode"], r["setting"]) == (field, mode, "{}")
+        )
+        combo = {
+            knob: value
+            for (f, m, knob), (ms, value) in best.items()
+            if (f, m) == (field, mode) and ms < 0.98 * default
+        }
+        if combo:
+            ms, err = time_setting(
+                field, mode == "causal", combo, args.seq, args.repeats, args.graph
+            )
+            rows.append(
+                dict(
+                    field=field,
+                    mode=mode,
+                    setting="combined " + json.dumps(combo),
+                    ms=ms,
+                    error=err,
+                )
+            )
+            print(
+                f"{field:4s} {mode:13s} combined {json.dumps(combo)} {ms:8.3f} ms (default {default:.3f}) {err}",
+                flush=True,
+            )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    with open(args.out, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["field", "mode", "setting", "ms", "error"])
+        writer.writeheader()
+        writer.writerows(rows)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
