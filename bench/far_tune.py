@@ -41,15 +41,17 @@ BAND = 64
 FAR_KNOBS = {
     "bidirectional": {
         "plan:chunk_bidir": [32, 64, 128],
+        "plan:state_chunk": [16, 32, 64],
         "plan:main_chunks_bidir": [1, 2, 4, 8],
         "plan:programs_per_sm": [2, 4, 8, 16],
         "warps:state_fwd,state_bwd": [4, 8],
-        "warps:fwd_bidir,dq_bidir,dkv_bidir": [4, 8],
-        "stages:state_fwd,state_bwd,fwd_bidir,dq_bidir,dkv_bidir": [1, 2, 3],
-        "maxnreg:state_fwd,state_bwd,fwd_bidir,dq_bidir,dkv_bidir": [None, 128],
+        "warps:fwd_bidir,bwd_bidir": [4, 8],
+        "stages:state_fwd,state_bwd,fwd_bidir,bwd_bidir": [1, 2, 3],
+        "maxnreg:state_fwd,state_bwd,fwd_bidir,bwd_bidir": [None, 128],
     },
     "causal": {
         "plan:chunk_causal": [16, 32, 64],
+        "plan:state_chunk": [16, 32, 64],
         "plan:programs_per_sm": [2, 4, 8, 16, 32],
         "plan:min_segment_chunks": [1, 4, 16],
         "warps:state_fwd_causal,state_bwd_causal": [4, 8],

@@ -139,11 +139,19 @@ class Blend(nn.Module):
         fast = _fast_path("blend_cuda", self.backend, fields[0])
         if fast is None:
             return None
+        return fast(fields, self.coefficients())
+
+    def coefficients(self, far_scale: float = 1.0) -> torch.Tensor:
+        """Each field's weight per (head, lane), float32 ``(fields, heads, head_dim)``: the
+        near field first (kind ``fmm``), then the far fields, w_group * w_l (times
+        ``far_scale``). Differentiable: the weights' gradients flow back through it."""
         group = self.far_group.coefficient() if self.far_group is not None else None
         coeffs = [w.coefficient() if group is None else w.coefficient() * group for w in self.far]
+        if far_scale != 1.0:
+            coeffs = [c * far_scale for c in coeffs]
         if self.near is not None:
             coeffs.insert(0, self.near.coefficient())
-        return fast(fields, torch.stack(coeffs))  # coeffs: (fields, heads, head_dim)
+        return torch.stack(coeffs)
 
 
 # ----------------------------------------------------------------------------------------

@@ -34,7 +34,7 @@ from .blend import Blend
 from .config import AttentionConfig
 from .far_field import far_fields
 from .feature_maps import get_feature_map
-from .near_field import near_field
+from .near_field import _fast_path, near_field
 
 _KINDS = ("softmax", "linear", "band", "fmm")
 
@@ -115,6 +115,9 @@ class FMMAttention(nn.Module):
         dropout_p = cfg.dropout if self.training else 0.0
         if cfg.kind == "softmax":
             return self._softmax(q, k, v, key_padding_mask, dropout_p)
+        fused = self._fused(q, k, v, key_padding_mask, far_length, dropout_p)
+        if fused is not None:
+            return fused
         near = None
         if self.has_near:
             near = near_field(
@@ -129,6 +132,24 @@ class FMMAttention(nn.Module):
             # far_field divided by sqrt(seq); the unnormalised field is linear in that scale.
             far = [f * math.sqrt(q.shape[-2] / far_length) for f in far]
         return self.blend(near, far)
+
+    def _fused(self, q, k, v, key_padding_mask, far_length, dropout_p):
+        """Near + far + blend as one GPU autograd node (``cuda.fmm_attention_cuda``), or None
+        where it does not apply (CPU, ``backend="reference"``, a callable feature map, ...)."""
+        cfg = self.config
+        if not self.has_far:
+            return None
+        fast = _fast_path("fmm_attention_cuda", cfg.backend, q)
+        if fast is None:
+            return None
+        far_scale = 1.0
+        if far_length is not None and not cfg.far_normalize:
+            far_scale = math.sqrt(q.shape[-2] / far_length)  # see _attend's unfused branch
+        return fast(
+            q, k, v, self.blend.coefficients(far_scale),
+            cfg.bandwidth if self.has_near else None, cfg.feature_maps, causal=self.causal,
+            normalize=cfg.far_normalize, key_padding_mask=key_padding_mask, dropout_p=dropout_p,
+        )  # fmt: skip
 
     def _softmax(self, q, k, v, key_padding_mask, dropout_p):
         """Dense attention (the baseline: quadratic by design). Empty rows give zeros."""

@@ -10,6 +10,7 @@ the functions return None.
     far_field_cuda: Triton chunked linear attention with float32 states (``far.py``).
     far_fields_cuda: the same for several feature maps, two per pass over the inputs.
     blend_cuda: the weighted sum of the fields, one kernel forward and one backward.
+    fmm_attention_cuda: all of the above as one autograd node (what FMMAttention runs).
 """
 
 from __future__ import annotations
@@ -114,4 +115,44 @@ def blend_cuda(fields: list[torch.Tensor], coeffs: torch.Tensor) -> torch.Tensor
     return blend_triton(fields, coeffs)
 
 
-__all__ = ["near_field_cuda", "far_field_cuda", "far_fields_cuda", "blend_cuda"]
+@torch.compiler.disable
+def fmm_attention_cuda(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    coeffs: torch.Tensor,
+    bandwidth: int | None,
+    feature_maps,
+    causal: bool = False,
+    normalize: bool = True,
+    key_padding_mask: torch.Tensor | None = None,
+    dropout_p: float = 0.0,
+) -> torch.Tensor | None:
+    """Near field, far fields and blend as one autograd node (``fmm.py``), or None."""
+    if not _usable(q):
+        return None
+    try:
+        from .fmm import fmm_attention_triton
+    except ImportError:
+        return None
+    return fmm_attention_triton(
+        q,
+        k,
+        v,
+        coeffs,
+        bandwidth,
+        feature_maps,
+        causal=causal,
+        normalize=normalize,
+        key_padding_mask=key_padding_mask,
+        dropout_p=dropout_p,
+    )
+
+
+__all__ = [
+    "near_field_cuda",
+    "far_field_cuda",
+    "far_fields_cuda",
+    "blend_cuda",
+    "fmm_attention_cuda",
+]

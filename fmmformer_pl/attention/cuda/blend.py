@@ -126,37 +126,48 @@ def _strides(t: torch.Tensor):
     return tuple(t.stride())
 
 
+def blend_forward(fields, coeffs):
+    """y = sum_f coeffs[f] * fields[f] (fields of one shape and layout, coeffs float32)."""
+    f0 = fields[0]
+    batch, heads, seq, dim = f0.shape
+    ptrs = list(fields) + [f0] * (MAX_FIELDS - len(fields))  # unused slots: stand-ins
+    y = torch.empty_like(f0)
+    grid = (triton.cdiv(seq, _BLOCK_T), batch * heads)
+    _blend_fwd_kernel[grid](
+        *ptrs, coeffs, y, heads, seq, dim, *_strides(f0), *_strides(y),
+        NF=len(fields), BT=_BLOCK_T, BD=block_dim(dim), **LAUNCH["fwd"],
+    )  # fmt: skip
+    return y
+
+
+def blend_backward(fields, coeffs, dy):
+    """(the fields' gradients, dcoeffs) of ``blend_forward`` for the output gradient dy."""
+    f0 = fields[0]
+    batch, heads, seq, dim = f0.shape
+    grads = [torch.empty_like(f) for f in fields]
+    dc = torch.zeros_like(coeffs)
+    pad = [f0] * (MAX_FIELDS - len(fields))
+    tiles = triton.cdiv(seq, _BLOCK_T)
+    per_program = min(_BWD_TILES, tiles)
+    grid = (triton.cdiv(tiles, per_program), batch * heads)
+    _blend_bwd_kernel[grid](
+        *fields, *pad, *grads, *pad, coeffs, dy, dc, heads, seq, dim, per_program,
+        *_strides(f0), *_strides(dy), NF=len(fields), BT=_BLOCK_T, BD=block_dim(dim),
+        **LAUNCH["bwd"],
+    )  # fmt: skip
+    return grads, dc
+
+
 class _Blend(torch.autograd.Function):
     @staticmethod
     def forward(ctx, coeffs, *fields):
-        f0 = fields[0]
-        batch, heads, seq, dim = f0.shape
-        ptrs = list(fields) + [f0] * (MAX_FIELDS - len(fields))  # unused slots: stand-ins
-        y = torch.empty_like(f0)
-        grid = (triton.cdiv(seq, _BLOCK_T), batch * heads)
-        _blend_fwd_kernel[grid](
-            *ptrs, coeffs, y, heads, seq, dim, *_strides(f0), *_strides(y),
-            NF=len(fields), BT=_BLOCK_T, BD=block_dim(dim), **LAUNCH["fwd"],
-        )  # fmt: skip
         ctx.save_for_backward(coeffs, *fields)
-        return y
+        return blend_forward(fields, coeffs)
 
     @staticmethod
     def backward(ctx, dy):
         coeffs, *fields = ctx.saved_tensors
-        f0 = fields[0]
-        batch, heads, seq, dim = f0.shape
-        grads = [torch.empty_like(f) for f in fields]
-        dc = torch.zeros_like(coeffs)
-        pad = [f0] * (MAX_FIELDS - len(fields))
-        tiles = triton.cdiv(seq, _BLOCK_T)
-        per_program = min(_BWD_TILES, tiles)
-        grid = (triton.cdiv(tiles, per_program), batch * heads)
-        _blend_bwd_kernel[grid](
-            *fields, *pad, *grads, *pad, coeffs, dy, dc, heads, seq, dim, per_program,
-            *_strides(f0), *_strides(dy), NF=len(fields), BT=_BLOCK_T, BD=block_dim(dim),
-            **LAUNCH["bwd"],
-        )  # fmt: skip
+        grads, dc = blend_backward(fields, coeffs, dy)
         return (dc, *grads)
 
 

@@ -76,6 +76,9 @@ PLAN = {
     # Positions per chunk. Causal chunks carry a (chunk x chunk) intra-chunk product.
     "chunk_causal": 64,
     "chunk_bidir": 64,
+    # Positions per step of the state kernels (a divisor of the chunk: segments are whole
+    # chunks, the state kernels may walk them in smaller steps, with fewer registers).
+    "state_chunk": 32,
     # Chunks per program of the bidirectional main kernels (no state carried between them).
     "main_chunks_bidir": 1,
     # Segments: aim for this many programs per SM, and no segment under this many chunks.
@@ -95,8 +98,7 @@ LAUNCH = {
     "state_fwd": dict(_CAPPED),
     "state_bwd": dict(_CAPPED),
     "fwd_bidir": dict(_CAPPED),
-    "dq_bidir": dict(_CAPPED),
-    "dkv_bidir": dict(_CAPPED),
+    "bwd_bidir": dict(_CAPPED),
     "state_fwd_causal": dict(_CAUSAL, maxnreg=128),
     "state_bwd_causal": dict(_CAUSAL, maxnreg=128),
     "fwd": dict(_CAUSAL),
@@ -477,7 +479,7 @@ def _dq_bidir_kernel(
     sqb, sqh, sqt, sqd, sdob, sdoh, sdot, sdod, sob, soh, sot, sod, sdqb, sdqh, sdqt, sdqd,
     NM: tl.constexpr, PHI0: tl.constexpr, PHI1: tl.constexpr, NORMALIZE: tl.constexpr,
     BT: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
-    PREC: tl.constexpr, DOT_DTYPE: tl.constexpr, SLOT: tl.constexpr,
+    PREC: tl.constexpr, DOT_DTYPE: tl.constexpr, SLOT: tl.constexpr, ACC: tl.constexpr,
 ):  # fmt: skip
     """Bidirectional dq = sum_m (g S^T + s z^T) phi_m'(q) from the totals S, z.
 
@@ -520,7 +522,7 @@ def _dq_bidir_kernel(
             da = tl.dot(g.to(DOT_DTYPE), tl.trans(S), input_precision=PREC)
             _, dphi_q = _phi_q(qq, t, offs_d, T, D, m, PHI0, PHI1)
             dq += (da + s[:, None] * z[None, :]) * dphi_q
-        _store_tile(dq_base, t, offs_d, T, D, sdqt, sdqd, dq, False)
+        _store_tile(dq_base, t, offs_d, T, D, sdqt, sdqd, dq, ACC)
 
 
 @triton.jit
@@ -531,7 +533,7 @@ def _dkv_bidir_kernel(
     sdkb, sdkh, sdkt, sdkd, sdvb, sdvh, sdvt, sdvd, smb, smt,
     NM: tl.constexpr, PHI0: tl.constexpr, PHI1: tl.constexpr, HAS_MASK: tl.constexpr,
     BT: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
-    PREC: tl.constexpr, DOT_DTYPE: tl.constexpr, SLOT: tl.constexpr,
+    PREC: tl.constexpr, DOT_DTYPE: tl.constexpr, SLOT: tl.constexpr, ACC: tl.constexpr,
 ):  # fmt: skip
     """Bidirectional dk = sum_m (v R^T + r) phi_m'(k), dv = sum_m b R from the totals R, r.
 
@@ -571,8 +573,40 @@ def _dkv_bidir_kernel(
             db = tl.dot(vv, tl.trans(R), input_precision=PREC) + r[None, :]
             dk += db * dphi_k  # dphi_k is 0 at padding: padded keys get no gradient
             dv += tl.dot(b.to(DOT_DTYPE), R, input_precision=PREC)
-        _store_tile(dk_base, t, offs_d, T, D, sdkt, sdkd, dk, False)
-        _store_tile(dv_base, t, offs_dv, T, DV, sdvt, sdvd, dv, False)
+        _store_tile(dk_base, t, offs_d, T, D, sdkt, sdkd, dk, ACC)
+        _store_tile(dv_base, t, offs_dv, T, DV, sdvt, sdvd, dv, ACC)
+
+
+@triton.jit
+def _bwd_bidir_kernel(
+    q_ptr, k_ptr, v_ptr, mask_ptr, do0_ptr, do1_ptr, o0_ptr, o1_ptr, den_ptr, st_ptr, rt_ptr,
+    dq_ptr, dk_ptr, dv_ptr,
+    H, T, D, DV, CPS, scale,
+    sqb, sqh, sqt, sqd, skb, skh, skt, skd, svb, svh, svt, svd,
+    sdob, sdoh, sdot, sdod, sob, soh, sot, sod,
+    sdqb, sdqh, sdqt, sdqd, sdkb, sdkh, sdkt, sdkd, sdvb, sdvh, sdvt, sdvd, smb, smt,
+    NM: tl.constexpr, PHI0: tl.constexpr, PHI1: tl.constexpr, HAS_MASK: tl.constexpr,
+    NORMALIZE: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
+    PREC: tl.constexpr, DOT_DTYPE: tl.constexpr, SLOT: tl.constexpr, ACC: tl.constexpr,
+):  # fmt: skip
+    """Both bidirectional backward passes in one launch (one launch less of host overhead):
+    grid (programs, batch * heads, 2), axis 2 picks dq (0) or dk, dv (1)."""
+    if tl.program_id(2) == 0:
+        _dq_bidir_kernel(
+            q_ptr, do0_ptr, do1_ptr, o0_ptr, o1_ptr, den_ptr, st_ptr, dq_ptr,
+            H, T, D, DV, CPS, scale,
+            sqb, sqh, sqt, sqd, sdob, sdoh, sdot, sdod, sob, soh, sot, sod,
+            sdqb, sdqh, sdqt, sdqd,
+            NM, PHI0, PHI1, NORMALIZE, BT, BD, BDV, PREC, DOT_DTYPE, SLOT, ACC,
+        )  # fmt: skip
+    else:
+        _dkv_bidir_kernel(
+            k_ptr, v_ptr, mask_ptr, rt_ptr, dk_ptr, dv_ptr,
+            H, T, D, DV, CPS,
+            skb, skh, skt, skd, svb, svh, svt, svd,
+            sdkb, sdkh, sdkt, sdkd, sdvb, sdvh, sdvt, sdvd, smb, smt,
+            NM, PHI0, PHI1, HAS_MASK, BT, BD, BDV, PREC, DOT_DTYPE, SLOT, ACC,
+        )  # fmt: skip
 
 
 @triton.jit
@@ -584,7 +618,7 @@ def _dq_causal_kernel(
     NM: tl.constexpr, PHI0: tl.constexpr, PHI1: tl.constexpr, HAS_MASK: tl.constexpr,
     HAS_INIT: tl.constexpr, NORMALIZE: tl.constexpr,
     BT: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
-    PREC: tl.constexpr, DOT_DTYPE: tl.constexpr, SLOT: tl.constexpr,
+    PREC: tl.constexpr, DOT_DTYPE: tl.constexpr, SLOT: tl.constexpr, ACC: tl.constexpr,
 ):  # fmt: skip
     """Causal dq, forward over a segment's chunks: da = (g S^T + s z^T) + tril(g v^T + s) b.
 
@@ -645,7 +679,10 @@ def _dq_causal_kernel(
             S += tl.dot(tl.trans(b), vv, input_precision=PREC)
             qq = _load_tile(q_base, t, offs_d, T, D, sqt, sqd)
             _, dphi_q = _phi_q(qq, t, offs_d, T, D, m, PHI0, PHI1)
-            _store_tile(dq_base, t, offs_d, T, D, sdqt, sdqd, da * dphi_q, m > 0)
+            if m == 0:  # ACC: add to another field's gradient (the fused FMM backward)
+                _store_tile(dq_base, t, offs_d, T, D, sdqt, sdqd, da * dphi_q, ACC)
+            else:
+                _store_tile(dq_base, t, offs_d, T, D, sdqt, sdqd, da * dphi_q, True)
 
 
 @triton.jit
@@ -659,7 +696,7 @@ def _dkv_causal_kernel(
     NM: tl.constexpr, PHI0: tl.constexpr, PHI1: tl.constexpr, HAS_MASK: tl.constexpr,
     HAS_INIT: tl.constexpr, NORMALIZE: tl.constexpr,
     BT: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
-    PREC: tl.constexpr, DOT_DTYPE: tl.constexpr, SLOT: tl.constexpr,
+    PREC: tl.constexpr, DOT_DTYPE: tl.constexpr, SLOT: tl.constexpr, ACC: tl.constexpr,
 ):  # fmt: skip
     """Causal dk, dv, backward over a segment's chunks with the reverse state R, r:
 
@@ -730,8 +767,12 @@ def _dkv_causal_kernel(
             dv += tl.dot(At.to(DOT_DTYPE), g, input_precision=PREC)
             R += tl.dot(tl.trans(a), g, input_precision=PREC)
             # dphi_k is 0 at padding, so padded keys get no gradient (b was 0 there too).
-            _store_tile(dk_base, t, offs_d, T, D, sdkt, sdkd, db * dphi_k, m > 0)
-            _store_tile(dv_base, t, offs_dv, T, DV, sdvt, sdvd, dv, m > 0)
+            if m == 0:
+                _store_tile(dk_base, t, offs_d, T, D, sdkt, sdkd, db * dphi_k, ACC)
+                _store_tile(dv_base, t, offs_dv, T, DV, sdvt, sdvd, dv, ACC)
+            else:
+                _store_tile(dk_base, t, offs_d, T, D, sdkt, sdkd, db * dphi_k, True)
+                _store_tile(dv_base, t, offs_dv, T, DV, sdvt, sdvd, dv, True)
 
 
 def _sm_count(device: torch.device) -> int:
@@ -770,6 +811,10 @@ class _Plan:
         # Bidirectional main kernels: a few chunks per program, no carried state.
         self.main_cps = PLAN["main_chunks_bidir"]
         self.n_main = triton.cdiv(n_chunks, self.main_cps)
+        self.state_bt = min(PLAN["state_chunk"], self.bt)
+        if self.bt % self.state_bt:
+            raise ValueError(f"PLAN: state_chunk {self.state_bt} must divide chunk {self.bt}")
+        self.state_cps = self.cps * (self.bt // self.state_bt)
         self.scale = 1.0 / math.sqrt(seq)
         self.constexprs = dict(
             NM=n_maps,
@@ -783,10 +828,121 @@ class _Plan:
             SLOT=self.slot,
         )
 
+    @property
+    def state_constexprs(self):
+        return {**self.constexprs, "BT": self.state_bt}
+
     def states(self, q, n_maps):
         return torch.empty(
             self.bh, self.n_seg, n_maps, self.slot, device=q.device, dtype=torch.float32
         )
+
+
+def far_forward(q, k, v, key_padding_mask, phi_codes, causal, normalize):
+    """The far fields of one or two feature maps: ``(outs, saved)``; ``saved`` is what
+    ``far_backward`` needs (tensors first, then the settings)."""
+    nm = len(phi_codes)
+    plan = _Plan(q, v, causal, nm, phi_codes)
+    mask, smb, smt = padding_as_uint8(key_padding_mask, q)
+    has_mask = key_padding_mask is not None
+    outs = [empty_like_layout(q, plan.dim_v) for _ in range(nm)]
+    o1 = outs[-1]
+    # float32 denominators (map, bh, seq); normalize=False needs none (out: a stand-in).
+    den = (
+        torch.empty(nm, plan.bh, plan.seq, device=q.device, dtype=torch.float32)
+        if normalize
+        else outs[0]
+    )
+    sizes = (plan.heads, plan.seq, plan.dim, plan.dim_v)
+    state = None
+    if not causal or plan.n_seg > 1:
+        seg = plan.states(q, nm)  # (bh, n_seg, map, slot)
+        _state_fwd_kernel[(plan.n_seg, plan.bh)](
+            k, v, mask, seg, *sizes, plan.state_cps, *strides(k), *strides(v), smb, smt,
+            HAS_MASK=has_mask, **plan.state_constexprs,
+            **LAUNCH["state_fwd_causal" if causal else "state_fwd"],
+        )  # fmt: skip
+        if causal:
+            state = seg.cumsum_(dim=1)  # inclusive: segment s starts from slot s - 1
+        else:
+            state = seg[:, 0] if plan.n_seg == 1 else seg.sum(dim=1)  # (bh, map, slot)
+    if causal:
+        _fwd_causal_kernel[(plan.n_seg, plan.bh)](
+            q, k, v, mask, state if state is not None else den, outs[0], o1, den,
+            *sizes, plan.cps, plan.scale,
+            *strides(q), *strides(k), *strides(v), *strides(outs[0]), smb, smt,
+            HAS_MASK=has_mask, HAS_INIT=state is not None, NORMALIZE=normalize,
+            **plan.constexprs, **LAUNCH["fwd"],
+        )  # fmt: skip
+    else:
+        _fwd_bidir_kernel[(plan.n_main, plan.bh)](
+            q, state, outs[0], o1, den, *sizes, plan.main_cps, plan.scale,
+            *strides(q), *strides(outs[0]),
+            NORMALIZE=normalize, **plan.constexprs, **LAUNCH["fwd_bidir"],
+        )  # fmt: skip
+    return outs, (
+        (q, k, v, mask, den, state, *outs),
+        (phi_codes, causal, normalize, smb, smt, has_mask),
+    )
+
+
+def far_backward(saved, douts, grads=None):
+    """dq, dk, dv of the far fields (``saved`` from ``far_forward``; a None in ``douts`` is a
+    zero gradient); with ``grads`` = (dq, dk, dv) the kernels add to those tensors."""
+    (q, k, v, mask, den, state, *outs), (phi_codes, causal, normalize, smb, smt, has_mask) = saved
+    nm = len(phi_codes)
+    plan = _Plan(q, v, causal, nm, phi_codes)
+    douts = [torch.zeros_like(o) if g is None else g for g, o in zip(douts, outs, strict=True)]
+    if any(g.stride() != douts[0].stride() for g in douts):  # the kernels take one layout
+        douts = [g.contiguous() for g in douts]
+    do1, o1 = douts[-1], outs[-1]
+    sizes = (plan.heads, plan.seq, plan.dim, plan.dim_v)
+    accumulate = grads is not None
+    if grads is None:
+        grads = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    dq, dk, dv = grads
+    cx = plan.constexprs
+    rstate = None
+    if not causal or plan.n_seg > 1:
+        rseg = plan.states(q, nm)
+        _state_bwd_kernel[(plan.n_seg, plan.bh)](
+            q, douts[0], do1, outs[0], o1, den, rseg, *sizes, plan.state_cps, plan.scale,
+            *strides(q), *strides(douts[0]), *strides(outs[0]),
+            NORMALIZE=normalize, REVERSED=causal, **plan.state_constexprs,
+            **LAUNCH["state_bwd_causal" if causal else "state_bwd"],
+        )  # fmt: skip
+        if causal:
+            rstate = rseg.cumsum_(dim=1)  # reversed order: sums of this and later segments
+        else:
+            rstate = rseg[:, 0] if plan.n_seg == 1 else rseg.sum(dim=1)
+    if not causal:
+        _bwd_bidir_kernel[(plan.n_main, plan.bh, 2)](
+            q, k, v, mask, douts[0], do1, outs[0], o1, den, state, rstate, dq, dk, dv,
+            *sizes, plan.main_cps, plan.scale,
+            *strides(q), *strides(k), *strides(v), *strides(douts[0]), *strides(outs[0]),
+            *strides(dq), *strides(dk), *strides(dv), smb, smt,
+            HAS_MASK=has_mask, NORMALIZE=normalize, ACC=accumulate, **cx,
+            **LAUNCH["bwd_bidir"],
+        )  # fmt: skip
+        return dq, dk, dv
+    has_init = state is not None
+    _dq_causal_kernel[(plan.n_seg, plan.bh)](
+        q, k, v, mask, douts[0], do1, outs[0], o1, den, state if has_init else den, dq,
+        *sizes, plan.cps, plan.scale,
+        *strides(q), *strides(k), *strides(v), *strides(douts[0]), *strides(outs[0]),
+        *strides(dq), smb, smt,
+        HAS_MASK=has_mask, HAS_INIT=has_init, NORMALIZE=normalize, ACC=accumulate, **cx,
+        **LAUNCH["dq"],
+    )  # fmt: skip
+    _dkv_causal_kernel[(plan.n_seg, plan.bh)](
+        q, k, v, mask, douts[0], do1, outs[0], o1, den, rstate if has_init else den, dk, dv,
+        *sizes, plan.cps, plan.scale,
+        *strides(q), *strides(k), *strides(v), *strides(douts[0]), *strides(outs[0]),
+        *strides(dk), *strides(dv), smb, smt,
+        HAS_MASK=has_mask, HAS_INIT=has_init, NORMALIZE=normalize, ACC=accumulate, **cx,
+        **LAUNCH["dkv"],
+    )  # fmt: skip
+    return dq, dk, dv
 
 
 class _FarFields(torch.autograd.Function):
@@ -794,103 +950,16 @@ class _FarFields(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, key_padding_mask, phi_codes, causal, normalize):
-        nm = len(phi_codes)
-        plan = _Plan(q, v, causal, nm, phi_codes)
-        mask, smb, smt = padding_as_uint8(key_padding_mask, q)
-        has_mask = key_padding_mask is not None
-        outs = [empty_like_layout(q, plan.dim_v) for _ in range(nm)]
-        o1 = outs[-1]
-        # float32 denominators (map, bh, seq); normalize=False needs none (out: a stand-in).
-        den = (
-            torch.empty(nm, plan.bh, plan.seq, device=q.device, dtype=torch.float32)
-            if normalize
-            else outs[0]
+        outs, (tensors, settings) = far_forward(
+            q, k, v, key_padding_mask, phi_codes, causal, normalize
         )
-        sizes = (plan.heads, plan.seq, plan.dim, plan.dim_v)
-        state = None
-        if not causal or plan.n_seg > 1:
-            seg = plan.states(q, nm)  # (bh, n_seg, map, slot)
-            _state_fwd_kernel[(plan.n_seg, plan.bh)](
-                k, v, mask, seg, *sizes, plan.cps, *strides(k), *strides(v), smb, smt,
-                HAS_MASK=has_mask, **plan.constexprs,
-                **LAUNCH["state_fwd_causal" if causal else "state_fwd"],
-            )  # fmt: skip
-            if causal:
-                state = seg.cumsum_(dim=1)  # inclusive: segment s starts from slot s - 1
-            else:
-                state = seg[:, 0] if plan.n_seg == 1 else seg.sum(dim=1)  # (bh, map, slot)
-        if causal:
-            _fwd_causal_kernel[(plan.n_seg, plan.bh)](
-                q, k, v, mask, state if state is not None else den, outs[0], o1, den,
-                *sizes, plan.cps, plan.scale,
-                *strides(q), *strides(k), *strides(v), *strides(outs[0]), smb, smt,
-                HAS_MASK=has_mask, HAS_INIT=state is not None, NORMALIZE=normalize,
-                **plan.constexprs, **LAUNCH["fwd"],
-            )  # fmt: skip
-        else:
-            _fwd_bidir_kernel[(plan.n_main, plan.bh)](
-                q, state, outs[0], o1, den, *sizes, plan.main_cps, plan.scale,
-                *strides(q), *strides(outs[0]),
-                NORMALIZE=normalize, **plan.constexprs, **LAUNCH["fwd_bidir"],
-            )  # fmt: skip
-        ctx.save_for_backward(q, k, v, mask, den, state, *outs)
-        ctx.cfg = (phi_codes, causal, normalize, smb, smt, has_mask)
+        ctx.save_for_backward(*tensors)
+        ctx.settings = settings
         return tuple(outs)
 
     @staticmethod
     def backward(ctx, *douts):
-        q, k, v, mask, den, state, *outs = ctx.saved_tensors
-        phi_codes, causal, normalize, smb, smt, has_mask = ctx.cfg
-        nm = len(phi_codes)
-        plan = _Plan(q, v, causal, nm, phi_codes)
-        douts = [torch.zeros_like(o) if g is None else g for g, o in zip(douts, outs, strict=True)]
-        if any(g.stride() != douts[0].stride() for g in douts):  # the kernels take one layout
-            douts = [g.contiguous() for g in douts]
-        do1, o1 = douts[-1], outs[-1]
-        sizes = (plan.heads, plan.seq, plan.dim, plan.dim_v)
-        dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-        cx = plan.constexprs
-        rstate = None
-        if not causal or plan.n_seg > 1:
-            rseg = plan.states(q, nm)
-            _state_bwd_kernel[(plan.n_seg, plan.bh)](
-                q, douts[0], do1, outs[0], o1, den, rseg, *sizes, plan.cps, plan.scale,
-                *strides(q), *strides(douts[0]), *strides(outs[0]),
-                NORMALIZE=normalize, REVERSED=causal, **cx,
-                **LAUNCH["state_bwd_causal" if causal else "state_bwd"],
-            )  # fmt: skip
-            if causal:
-                rstate = rseg.cumsum_(dim=1)  # reversed order: sums of this and later segments
-            else:
-                rstate = rseg[:, 0] if plan.n_seg == 1 else rseg.sum(dim=1)
-        if not causal:
-            main = (plan.n_main, plan.bh)
-            _dq_bidir_kernel[main](
-                q, douts[0], do1, outs[0], o1, den, state, dq, *sizes, plan.main_cps, plan.scale,
-                *strides(q), *strides(douts[0]), *strides(outs[0]), *strides(dq),
-                NORMALIZE=normalize, **cx, **LAUNCH["dq_bidir"],
-            )  # fmt: skip
-            _dkv_bidir_kernel[main](
-                k, v, mask, rstate, dk, dv, *sizes, plan.main_cps,
-                *strides(k), *strides(v), *strides(dk), *strides(dv), smb, smt,
-                HAS_MASK=has_mask, **cx, **LAUNCH["dkv_bidir"],
-            )  # fmt: skip
-            return dq, dk, dv, None, None, None, None
-        has_init = state is not None
-        _dq_causal_kernel[(plan.n_seg, plan.bh)](
-            q, k, v, mask, douts[0], do1, outs[0], o1, den, state if has_init else den, dq,
-            *sizes, plan.cps, plan.scale,
-            *strides(q), *strides(k), *strides(v), *strides(douts[0]), *strides(outs[0]),
-            *strides(dq), smb, smt,
-            HAS_MASK=has_mask, HAS_INIT=has_init, NORMALIZE=normalize, **cx, **LAUNCH["dq"],
-        )  # fmt: skip
-        _dkv_causal_kernel[(plan.n_seg, plan.bh)](
-            q, k, v, mask, douts[0], do1, outs[0], o1, den, rstate if has_init else den, dk, dv,
-            *sizes, plan.cps, plan.scale,
-            *strides(q), *strides(k), *strides(v), *strides(douts[0]), *strides(outs[0]),
-            *strides(dk), *strides(dv), smb, smt,
-            HAS_MASK=has_mask, HAS_INIT=has_init, NORMALIZE=normalize, **cx, **LAUNCH["dkv"],
-        )  # fmt: skip
+        dq, dk, dv = far_backward((ctx.saved_tensors, ctx.settings), douts)
         return dq, dk, dv, None, None, None, None
 
 

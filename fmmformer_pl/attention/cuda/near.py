@@ -266,6 +266,7 @@ def _band_dq_kernel(
     BD: tl.constexpr,
     BDV: tl.constexpr,
     PREC: tl.constexpr,
+    ACCUMULATE: tl.constexpr,
 ):
     """dq = sm_scale sum_j p_ij (dp_ij - delta_i) k_j for one query block; writes delta too."""
     pid_m = tl.program_id(0)
@@ -328,11 +329,11 @@ def _band_dq_kernel(
         ds = p * (dp - delta[:, None])
         dq += tl.dot(ds.to(k.dtype), k, input_precision=PREC)
     dq = dq * sm_scale
-    tl.store(
-        dq_base + offs_m[:, None] * sdqt + offs_d[None, :] * sdqd,
-        dq.to(dq_ptr.dtype.element_ty),
-        mask=row_ok[:, None] & (offs_d[None, :] < D),
-    )
+    dq_ptrs = dq_base + offs_m[:, None] * sdqt + offs_d[None, :] * sdqd
+    dq_mask = row_ok[:, None] & (offs_d[None, :] < D)
+    if ACCUMULATE:  # add to the far field's gradient (the fused FMM backward)
+        dq += tl.load(dq_ptrs, mask=dq_mask, other=0.0).to(tl.float32)
+    tl.store(dq_ptrs, dq.to(dq_ptr.dtype.element_ty), mask=dq_mask)
 
 
 @triton.jit
@@ -389,6 +390,7 @@ def _band_dkv_kernel(
     BD: tl.constexpr,
     BDV: tl.constexpr,
     PREC: tl.constexpr,
+    ACCUMULATE: tl.constexpr,
 ):
     """dk, dv for one key block, over the query blocks whose band reaches it (transposed)."""
     pid_n = tl.program_id(0)
@@ -456,16 +458,15 @@ def _band_dkv_kernel(
         dsT = pT * (dpT - delta[None, :])
         dk += tl.dot(dsT.to(k.dtype), q, input_precision=PREC)
     dk = dk * sm_scale
-    tl.store(
-        dk_base + offs_n[:, None] * sdkt + offs_d[None, :] * sdkd,
-        dk.to(dk_ptr.dtype.element_ty),
-        mask=col_ok[:, None] & (offs_d[None, :] < D),
-    )
-    tl.store(
-        dv_base + offs_n[:, None] * sdvt + offs_dv[None, :] * sdvd,
-        dv.to(dv_ptr.dtype.element_ty),
-        mask=col_ok[:, None] & (offs_dv[None, :] < DV),
-    )
+    dk_ptrs = dk_base + offs_n[:, None] * sdkt + offs_d[None, :] * sdkd
+    dk_mask = col_ok[:, None] & (offs_d[None, :] < D)
+    dv_ptrs = dv_base + offs_n[:, None] * sdvt + offs_dv[None, :] * sdvd
+    dv_mask = col_ok[:, None] & (offs_dv[None, :] < DV)
+    if ACCUMULATE:
+        dk += tl.load(dk_ptrs, mask=dk_mask, other=0.0).to(tl.float32)
+        dv += tl.load(dv_ptrs, mask=dv_mask, other=0.0).to(tl.float32)
+    tl.store(dk_ptrs, dk.to(dk_ptr.dtype.element_ty), mask=dk_mask)
+    tl.store(dv_ptrs, dv.to(dv_ptr.dtype.element_ty), mask=dv_mask)
 
 
 # Launch settings (tuned on an H200, bf16, head_dim 64; see docs/gpu.md).
@@ -478,127 +479,90 @@ LAUNCH = {
 }
 
 
+def near_forward(q, k, v, key_padding_mask, bandwidth, causal, dropout_p, seed):
+    """The near field's forward kernel: ``(out, saved)``; ``saved`` is what ``near_backward``
+    needs (the inputs, out, the log-sum-exp and the launch settings)."""
+    batch, heads, seq, dim = q.shape
+    dim_v = v.shape[-1]
+    bh = batch * heads
+    mask, smb, smt = padding_as_uint8(key_padding_mask, q)
+    sm_scale = 1.0 / math.sqrt(dim)
+    cfg = dict(
+        HAS_MASK=key_padding_mask is not None,
+        CAUSAL=causal,
+        DROPOUT=dropout_p > 0.0,
+        BM=_BLOCK_M,
+        BN=_BLOCK_N,
+        BD=block_dim(dim),
+        BDV=block_dim(dim_v),
+        PREC=fp32_precision(q.dtype),
+    )
+    out = empty_like_layout(q, dim_v)
+    lse = torch.empty(bh, seq, device=q.device, dtype=torch.float32)
+    _band_fwd_kernel[(triton.cdiv(seq, _BLOCK_M), bh)](
+        q, k, v, mask, out, lse, heads, seq, bandwidth, dim, dim_v, sm_scale * _LOG2E, seed,
+        dropout_p, *strides(q), *strides(k), *strides(v), *strides(out), smb, smt,
+        **cfg, **LAUNCH["fwd"],
+    )  # fmt: skip
+    return out, ((q, k, v, mask, out, lse), cfg, (bandwidth, smb, smt, dropout_p, seed))
+
+
+def near_backward(saved, dout, grads=None):
+    """dq, dk, dv of the near field (``saved`` from ``near_forward``); with ``grads`` = (dq,
+    dk, dv) the kernels add to those tensors instead (the fused FMM backward)."""
+    (q, k, v, mask, out, lse), cfg, (bandwidth, smb, smt, dropout_p, seed) = saved
+    batch, heads, seq, dim = q.shape
+    dim_v = v.shape[-1]
+    bh = batch * heads
+    sm_scale = 1.0 / math.sqrt(dim)
+    accumulate = grads is not None
+    if grads is None:
+        grads = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    dq, dk, dv = grads
+    delta = torch.empty_like(lse)
+    _band_dq_kernel[(triton.cdiv(seq, _BLOCK_M), bh)](
+        q, k, v, mask, out, dout, lse, delta, dq, heads, seq, bandwidth, dim, dim_v,
+        sm_scale * _LOG2E, sm_scale, seed, dropout_p,
+        *strides(q), *strides(k), *strides(v), *strides(out), *strides(dout), *strides(dq),
+        smb, smt, **cfg, ACCUMULATE=accumulate, **LAUNCH["dq"],
+    )  # fmt: skip
+    _band_dkv_kernel[(triton.cdiv(seq, _BLOCK_N), bh)](
+        q, k, v, mask, dout, lse, delta, dk, dv, heads, seq, bandwidth, dim, dim_v,
+        sm_scale * _LOG2E, sm_scale, seed, dropout_p,
+        *strides(q), *strides(k), *strides(v), *strides(dout), *strides(dk), *strides(dv),
+        smb, smt, **cfg, ACCUMULATE=accumulate, **LAUNCH["dkv"],
+    )  # fmt: skip
+    return dq, dk, dv
+
+
 class _BandAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, key_padding_mask, bandwidth, causal, dropout_p, seed):
-        batch, heads, seq, dim = q.shape
-        dim_v = v.shape[-1]
-        bh = batch * heads
-        mask, smb, smt = padding_as_uint8(key_padding_mask, q)
-        sm_scale = 1.0 / math.sqrt(dim)
-        cfg = dict(
-            HAS_MASK=key_padding_mask is not None,
-            CAUSAL=causal,
-            DROPOUT=dropout_p > 0.0,
-            BM=_BLOCK_M,
-            BN=_BLOCK_N,
-            BD=block_dim(dim),
-            BDV=block_dim(dim_v),
-            PREC=fp32_precision(q.dtype),
-        )
-        out = empty_like_layout(q, dim_v)
-        lse = torch.empty(bh, seq, device=q.device, dtype=torch.float32)
-        _band_fwd_kernel[(triton.cdiv(seq, _BLOCK_M), bh)](
-            q,
-            k,
-            v,
-            mask,
-            out,
-            lse,
-            heads,
-            seq,
-            bandwidth,
-            dim,
-            dim_v,
-            sm_scale * _LOG2E,
-            seed,
-            dropout_p,
-            *strides(q),
-            *strides(k),
-            *strides(v),
-            *strides(out),
-            smb,
-            smt,
-            **cfg,
-            **LAUNCH["fwd"],
-        )
-        ctx.save_for_backward(q, k, v, mask, out, lse)
-        ctx.cfg = cfg
-        ctx.args = (bandwidth, smb, smt, dropout_p, seed)
+        out, saved = near_forward(q, k, v, key_padding_mask, bandwidth, causal, dropout_p, seed)
+        ctx.save_for_backward(*saved[0])
+        ctx.rest = saved[1:]
         return out
 
     @staticmethod
     def backward(ctx, dout):
-        q, k, v, mask, out, lse = ctx.saved_tensors
-        bandwidth, smb, smt, dropout_p, seed = ctx.args
-        cfg = ctx.cfg
-        batch, heads, seq, dim = q.shape
-        dim_v = v.shape[-1]
-        bh = batch * heads
-        sm_scale = 1.0 / math.sqrt(dim)
-        dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-        delta = torch.empty_like(lse)
-        _band_dq_kernel[(triton.cdiv(seq, _BLOCK_M), bh)](
-            q,
-            k,
-            v,
-            mask,
-            out,
-            dout,
-            lse,
-            delta,
-            dq,
-            heads,
-            seq,
-            bandwidth,
-            dim,
-            dim_v,
-            sm_scale * _LOG2E,
-            sm_scale,
-            seed,
-            dropout_p,
-            *strides(q),
-            *strides(k),
-            *strides(v),
-            *strides(out),
-            *strides(dout),
-            *strides(dq),
-            smb,
-            smt,
-            **cfg,
-            **LAUNCH["dq"],
-        )
-        _band_dkv_kernel[(triton.cdiv(seq, _BLOCK_N), bh)](
-            q,
-            k,
-            v,
-            mask,
-            dout,
-            lse,
-            delta,
-            dk,
-            dv,
-            heads,
-            seq,
-            bandwidth,
-            dim,
-            dim_v,
-            sm_scale * _LOG2E,
-            sm_scale,
-            seed,
-            dropout_p,
-            *strides(q),
-            *strides(k),
-            *strides(v),
-            *strides(dout),
-            *strides(dk),
-            *strides(dv),
-            smb,
-            smt,
-            **cfg,
-            **LAUNCH["dkv"],
-        )
+        dq, dk, dv = near_backward((ctx.saved_tensors, *ctx.rest), dout)
         return dq, dk, dv, None, None, None, None, None
+
+
+def near_arguments(q, bandwidth, dropout_p, seed):
+    """(bandwidth, dropout_p, seed) as the kernels take them, or None for an uncovered case."""
+    seq = q.shape[2]
+    # A band wider than the sequence is the whole sequence; keeps the int32 loop bounds small.
+    bandwidth = min(int(bandwidth), seq)
+    dropout_p = float(dropout_p)
+    if dropout_p > 0.0:
+        if seq * 2 * bandwidth + 2 * bandwidth >= 2**31:
+            return None  # the Philox counter i * 2w + (j - i + w) must fit in int32
+        if seed is None:
+            seed = int(torch.randint(0, 2**30, (1,)).item())
+    else:
+        seed = 0
+    return bandwidth, dropout_p, seed
 
 
 def band_attention_triton(
@@ -618,17 +582,10 @@ def band_attention_triton(
     """
     if not supported(q, k, v) or q.shape[2] == 0:
         return None
-    seq = q.shape[2]
-    # A band wider than the sequence is the whole sequence; keeps the int32 loop bounds small.
-    bandwidth = min(int(bandwidth), seq)
-    dropout_p = float(dropout_p)
-    if dropout_p > 0.0:
-        if seq * 2 * bandwidth + 2 * bandwidth >= 2**31:
-            return None  # the Philox counter i * 2w + (j - i + w) must fit in int32
-        if seed is None:
-            seed = int(torch.randint(0, 2**30, (1,)).item())
-    else:
-        seed = 0
+    args = near_arguments(q, bandwidth, dropout_p, seed)
+    if args is None:
+        return None
+    bandwidth, dropout_p, seed = args
     return _BandAttention.apply(q, k, v, key_padding_mask, bandwidth, bool(causal), dropout_p, seed)
 
 
