@@ -203,6 +203,8 @@ def main(argv=None):
     p.add_argument("--seq", type=int, default=65536)
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--workers", type=int, default=12, help="parallel compile processes (0: none)")
+    p.add_argument("--fields", nargs="+", default=["far", "near"], choices=["far", "near"])
+    p.add_argument("--only", nargs="*", default=[], help="only knobs containing these strings")
     p.add_argument(
         "--graph",
         action="store_true",
@@ -212,7 +214,12 @@ def main(argv=None):
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
         raise SystemExit("far_tune.py needs a CUDA device")
-    todo = settings()
+    todo = [
+        (field, mode, setting)
+        for field, mode, setting in settings()
+        if field in args.fields
+        and (not setting or not args.only or any(o in k for k in setting for o in args.only))
+    ]
     if args.workers > 0:
         ctx = mp.get_context("spawn")
         batches = [todo[i :: args.workers] for i in range(args.workers)]
