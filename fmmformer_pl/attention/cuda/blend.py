@@ -27,7 +27,7 @@ MAX_FIELDS = 4
 # Positions per tile, and tiles per program of the backward pass (its dc partial sums are
 # added to the result with one atomic add per program, so fewer programs contend less).
 _BLOCK_T = 64
-_BWD_TILES = 16
+_BWD_TILES = 4
 LAUNCH = {"fwd": dict(num_warps=4, num_stages=2), "bwd": dict(num_warps=4, num_stages=2)}
 
 
