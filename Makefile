@@ -11,7 +11,9 @@ TORCH_SPEC ?= torch==2.13.0
 # Extra pip options for that torch install. Elsewhere PyPI's Linux wheel is the CUDA build;
 # for the CPU build: make install TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cpu"
 TORCH_PIP_ARGS ?=
-EXTRAS ?= dev,deepspeed
+# kernels-cpu: triton for the CPU interpreter tests of the GPU kernels; on a GPU machine use
+# EXTRAS=dev,deepspeed (its torch brings the triton it needs).
+EXTRAS ?= dev,deepspeed,kernels-cpu
 STAMP := $(VENV)/.fmmformer-installed
 IMAGE ?= fmmformer-pl
 QUICKSTART_CKPT := logs/quickstart/checkpoints/last.ckpt

@@ -1,0 +1,198 @@
+"""The Triton kernels' logic on the CPU: Triton's interpreter against the float64 reference.
+
+Every GPU kernel of ``fmmformer_pl.attention.cuda`` (near field, far fields with 1-3 maps,
+blend, the one-node FMM layer) runs here on CPU tensors under ``TRITON_INTERPRET=1`` in
+float32 with exact products, so CI checks their indexing, masking, segment scans and gradient
+accumulation on every change, without a GPU. Speed, bf16 rounding and the compiled code are
+checked on the GPU machine instead (``test_gpu.py``). Skipped where triton is missing, and on
+machines with CUDA (there the interpreter would replace the real kernels in this process).
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+if torch.cuda.is_available():
+    pytest.skip("CUDA machine: test_gpu.py runs the compiled kernels", allow_module_level=True)
+os.environ["TRITON_INTERPRET"] = "1"  # before the kernels' modules import triton
+pytest.importorskip("triton", reason="the kernel interpreter needs triton (extra kernels-cpu)")
+
+from fmmformer_pl.attention import far_field, near_field  # noqa: E402
+from fmmformer_pl.attention.config import AttentionConfig, BlendWeight  # noqa: E402
+from fmmformer_pl.attention.layer import FMMAttention  # noqa: E402
+
+# The interpreter warns on every launch (numpy scalar conversions, CPU tensors).
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::UserWarning"),
+    pytest.mark.filterwarnings("ignore::DeprecationWarning"),
+]
+
+
+@pytest.fixture(autouse=True)
+def _exact_fp32():
+    old = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
+    yield
+    torch.set_float32_matmul_precision(old)
+
+
+def _rel(a, b):
+    # Floor 1e-3: some gradients vanish in exact arithmetic (one visible key), leaving rounding.
+    return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-3)).item()
+
+
+def _inputs(batch, heads, seq, dim, dim_v, seed):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(batch, seq, heads, dim, generator=g).transpose(1, 2)  # model layout
+    k = torch.randn(batch, heads, seq, dim, generator=g)
+    v = torch.randn(batch, seq, heads, dim_v, generator=g).transpose(1, 2)
+    mask = torch.rand(batch, seq, generator=g) < 0.3
+    return q, k, v, mask
+
+
+def _check(fast, ref, inputs, params=(), tol=1e-5):
+    """Forward and gradients (inputs and params) of fast (float32) vs ref (float64 inputs)."""
+    xs = [t.detach().clone().requires_grad_(True) for t in inputs]
+    xr = [t.detach().double().requires_grad_(True) for t in inputs]
+    out, expect = fast(*xs), ref(*xr)
+    g = torch.randn(expect.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    got = torch.autograd.grad(out, xs + list(params), g.float())
+    want = torch.autograd.grad(expect, xr + list(params), g)
+    assert _rel(out, expect) < tol
+    for a, b in zip(got, want, strict=True):
+        assert _rel(a, b) < tol, _rel(a, b)
+
+
+@pytest.mark.parametrize("maps", [("elu",), ("elu", "elu_flip"), ("tanh", "softplus", "relu")])
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("normalize", [True, False])
+@pytest.mark.parametrize("shape", [(2, 1, 77, 40, 24), (1, 2, 300, 16, 32)])
+def test_far_fields_kernels(maps, causal, normalize, shape):
+    from fmmformer_pl.attention.cuda.far import far_fields_triton
+
+    q, k, v, mask = _inputs(*shape, seed=len(maps))
+    kw = dict(causal=causal, normalize=normalize, key_padding_mask=mask)
+
+    def fast(q, k, v):
+        return torch.cat(far_fields_triton(q, k, v, maps, **kw), dim=-1)
+
+    def ref(q, k, v):
+        outs = [far_field(q, k, v, m, backend="reference", **kw) for m in maps]
+        return torch.cat(outs, dim=-1)
+
+    _check(fast, ref, (q, k, v))
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("normalize", [True, False])
+def test_far_fields_many_segments_and_short_state_steps(causal, normalize, monkeypatch):
+    """Many segments (the cumsum scans), several chunks per bidirectional program, and state
+    kernels stepping 16 positions inside 64-position chunks."""
+    from fmmformer_pl.attention.cuda import far
+
+    plan = dict(single_segment_chunks=2, min_segment_chunks=1, main_chunks_bidir=3)
+    monkeypatch.setattr(far, "PLAN", {**far.PLAN, **plan, "state_chunk": 16})
+    q, k, v, mask = _inputs(2, 1, 1111, 24, 16, seed=7)
+    maps = ("elu", "elu_flip")
+    kw = dict(causal=causal, normalize=normalize, key_padding_mask=mask)
+    _check(
+        lambda q, k, v: torch.cat(far.far_fields_triton(q, k, v, maps, **kw), dim=-1),
+        lambda q, k, v: torch.cat(
+            [far_field(q, k, v, m, backend="reference", **kw) for m in maps], dim=-1
+        ),
+        (q, k, v),
+    )
+
+
+@pytest.mark.parametrize("blocks", [(64, 64), (128, 32)])
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("bandwidth", [5, 100])
+def test_near_field_kernels(blocks, causal, bandwidth, monkeypatch):
+    from fmmformer_pl.attention.cuda import near
+
+    monkeypatch.setattr(near, "_BLOCK_M", blocks[0])
+    monkeypatch.setattr(near, "_BLOCK_N", blocks[1])
+    q, k, v, mask = _inputs(1, 2, 300, 16, 16, seed=bandwidth)
+    kw = dict(causal=causal, key_padding_mask=mask)
+    _check(
+        lambda q, k, v: near.band_attention_triton(q, k, v, bandwidth, **kw),
+        lambda q, k, v: near_field(q, k, v, bandwidth, backend="reference", **kw),
+        (q, k, v),
+    )
+
+
+@pytest.mark.parametrize(
+    "kind, maps, group",
+    [
+        ("fmm", ["elu", "elu_flip"], "head"),
+        ("fmm", ["elu"], None),
+        ("linear", ["elu"] * 3, "channel"),
+    ],
+)
+@pytest.mark.parametrize("granularity", ["scalar", "head", "channel"])
+def test_blend_kernels(kind, maps, group, granularity):
+    from fmmformer_pl.attention.blend import Blend
+    from fmmformer_pl.attention.cuda.blend import blend_triton
+
+    heads, dim = 3, 24
+    cfg = AttentionConfig(
+        kind=kind, bandwidth=4, feature_maps=maps, backend="reference",
+        near_weight=BlendWeight(0.7, granularity), far_weights=[BlendWeight(0.3, granularity)],
+        far_group_weight=None if group is None else BlendWeight(-0.4, group),
+    )  # fmt: skip
+    blend = Blend(cfg, heads, dim)
+    with torch.no_grad():
+        for p in blend.parameters():
+            p.add_(torch.randn_like(p))
+    n = len(maps) + (kind == "fmm")
+    fields = [torch.randn(2, 150, heads, dim).transpose(1, 2) for _ in range(n)]
+
+    def split(xs):
+        return (xs[0], xs[1:]) if kind == "fmm" else (None, xs)
+
+    _check(
+        lambda *xs: blend_triton(list(xs), blend.coefficients()),
+        lambda *xs: blend(*split(list(xs))),
+        fields,
+        params=list(blend.parameters()),
+    )
+
+
+@pytest.mark.parametrize(
+    "kind, maps", [("fmm", ["elu", "elu_flip"]), ("linear", ["elu", "tanh", "relu"])]
+)
+@pytest.mark.parametrize("causal", [False, True])
+def test_fused_layer_kernels(kind, maps, causal):
+    """Near + far + blend as one node (gradients of q, k, v accumulated across the fields'
+    kernels) against the layer's reference path, blend weights included."""
+    from fmmformer_pl.attention.cuda.fmm import fmm_attention_triton
+
+    heads, dim = 2, 16
+    cfg = AttentionConfig(
+        kind=kind, bandwidth=9, feature_maps=maps, backend="reference",
+        near_weight=BlendWeight(0.5, "head"), far_weights=[BlendWeight(0.3, "channel")],
+    )  # fmt: skip
+    layer = FMMAttention(heads * dim, heads, cfg, causal)
+    with torch.no_grad():
+        for p in layer.blend.parameters():
+            p.add_(torch.randn_like(p) * 0.5)
+    q, k, v, mask = _inputs(2, heads, 200, dim, dim, seed=3)
+    bandwidth = 9 if kind == "fmm" else None
+    _check(
+        lambda q, k, v: fmm_attention_triton(
+            q,
+            k,
+            v,
+            layer.blend.coefficients(),
+            bandwidth,
+            maps,
+            causal=causal,
+            key_padding_mask=mask,
+        ),  # fmt: skip
+        lambda q, k, v: layer._attend(q, k, v, mask),
+        (q, k, v),
+        params=list(layer.blend.parameters()),
+    )
