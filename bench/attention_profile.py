@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import statistics
 import sys
 from pathlib import Path
 
@@ -25,18 +24,7 @@ if str(REPO) not in sys.path:
 sys.path.insert(0, str(REPO / "bench"))
 
 from attention_gpu import make_variant  # noqa: E402
-
-
-def _time(fn, repeats):
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
+from cuda_timing import graphed, median_ms  # noqa: E402
 
 
 def profile_one(name, seq, causal, args):
@@ -57,21 +45,14 @@ def profile_one(name, seq, causal, args):
     for _ in range(3):
         step()
     torch.cuda.synchronize()
-    eager = _time(step, args.repeats)
+    eager = median_ms(step, args.repeats)
 
     graph_ms, note = float("nan"), ""
     try:
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            step()
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            step()
-        graph.replay()
+        replay = graphed(step)
+        replay()
         torch.cuda.synchronize()
-        graph_ms = _time(graph.replay, args.repeats)
+        graph_ms = median_ms(replay, args.repeats)
     except Exception as err:  # report, do not stop the sweep
         note = f"graph capture failed: {type(err).__name__}: {str(err)[:120]}"
 

@@ -21,7 +21,6 @@ import argparse
 import csv
 import json
 import multiprocessing as mp
-import statistics
 import sys
 from pathlib import Path
 
@@ -32,6 +31,9 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from fmmformer_pl.attention import far_fields, near_field  # noqa: E402
+
+sys.path.insert(0, str(REPO / "bench"))
+from cuda_timing import graphed, median_ms  # noqa: E402
 
 FAR_MAPS = ["elu", "elu_flip"]
 BAND = 64
@@ -140,19 +142,6 @@ def _step_fn(field, causal, q, k, v):
     return run
 
 
-def _graphed(run):
-    """``run`` captured in a CUDA graph: its replay times the kernels without host launches."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        run()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        run()
-    return graph.replay
-
-
 def time_setting(field, causal, setting, seq, repeats, graph=False):
     snap = _snapshot()
     try:
@@ -161,17 +150,9 @@ def time_setting(field, causal, setting, seq, repeats, graph=False):
         run = _step_fn(field, causal, q, k, v)
         run()
         if graph:
-            run = _graphed(run)
+            run = graphed(run)
         torch.cuda.synchronize()
-        times = []
-        for _ in range(repeats):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            run()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end))
-        return statistics.median(times), ""
+        return median_ms(run, repeats), ""
     except Exception as err:  # a setting that does not compile or launch is reported, not fatal
         return float("nan"), f"{type(err).__name__}: {str(err)[:200]}"
     finally:

@@ -46,3 +46,12 @@ def assert_matches(fast, reference, q, k, v, atol=1e-10, rtol=1e-8):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture
+def exact_fp32():
+    """float32 products exact ("highest"): the kernels follow torch's matmul precision."""
+    old = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
+    yield
+    torch.set_float32_matmul_precision(old)

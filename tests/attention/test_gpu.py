@@ -29,12 +29,8 @@ TOL = {torch.bfloat16: (1.5e-2, 3e-2), torch.float16: (1e-2, 2e-2), torch.float3
 
 
 @pytest.fixture(autouse=True)
-def _exact_fp32():
+def _exact_fp32(exact_fp32):
     """float32 cases follow torch's matmul precision: ask for exact float32 products."""
-    old = torch.get_float32_matmul_precision()
-    torch.set_float32_matmul_precision("highest")
-    yield
-    torch.set_float32_matmul_precision(old)
 
 
 def _inputs(batch, heads, seq, dim, dim_v, dtype, seq_major=True):

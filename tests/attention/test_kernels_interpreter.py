@@ -32,11 +32,8 @@ pytestmark = [
 
 
 @pytest.fixture(autouse=True)
-def _exact_fp32():
-    old = torch.get_float32_matmul_precision()
-    torch.set_float32_matmul_precision("highest")
-    yield
-    torch.set_float32_matmul_precision(old)
+def _exact_fp32(exact_fp32):
+    """float32 cases follow torch's matmul precision: ask for exact float32 products."""
 
 
 def _rel(a, b):
