@@ -73,6 +73,35 @@ def test_blend_formula_with_group_weight():
     assert [n for n, _ in blend.named_buffers()] == ["far_group.weight"]
 
 
+@pytest.mark.parametrize("kind", ["fmm", "linear"])
+@pytest.mark.parametrize("far_scale", [1.0, 0.5])
+def test_coefficients_reproduce_the_blend(kind, far_scale):
+    """coefficients() (what the GPU kernels multiply by) gives the blend's output, with the
+    far fields scaled by far_scale, and the same weight gradients."""
+    config = AttentionConfig(
+        kind=kind,
+        feature_maps=["elu", "tanh"],
+        near_weight=BlendWeight(0.3, "channel"),
+        far_weights=[BlendWeight(0.5, "scalar"), BlendWeight(-1.0, "head")],
+        far_group_weight=BlendWeight(2.0, "head"),
+    )
+    blend = Blend(config, HEADS, HEAD_DIM).double()
+    for p in blend.parameters():
+        p.data.normal_()
+    fields = [torch.randn(2, HEADS, 7, HEAD_DIM, dtype=torch.float64) for _ in range(3)]
+    near, far = (fields[0], fields[1:]) if kind == "fmm" else (None, fields[1:])
+    expected = blend(near, [f * far_scale for f in far])
+    coeffs = blend.coefficients(far_scale)  # (fields, heads, head_dim)
+    used = fields if kind == "fmm" else fields[1:]
+    assert coeffs.shape == (len(used), HEADS, HEAD_DIM) and coeffs.dtype == torch.float32
+    got = sum(c[None, :, None, :].double() * f for c, f in zip(coeffs, used, strict=True))
+    torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
+    g_expected = torch.autograd.grad(expected.sum(), list(blend.parameters()))
+    g_got = torch.autograd.grad(got.sum(), list(blend.parameters()))
+    for a, b in zip(g_got, g_expected, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
 def test_single_far_weight_spec_gives_separate_parameters_per_kernel():
     config = AttentionConfig(kind="fmm", feature_maps=["elu", "elu_flip", "tanh"])
     blend = Blend(config, HEADS, HEAD_DIM)

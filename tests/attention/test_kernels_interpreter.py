@@ -193,3 +193,37 @@ def test_fused_layer_kernels(kind, maps, causal):
         (q, k, v),
         params=list(layer.blend.parameters()),
     )
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("kind", ["fmm", "linear"])
+def test_layer_fused_path_incl_far_length(kind, causal, monkeypatch):
+    """FMMAttention._attend through its fused branch (the layer's own glue: coefficients,
+    bandwidth or none, far_length folded into the far coefficients for far_normalize=False),
+    with the GPU dispatch pointed at the interpreted kernels, against the reference path."""
+    from fmmformer_pl.attention import layer as layer_module
+    from fmmformer_pl.attention.cuda.fmm import fmm_attention_triton
+
+    calls = []
+
+    def dispatch(name, backend, q):  # _fast_path, with CPU tensors allowed
+        if backend == "reference":
+            return None
+        calls.append(name)
+        return fmm_attention_triton if name == "fmm_attention_cuda" else None
+
+    monkeypatch.setattr(layer_module, "_fast_path", dispatch)
+    heads, dim = 2, 16
+    cfg = dict(kind=kind, bandwidth=5, feature_maps=["elu", "elu_flip"], far_normalize=False)
+    fused = FMMAttention(heads * dim, heads, AttentionConfig(**cfg), causal)
+    ref = FMMAttention(heads * dim, heads, AttentionConfig(**cfg, backend="reference"), causal)
+    with torch.no_grad():
+        for p in fused.blend.parameters():
+            p.add_(torch.randn_like(p))
+    ref.load_state_dict(fused.state_dict())
+    q, k, v, mask = _inputs(1, heads, 90, dim, dim, seed=5)
+    for far_length, padding in ((None, mask), (256, None)):
+        out = fused._attend(q, k, v, padding, far_length=far_length)
+        expect = ref._attend(q.double(), k.double(), v.double(), padding, far_length=far_length)
+        assert _rel(out, expect) < 1e-5
+    assert calls == ["fmm_attention_cuda", "fmm_attention_cuda"]
