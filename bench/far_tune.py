@@ -1,6 +1,6 @@
 """Launch-plan sweep of the GPU kernels: far field (r = 2) and near field, fwd+bwd at one length.
 
-    python bench/far_tune.py --out docs/kernel_tune.csv          # H200: about 4 minutes
+    python bench/far_tune.py --graph --out docs/kernel_tune_graph.csv   # H200: about 3 minutes
 
 What is timed: ``far_fields(q, k, v, ["elu", "elu_flip"])`` (both masks) and ``near_field``
 (band 64) forward + backward, bf16, batch 1, 8 heads, head_dim 64, seq ``--seq``, median of
@@ -191,7 +191,7 @@ def main(argv=None):
         action="store_true",
         help="time CUDA-graph replays (GPU time only; eager timings include host launches)",
     )
-    p.add_argument("--out", type=Path, default=REPO / "docs" / "kernel_tune.csv")
+    p.add_argument("--out", type=Path, default=REPO / "docs" / "kernel_tune_graph.csv")
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
         raise SystemExit("far_tune.py needs a CUDA device")

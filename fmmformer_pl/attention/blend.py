@@ -114,7 +114,7 @@ class Blend(nn.Module):
         self.far = nn.ModuleList(FieldWeight(s, num_heads, head_dim) for s in far_specs)
         group = config.far_group_weight
         self.far_group = None if group is None else FieldWeight(group, num_heads, head_dim)
-        self.backend = config.backend
+        self.config = config  # its backend is read at each call (the layer shares it)
 
     def forward(self, near: torch.Tensor | None, far: Sequence[torch.Tensor]) -> torch.Tensor:
         # near: (batch, heads, seq, head_dim) or None; far: r tensors of that shape
@@ -136,7 +136,10 @@ class Blend(nn.Module):
         """The blend as one GPU kernel each way (``cuda.blend_cuda``), or None where it does
         not apply (CPU, ``backend="reference"``, fields of different layouts)."""
         fields = ([near] if self.near is not None else []) + list(far)
-        fast = _fast_path("blend_cuda", self.backend, fields[0])
+        # backend="cuda" is a requirement on the fields, not on this sum: CPU fields (e.g. a
+        # decoding step's, computed in PyTorch) still blend in PyTorch.
+        backend = "reference" if self.config.backend == "reference" else "auto"
+        fast = _fast_path("blend_cuda", backend, fields[0])
         if fast is None:
             return None
         return fast(fields, self.coefficients())

@@ -34,7 +34,7 @@ from .blend import Blend
 from .config import AttentionConfig
 from .far_field import far_fields
 from .feature_maps import get_feature_map
-from .near_field import _fast_path, near_field
+from .near_field import _check_inputs, _fast_path, near_field
 
 _KINDS = ("softmax", "linear", "band", "fmm")
 
@@ -142,6 +142,7 @@ class FMMAttention(nn.Module):
         fast = _fast_path("fmm_attention_cuda", cfg.backend, q)
         if fast is None:
             return None
+        _check_inputs(q, k, v, key_padding_mask)  # as near_field / far_fields would
         far_scale = 1.0
         if far_length is not None and not cfg.far_normalize:
             far_scale = math.sqrt(q.shape[-2] / far_length)  # see _attend's unfused branch

@@ -50,14 +50,15 @@ def _inputs(batch, heads, seq, dim, dim_v, seed):
     return q, k, v, mask
 
 
-def _check(fast, ref, inputs, params=(), tol=1e-5):
-    """Forward and gradients (inputs and params) of fast (float32) vs ref (float64 inputs)."""
+def _check(fast, ref, inputs, params=(), ref_params=None, tol=1e-5):
+    """Forward and gradients (inputs and params; ref's own copies of them in ref_params) of
+    fast (float32) vs ref (float64 inputs)."""
     xs = [t.detach().clone().requires_grad_(True) for t in inputs]
     xr = [t.detach().double().requires_grad_(True) for t in inputs]
     out, expect = fast(*xs), ref(*xr)
     g = torch.randn(expect.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     got = torch.autograd.grad(out, xs + list(params), g.float())
-    want = torch.autograd.grad(expect, xr + list(params), g)
+    want = torch.autograd.grad(expect, xr + list(params if ref_params is None else ref_params), g)
     assert _rel(out, expect) < tol
     for a, b in zip(got, want, strict=True):
         assert _rel(a, b) < tol, _rel(a, b)
@@ -195,35 +196,138 @@ def test_fused_layer_kernels(kind, maps, causal):
     )
 
 
-@pytest.mark.parametrize("causal", [False, True])
-@pytest.mark.parametrize("kind", ["fmm", "linear"])
-def test_layer_fused_path_incl_far_length(kind, causal, monkeypatch):
-    """FMMAttention._attend through its fused branch (the layer's own glue: coefficients,
-    bandwidth or none, far_length folded into the far coefficients for far_normalize=False),
-    with the GPU dispatch pointed at the interpreted kernels, against the reference path."""
-    from fmmformer_pl.attention import layer as layer_module
+def _interpreted_dispatch(monkeypatch, calls=None):
+    """Point every ``_fast_path`` lookup at the interpreted kernels (CPU tensors allowed), as
+    the CUDA dispatch would on a GPU; backend="reference" still gets the PyTorch path."""
+    import importlib
+
+    # (the package re-exports the functions far_field / near_field under the modules' names)
+    modules = [
+        importlib.import_module(f"fmmformer_pl.attention.{name}")
+        for name in ("blend", "far_field", "layer", "near_field")
+    ]
+    from fmmformer_pl.attention.cuda.blend import blend_triton
+    from fmmformer_pl.attention.cuda.far import far_field_triton, far_fields_triton
     from fmmformer_pl.attention.cuda.fmm import fmm_attention_triton
+    from fmmformer_pl.attention.cuda.near import band_attention_triton
 
-    calls = []
+    kernels = {
+        "fmm_attention_cuda": fmm_attention_triton,
+        "near_field_cuda": band_attention_triton,
+        "far_field_cuda": far_field_triton,
+        "far_fields_cuda": far_fields_triton,
+        "blend_cuda": blend_triton,
+    }
 
-    def dispatch(name, backend, q):  # _fast_path, with CPU tensors allowed
+    def dispatch(name, backend, q):
         if backend == "reference":
             return None
-        calls.append(name)
-        return fmm_attention_triton if name == "fmm_attention_cuda" else None
+        if calls is not None:
+            calls.append(name)
+        return kernels[name]
 
-    monkeypatch.setattr(layer_module, "_fast_path", dispatch)
-    heads, dim = 2, 16
-    cfg = dict(kind=kind, bandwidth=5, feature_maps=["elu", "elu_flip"], far_normalize=False)
+    for module in modules:
+        monkeypatch.setattr(module, "_fast_path", dispatch)
+
+
+def _layer_pair(kind, maps, causal, normalize=True, bandwidth=5, dropout=0.0, heads=2, dim=16):
+    cfg = dict(
+        kind=kind, bandwidth=bandwidth, feature_maps=maps, far_normalize=normalize,
+        dropout=dropout,
+    )  # fmt: skip
     fused = FMMAttention(heads * dim, heads, AttentionConfig(**cfg), causal)
     ref = FMMAttention(heads * dim, heads, AttentionConfig(**cfg, backend="reference"), causal)
     with torch.no_grad():
         for p in fused.blend.parameters():
             p.add_(torch.randn_like(p))
     ref.load_state_dict(fused.state_dict())
+    return fused, ref
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize(
+    "kind, maps", [("fmm", ["elu", "elu_flip"]), ("linear", ["elu", "elu_flip"]),
+                   ("fmm", ["elu", "elu_flip", "tanh"])],
+)  # fmt: skip
+def test_layer_fused_path_incl_far_length(kind, maps, causal, monkeypatch):
+    """FMMAttention._attend through its fused branch (the layer's own glue: coefficients,
+    bandwidth or none, far_length folded into the far coefficients for far_normalize=False;
+    r = 3 with the near field is 4 fields, two far-field passes) against the reference path,
+    forward and backward (q, k, v and the blend weights), with padding."""
+    calls = []
+    _interpreted_dispatch(monkeypatch, calls)
+    heads, dim = 2, 16
+    fused, ref = _layer_pair(kind, maps, causal, normalize=False)
     q, k, v, mask = _inputs(1, heads, 90, dim, dim, seed=5)
-    for far_length, padding in ((None, mask), (256, None)):
-        out = fused._attend(q, k, v, padding, far_length=far_length)
-        expect = ref._attend(q.double(), k.double(), v.double(), padding, far_length=far_length)
-        assert _rel(out, expect) < 1e-5
+    for far_length in (None, 256):
+        _check(
+            lambda q, k, v, n=far_length: fused._attend(q, k, v, mask, far_length=n),
+            lambda q, k, v, n=far_length: ref._attend(q, k, v, mask, far_length=n),
+            (q, k, v),
+            params=list(fused.blend.parameters()),
+            ref_params=list(ref.blend.parameters()),
+        )
     assert calls == ["fmm_attention_cuda", "fmm_attention_cuda"]
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_layer_fused_path_many_segments(causal, monkeypatch):
+    """The fused node with many far-field segments (the gradient accumulation of the near
+    field and both maps over the cumsum-scanned states)."""
+    from fmmformer_pl.attention.cuda import far
+
+    _interpreted_dispatch(monkeypatch)
+    plan = dict(single_segment_chunks=2, min_segment_chunks=1, main_chunks_bidir=2)
+    monkeypatch.setattr(far, "PLAN", {**far.PLAN, **plan})
+    fused, ref = _layer_pair("fmm", ["elu", "elu_flip"], causal)
+    q, k, v, mask = _inputs(1, 2, 1100, 16, 16, seed=9)
+    _check(
+        lambda q, k, v: fused._attend(q, k, v, mask),
+        lambda q, k, v: ref._attend(q, k, v, mask),
+        (q, k, v),
+        params=list(fused.blend.parameters()),
+        ref_params=list(ref.blend.parameters()),
+    )
+
+
+def test_layer_fused_path_validates_inputs(monkeypatch):
+    """Bad masks and inputs are refused as on the reference path, not read as raw bytes."""
+    _interpreted_dispatch(monkeypatch)
+    fused, _ = _layer_pair("fmm", ["elu"], causal=False)
+    q, k, v, mask = _inputs(2, 2, 50, 16, 16, seed=1)
+    with pytest.raises(TypeError, match="key_padding_mask must be bool"):
+        fused._attend(q, k, v, mask.float())
+    with pytest.raises(ValueError, match="key_padding_mask"):
+        fused._attend(q, k, v, mask[:, :10])
+    with pytest.raises(TypeError, match="share a dtype"):
+        fused._attend(q, k.double(), v, mask)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_layer_fused_and_unfused_gpu_paths_draw_the_same_dropout(causal, monkeypatch):
+    """Training with attention dropout: the one-node path and the field-by-field GPU path
+    (near_field, far_fields, blend) give the same output under the same torch seed."""
+    _interpreted_dispatch(monkeypatch)
+    fused, unfused = _layer_pair("fmm", ["elu", "elu_flip"], causal, dropout=0.3)
+    q, k, v, mask = _inputs(1, 2, 120, 16, 16, seed=2)
+    fused.train()
+    torch.manual_seed(123)
+    a = fused._attend(q, k, v, mask)
+    monkeypatch.setattr(fused, "_fused", lambda *args: None)  # force the field-by-field path
+    torch.manual_seed(123)
+    b = fused._attend(q, k, v, mask)
+    torch.manual_seed(124)
+    c = fused._attend(q, k, v, mask)
+    assert _rel(a, b) < 1e-6
+    assert _rel(c, b) > 1e-3  # another seed, other dropout
+
+
+def test_blend_kernel_declines_strided_fields():
+    """A sliced (non-dense) field would get a contiguous gradient buffer written with its own
+    strides: the kernel declines it and the PyTorch blend runs."""
+    from fmmformer_pl.attention.cuda.blend import blend_triton
+
+    fields = [torch.randn(1, 2, 70, 32)[..., :16] for _ in range(2)]
+    assert blend_triton(fields, torch.ones(2, 2, 16)) is None
+    dense = [f.contiguous() for f in fields]
+    assert blend_triton(dense, torch.ones(2, 2, 16)) is not None

@@ -79,7 +79,7 @@ def _blend_bwd_kernel(
 
     Grid (groups of TILES seq tiles, batch * heads); dc (n_fields, heads, head_dim) float32
     receives one atomic add per program and field. The field gradients take the fields'
-    strides.
+    strides (the caller allocates them like the fields, which are dense).
     """
     pid_t = tl.program_id(0)
     pid_bh = tl.program_id(1).to(tl.int64)
@@ -126,6 +126,11 @@ def _strides(t: torch.Tensor):
     return tuple(t.stride())
 
 
+def _offsets_fit(t: torch.Tensor) -> bool:
+    """The kernels form t * stride_t + d * stride_d in 32 bits within one (batch, head)."""
+    return (t.shape[2] + _BLOCK_T) * abs(t.stride(2)) + t.shape[3] * abs(t.stride(3)) < 2**31
+
+
 def blend_forward(fields, coeffs):
     """y = sum_f coeffs[f] * fields[f] (fields of one shape and layout, coeffs float32)."""
     f0 = fields[0]
@@ -144,6 +149,8 @@ def blend_backward(fields, coeffs, dy):
     """(the fields' gradients, dcoeffs) of ``blend_forward`` for the output gradient dy."""
     f0 = fields[0]
     batch, heads, seq, dim = f0.shape
+    if not _offsets_fit(dy):
+        dy = dy.contiguous()
     grads = [torch.empty_like(f) for f in fields]
     dc = torch.zeros_like(coeffs)
     pad = [f0] * (MAX_FIELDS - len(fields))
@@ -180,6 +187,10 @@ def blend_triton(fields: list[torch.Tensor], coeffs: torch.Tensor) -> torch.Tens
     if f0.dim() != 4 or f0.dtype not in (torch.float16, torch.bfloat16, torch.float32):
         return None
     if any(f.shape != f0.shape or f.stride() != f0.stride() or f.dtype != f0.dtype for f in fields):
+        return None
+    # The gradients are allocated like the fields (empty_like) and written with the fields'
+    # strides: that holds for dense fields only (a sliced view's empty_like is contiguous).
+    if torch.empty_like(f0).stride() != f0.stride() or not _offsets_fit(f0):
         return None
     batch, heads, seq, dim = f0.shape
     if coeffs.shape != (len(fields), heads, dim) or dim > 256 or seq == 0:

@@ -154,7 +154,7 @@ def _load_tile(base, t, offs_d, T, D, stride_t, stride_d):
 @triton.jit
 def _store_tile(base, t, offs_d, T, D, stride_t, stride_d, x, ACCUMULATE: tl.constexpr):
     """Store a (chunk x dim) tile (cast to the pointer's type); add to what is there if
-    ACCUMULATE (the same program wrote it before a barrier)."""
+    ACCUMULATE (written by an earlier launch, or by this program before a barrier)."""
     ptrs = base + t[:, None] * stride_t + offs_d[None, :] * stride_d
     mask = (t[:, None] < T) & (offs_d[None, :] < D)
     if ACCUMULATE:
@@ -883,18 +883,20 @@ def far_forward(q, k, v, key_padding_mask, phi_codes, causal, normalize):
         )  # fmt: skip
     return outs, (
         (q, k, v, mask, den, state, *outs),
-        (phi_codes, causal, normalize, smb, smt, has_mask),
+        (phi_codes, causal, normalize, smb, smt, has_mask, plan),
     )
 
 
 def far_backward(saved, douts, grads=None):
     """dq, dk, dv of the far fields (``saved`` from ``far_forward``; a None in ``douts`` is a
     zero gradient); with ``grads`` = (dq, dk, dv) the kernels add to those tensors."""
-    (q, k, v, mask, den, state, *outs), (phi_codes, causal, normalize, smb, smt, has_mask) = saved
+    (q, k, v, mask, den, state, *outs), settings = saved
+    # The forward's plan: the saved states are laid out by its segments.
+    phi_codes, causal, normalize, smb, smt, has_mask, plan = settings
     nm = len(phi_codes)
-    plan = _Plan(q, v, causal, nm, phi_codes)
     douts = [torch.zeros_like(o) if g is None else g for g, o in zip(douts, outs, strict=True)]
-    if any(g.stride() != douts[0].stride() for g in douts):  # the kernels take one layout
+    # The kernels take one layout for all douts, with 32-bit offsets inside a (batch, head).
+    if any(g.stride() != douts[0].stride() for g in douts) or not supported(q, k, douts[0]):
         douts = [g.contiguous() for g in douts]
     do1, o1 = douts[-1], outs[-1]
     sizes = (plan.heads, plan.seq, plan.dim, plan.dim_v)

@@ -4,10 +4,12 @@
 
 with c ``(n_fields, heads, head_dim)`` float32 coefficients (``Blend.coefficients``). The
 kernels are those of ``near.py``, ``far.py`` and ``blend.py``; what fusing the three autograd
-nodes into one saves is the glue between them: the gradients of q, k and v are written once,
+nodes into one saves is the glue between them: the gradients of q, k and v are allocated once,
 each field's backward kernels adding to them (no element-wise sum of three gradients per
 input), and two autograd nodes fewer. On our H200 host one launch or autograd node costs
 ~0.1 ms of Python, as much as a kernel over 64K tokens, so the glue was a third of a step.
+dq, dk, dv are allocated once: the near field's backward writes them, each far-field group's
+adds to them. Inputs are validated by the caller (``FMMAttention._fused``).
 """
 
 from __future__ import annotations
@@ -95,5 +97,13 @@ def fmm_attention_triton(
             return None
     codes = tuple(PHI_CODES[n] for n in names)
     return _FMMAttention.apply(
-        q, k, v, coeffs.float(), key_padding_mask, near_args, bool(causal), codes, bool(normalize)
+        q,
+        k,
+        v,
+        coeffs.float().contiguous(),
+        key_padding_mask,
+        near_args,
+        bool(causal),
+        codes,
+        bool(normalize),
     )

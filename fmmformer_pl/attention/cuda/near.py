@@ -470,7 +470,7 @@ def _band_dkv_kernel(
 
 
 # Launch settings (tuned on an H200, bf16, head_dim 64; see docs/gpu.md).
-# bench/far_tune.py, H200, 64K tokens (docs/kernel_tune.csv): 4 warps beat 8 (0.90 vs
+# bench/far_tune.py, H200, 64K tokens (docs/kernel_tune_eager.csv): 4 warps beat 8 (0.90 vs
 # 1.46 ms bidirectional, 0.96 vs 1.24 causal); 64 x 64 blocks beat 128 x 64, 64 x 32, 32 x 32.
 LAUNCH = {
     "fwd": dict(num_warps=4, num_stages=2),
@@ -520,13 +520,15 @@ def near_backward(saved, dout, grads=None):
         grads = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     dq, dk, dv = grads
     delta = torch.empty_like(lse)
-    _band_dq_kernel[(triton.cdiv(seq, _BLOCK_M), bh)](
+    if not supported(q, k, dout):  # 32-bit offsets inside a (batch, head)
+        dout = dout.contiguous()
+    _band_dq_kernel[(triton.cdiv(seq, cfg["BM"]), bh)](
         q, k, v, mask, out, dout, lse, delta, dq, heads, seq, bandwidth, dim, dim_v,
         sm_scale * _LOG2E, sm_scale, seed, dropout_p,
         *strides(q), *strides(k), *strides(v), *strides(out), *strides(dout), *strides(dq),
         smb, smt, **cfg, ACCUMULATE=accumulate, **LAUNCH["dq"],
     )  # fmt: skip
-    _band_dkv_kernel[(triton.cdiv(seq, _BLOCK_N), bh)](
+    _band_dkv_kernel[(triton.cdiv(seq, cfg["BN"]), bh)](
         q, k, v, mask, dout, lse, delta, dk, dv, heads, seq, bandwidth, dim, dim_v,
         sm_scale * _LOG2E, sm_scale, seed, dropout_p,
         *strides(q), *strides(k), *strides(v), *strides(dout), *strides(dk), *strides(dv),
