@@ -331,3 +331,34 @@ def test_blend_kernel_declines_strided_fields():
     assert blend_triton(fields, torch.ones(2, 2, 16)) is None
     dense = [f.contiguous() for f in fields]
     assert blend_triton(dense, torch.ones(2, 2, 16)) is not None
+
+
+def test_cuda_entry_points_pass_their_arguments_through(monkeypatch):
+    """``fmmformer_pl.attention.cuda``'s entry points (what the dispatch calls on a GPU) reach
+    the kernels with every argument: run here with the device check bypassed."""
+    from fmmformer_pl.attention import cuda
+
+    q, k, v, mask = _inputs(1, 2, 70, 16, 16, seed=4)
+    assert cuda.near_field_cuda(q, k, v, 5) is None  # CPU tensors: declined
+    monkeypatch.setattr(cuda, "_usable", lambda q: True)
+    for causal in (False, True):
+        kw = dict(causal=causal, key_padding_mask=mask)
+        torch.testing.assert_close(
+            cuda.near_field_cuda(q, k, v, 5, **kw),
+            near_field(q, k, v, 5, backend="reference", **kw),
+        )
+        torch.testing.assert_close(
+            cuda.far_field_cuda(q, k, v, "tanh", normalize=False, **kw),
+            far_field(q, k, v, "tanh", normalize=False, backend="reference", **kw),
+        )
+        got = cuda.far_fields_cuda(q, k, v, ["elu", "relu"], **kw)
+        for out, name in zip(got, ["elu", "relu"], strict=True):
+            torch.testing.assert_close(out, far_field(q, k, v, name, backend="reference", **kw))
+        coeffs = torch.rand(3, 2, 16)
+        fields = [got[0], got[1], got[0] * 2]
+        expect = sum(c[None, :, None, :] * f for c, f in zip(coeffs, fields, strict=True))
+        torch.testing.assert_close(cuda.blend_cuda(fields, coeffs), expect)
+        fmm = cuda.fmm_attention_cuda(q, k, v, coeffs[:2], None, ["elu", "relu"], **kw)
+        torch.testing.assert_close(
+            fmm, coeffs[0][None, :, None] * got[0] + coeffs[1][None, :, None] * got[1]
+        )

@@ -15,11 +15,24 @@ the functions return None.
 
 from __future__ import annotations
 
+import importlib
+
 import torch
 
 
 def _usable(q: torch.Tensor) -> bool:
     return q.is_cuda and torch.cuda.is_available()
+
+
+def _kernel(q: torch.Tensor, module: str, name: str):
+    """``name`` from the Triton module ``module`` of this package (imported on first use), or
+    None when q is not a CUDA tensor or triton does not import."""
+    if not _usable(q):
+        return None
+    try:
+        return getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    except ImportError:
+        return None
 
 
 # torch.compile does not trace into these: the kernels are already fused, and their host code
@@ -36,13 +49,10 @@ def near_field_cuda(
     dropout_p: float = 0.0,
 ) -> torch.Tensor | None:
     """Banded softmax attention on the GPU (same arguments and result as ``near_field``)."""
-    if not _usable(q):
+    fn = _kernel(q, "near", "band_attention_triton")
+    if fn is None:
         return None
-    try:
-        from .near import band_attention_triton
-    except ImportError:
-        return None
-    return band_attention_triton(
+    return fn(
         q, k, v, bandwidth, causal=causal, key_padding_mask=key_padding_mask, dropout_p=dropout_p
     )
 
@@ -58,20 +68,11 @@ def far_field_cuda(
     key_padding_mask: torch.Tensor | None = None,
 ) -> torch.Tensor | None:
     """Kernelised linear attention on the GPU (same arguments and result as ``far_field``)."""
-    if not _usable(q):
+    fn = _kernel(q, "far", "far_field_triton")
+    if fn is None:
         return None
-    try:
-        from .far import far_field_triton
-    except ImportError:
-        return None
-    return far_field_triton(
-        q,
-        k,
-        v,
-        feature_map=feature_map,
-        causal=causal,
-        normalize=normalize,
-        key_padding_mask=key_padding_mask,
+    return fn(
+        q, k, v, feature_map, causal=causal, normalize=normalize, key_padding_mask=key_padding_mask
     )
 
 
@@ -86,33 +87,19 @@ def far_fields_cuda(
     key_padding_mask: torch.Tensor | None = None,
 ) -> list[torch.Tensor] | None:
     """Several feature maps' far fields at once (same arguments and result as ``far_fields``)."""
-    if not _usable(q):
+    fn = _kernel(q, "far", "far_fields_triton")
+    if fn is None:
         return None
-    try:
-        from .far import far_fields_triton
-    except ImportError:
-        return None
-    return far_fields_triton(
-        q,
-        k,
-        v,
-        feature_maps,
-        causal=causal,
-        normalize=normalize,
-        key_padding_mask=key_padding_mask,
+    return fn(
+        q, k, v, feature_maps, causal=causal, normalize=normalize, key_padding_mask=key_padding_mask
     )
 
 
 @torch.compiler.disable
 def blend_cuda(fields: list[torch.Tensor], coeffs: torch.Tensor) -> torch.Tensor | None:
     """``sum_f coeffs[f] * fields[f]`` in one kernel each way (``blend.py``), or None."""
-    if not _usable(fields[0]):
-        return None
-    try:
-        from .blend import blend_triton
-    except ImportError:
-        return None
-    return blend_triton(fields, coeffs)
+    fn = _kernel(fields[0], "blend", "blend_triton")
+    return None if fn is None else fn(fields, coeffs)
 
 
 @torch.compiler.disable
@@ -129,24 +116,13 @@ def fmm_attention_cuda(
     dropout_p: float = 0.0,
 ) -> torch.Tensor | None:
     """Near field, far fields and blend as one autograd node (``fmm.py``), or None."""
-    if not _usable(q):
+    fn = _kernel(q, "fmm", "fmm_attention_triton")
+    if fn is None:
         return None
-    try:
-        from .fmm import fmm_attention_triton
-    except ImportError:
-        return None
-    return fmm_attention_triton(
-        q,
-        k,
-        v,
-        coeffs,
-        bandwidth,
-        feature_maps,
-        causal=causal,
-        normalize=normalize,
-        key_padding_mask=key_padding_mask,
-        dropout_p=dropout_p,
-    )
+    return fn(
+        q, k, v, coeffs, bandwidth, feature_maps, causal=causal, normalize=normalize,
+        key_padding_mask=key_padding_mask, dropout_p=dropout_p,
+    )  # fmt: skip
 
 
 __all__ = [
