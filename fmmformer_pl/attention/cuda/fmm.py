@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import torch
 
+from ._common import supported
 from .blend import MAX_FIELDS, blend_backward, blend_forward
 from .far import MAPS_PER_CALL, PHI_CODES, far_backward, far_forward
 from .near import near_arguments, near_backward, near_forward
@@ -79,8 +80,6 @@ def fmm_attention_triton(
     """``coeffs[0] * near + sum_l coeffs[l] * far_l`` (no near field when bandwidth is None),
     or None for a case the kernels do not cover (the caller then runs the fields one by one).
     """
-    from ._common import supported
-
     names = list(feature_maps)
     if not names or not all(isinstance(n, str) and n in PHI_CODES for n in names):
         return None
