@@ -1,11 +1,12 @@
-"""Launch-plan sweep of the GPU kernels: far field (r = 2) and near field, fwd+bwd at one length.
+"""Launch-plan sweep of the GPU kernels: far field (r = 2), near field, blend; fwd+bwd, one length.
 
     python bench/far_tune.py --graph --out docs/kernel_tune_graph.csv   # H200: about 3 minutes
 
 What is timed: ``far_fields(q, k, v, ["elu", "elu_flip"])`` (both masks) and ``near_field``
-(band 64) forward + backward, bf16, batch 1, 8 heads, head_dim 64, seq ``--seq``, median of
-``--repeats`` CUDA-event timings. Each setting changes one knob of the default plan
-(``far.PLAN`` / ``far.LAUNCH`` / ``near.LAUNCH`` and the near block sizes); at the end the
+(band 64) and the blend of three fields forward + backward, bf16, batch 1, 8 heads, head_dim
+64, seq ``--seq``, median of ``--repeats`` CUDA-event timings. Each setting changes one knob
+of the default plan (``far.PLAN`` / ``far.LAUNCH`` / ``near.LAUNCH`` / ``blend.LAUNCH``, the
+near block sizes, the blend's tile and tiles per program); at the end the
 per-knob winners are combined and timed again, and the script prints the plan to paste into
 the kernels' modules. Triton compiles every setting once; ``--workers`` processes compile
 them in parallel first (into Triton's on-disk cache), so the timing loop only loads kernels.
@@ -45,8 +46,10 @@ FAR_KNOBS = {
         "plan:chunk_bidir": [32, 64, 128],
         "plan:state_chunk": [16, 32, 64],
         "plan:main_chunks_bidir": [1, 2, 4, 8],
+        "plan:maps_per_call_bidir": [1, 2],
         "plan:programs_per_sm": [2, 4, 8, 16],
         "warps:state_fwd,state_bwd": [4, 8],
+        "stages:state_fwd,state_bwd": [2, 3, 4],
         "warps:fwd_bidir,bwd_bidir": [4, 8],
         "stages:state_fwd,state_bwd,fwd_bidir,bwd_bidir": [1, 2, 3],
         "maxnreg:state_fwd,state_bwd,fwd_bidir,bwd_bidir": [None, 128],
@@ -55,12 +58,19 @@ FAR_KNOBS = {
         "plan:chunk_causal": [16, 32, 64],
         "plan:state_chunk": [16, 32, 64],
         "plan:programs_per_sm": [2, 4, 8, 16, 32],
-        "plan:min_segment_chunks": [1, 4, 16],
+        "plan:min_segment_chunks": [1, 2, 4, 16],
+        "plan:single_segment_chunks": [0, 4, 16],
+        "plan:maps_per_call_causal": [1, 2],
         "warps:state_fwd_causal,state_bwd_causal": [4, 8],
         "warps:fwd,dq,dkv": [4, 8],
         "stages:state_fwd_causal,state_bwd_causal,fwd,dq,dkv": [1, 2, 3],
         "maxnreg:state_fwd_causal,state_bwd_causal,fwd,dq,dkv": [None, 128],
     },
+}
+BLEND_KNOBS = {
+    "tiles": [1, 2, 4, 8, 16],
+    "block_t": [32, 64, 128],
+    "warps:fwd,bwd": [2, 4, 8],
 }
 NEAR_KNOBS = {
     "blocks": [(64, 64), (128, 64), (64, 32), (128, 32), (32, 32), (128, 128)],
@@ -70,39 +80,50 @@ NEAR_KNOBS = {
 
 
 def _modules():
-    from fmmformer_pl.attention.cuda import far, near
+    from fmmformer_pl.attention.cuda import blend, far, near
 
-    return far, near
+    return far, near, blend
 
 
 def _snapshot():
-    far, near = _modules()
+    far, near, blend = _modules()
     return (
         json.loads(json.dumps(far.PLAN)),
         {k: dict(v) for k, v in far.LAUNCH.items()},
         {k: dict(v) for k, v in near.LAUNCH.items()},
-        (near._BLOCK_M, near._BLOCK_N),
+        {k: dict(v) for k, v in blend.LAUNCH.items()},
+        (near._BLOCK_M, near._BLOCK_N, blend._BWD_TILES, blend._BLOCK_T),
     )
 
 
 def _restore(snap):
-    far, near = _modules()
-    plan, far_launch, near_launch, blocks = snap
+    far, near, blend = _modules()
+    plan, far_launch, near_launch, blend_launch, blocks = snap
     far.PLAN.clear()
     far.PLAN.update(plan)
-    for table, saved in ((far.LAUNCH, far_launch), (near.LAUNCH, near_launch)):
+    for table, saved in (
+        (far.LAUNCH, far_launch),
+        (near.LAUNCH, near_launch),
+        (blend.LAUNCH, blend_launch),
+    ):
         table.clear()
         table.update({k: dict(v) for k, v in saved.items()})
-    near._BLOCK_M, near._BLOCK_N = blocks
+    near._BLOCK_M, near._BLOCK_N, blend._BWD_TILES, blend._BLOCK_T = blocks
 
 
 def _apply(field, setting):
     """Set the knobs of ``setting`` ({knob: value}) on the modules."""
-    far, near = _modules()
-    launch = far.LAUNCH if field == "far" else near.LAUNCH
+    far, near, blend = _modules()
+    launch = {"far": far.LAUNCH, "near": near.LAUNCH, "blend": blend.LAUNCH}[field]
     for knob, value in setting.items():
         if knob == "blocks":
             near._BLOCK_M, near._BLOCK_N = value
+            continue
+        if knob == "tiles":
+            blend._BWD_TILES = value
+            continue
+        if knob == "block_t":
+            blend._BLOCK_T = value
             continue
         kind, names = knob.split(":")
         if kind == "plan":
@@ -127,7 +148,17 @@ def _inputs(seq, heads=8, dim=64):
 
 
 def _step_fn(field, causal, q, k, v):
-    if field == "far":
+    if field == "blend":
+        from fmmformer_pl.attention.cuda.blend import blend_triton
+
+        heads, dim = q.shape[1], q.shape[-1]
+        coeffs = torch.rand(3, heads, dim, device=q.device, requires_grad=True)
+
+        def run():
+            y = blend_triton([q, k, v], coeffs)
+            return torch.autograd.grad(y, (q, k, v, coeffs), torch.ones_like(y))
+
+    elif field == "far":
 
         def run():
             outs = far_fields(q, k, v, FAR_MAPS, causal=causal, backend="cuda")
@@ -168,6 +199,9 @@ def settings():
     for mode in ("bidirectional", "causal"):
         out.append(("near", mode, {}))
         out += [("near", mode, {knob: v}) for knob, values in NEAR_KNOBS.items() for v in values]
+    # The blend has no mask: one mode.
+    out.append(("blend", "bidirectional", {}))
+    out += [("blend", "bidirectional", {k: v}) for k, values in BLEND_KNOBS.items() for v in values]
     return out
 
 
@@ -184,7 +218,7 @@ def main(argv=None):
     p.add_argument("--seq", type=int, default=65536)
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--workers", type=int, default=12, help="parallel compile processes (0: none)")
-    p.add_argument("--fields", nargs="+", default=["far", "near"], choices=["far", "near"])
+    p.add_argument("--fields", nargs="+", default=["far", "near"], choices=["far", "near", "blend"])
     p.add_argument("--only", nargs="*", default=[], help="only knobs containing these strings")
     p.add_argument(
         "--graph",

@@ -20,6 +20,7 @@ BENCH = Path(__file__).resolve().parents[1] / "bench"
         ("attention_gpu.py", ["--seqs", "1024", "--no-plot"]),
         ("attention_profile.py", ["--seqs", "1024", "--variants", "fmm_r2"]),
         ("far_tune.py", ["--graph", "--fields", "far", "--only", "state_chunk"]),
+        ("host_profile.py", ["--seq", "1024", "--steps", "5"]),
     ],
 )
 def test_gpu_bench_exits_with_a_message_without_cuda(script, args, tmp_path):
@@ -40,8 +41,15 @@ def test_far_tune_settings_cover_every_knob_once():
     todo = far_tune.settings()
     defaults = [(f, m) for f, m, s in todo if not s]
     assert sorted(defaults) == sorted(
-        [("far", "bidirectional"), ("far", "causal"), ("near", "bidirectional"), ("near", "causal")]
+        [
+            ("blend", "bidirectional"),
+            ("far", "bidirectional"),
+            ("far", "causal"),
+            ("near", "bidirectional"),
+            ("near", "causal"),
+        ]
     )
     n_values = sum(len(v) for knobs in far_tune.FAR_KNOBS.values() for v in knobs.values())
     n_values += 2 * sum(len(v) for v in far_tune.NEAR_KNOBS.values())
+    n_values += sum(len(v) for v in far_tune.BLEND_KNOBS.values())
     assert len(todo) == len(defaults) + n_values

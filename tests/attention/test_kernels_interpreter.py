@@ -270,14 +270,16 @@ def test_layer_fused_path_incl_far_length(kind, maps, causal, monkeypatch):
     assert calls == ["fmm_attention_cuda", "fmm_attention_cuda"]
 
 
+@pytest.mark.parametrize("maps_per_call", [1, 2])
 @pytest.mark.parametrize("causal", [False, True])
-def test_layer_fused_path_many_segments(causal, monkeypatch):
+def test_layer_fused_path_many_segments(causal, maps_per_call, monkeypatch):
     """The fused node with many far-field segments (the gradient accumulation of the near
-    field and both maps over the cumsum-scanned states)."""
+    field and both maps over the cumsum-scanned states), the maps in one call or one each."""
     from fmmformer_pl.attention.cuda import far
 
     _interpreted_dispatch(monkeypatch)
     plan = dict(single_segment_chunks=2, min_segment_chunks=1, main_chunks_bidir=2)
+    plan.update(maps_per_call_causal=maps_per_call, maps_per_call_bidir=maps_per_call)
     monkeypatch.setattr(far, "PLAN", {**far.PLAN, **plan})
     fused, ref = _layer_pair("fmm", ["elu", "elu_flip"], causal)
     q, k, v, mask = _inputs(1, 2, 1100, 16, 16, seed=9)
@@ -362,3 +364,14 @@ def test_cuda_entry_points_pass_their_arguments_through(monkeypatch):
         torch.testing.assert_close(
             fmm, coeffs[0][None, :, None] * got[0] + coeffs[1][None, :, None] * got[1]
         )
+
+
+def test_map_groups_follow_the_plan(monkeypatch):
+    from fmmformer_pl.attention.cuda import far
+
+    monkeypatch.setattr(far, "PLAN", {**far.PLAN, "maps_per_call_causal": 1})
+    assert far.map_groups((0, 1, 2), causal=True) == [(0,), (1,), (2,)]
+    assert far.map_groups((0, 1, 2), causal=False) == [(0, 1), (2,)]
+    monkeypatch.setattr(far, "PLAN", {**far.PLAN, "maps_per_call_bidir": 3})
+    with pytest.raises(ValueError, match="maps per call"):
+        far.map_groups((0, 1, 2), causal=False)

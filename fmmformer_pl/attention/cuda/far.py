@@ -67,7 +67,7 @@ from ._common import (
 
 # Feature maps the kernels compute in registers (names of ``FEATURE_MAPS``).
 PHI_CODES = {"elu": 0, "elu_flip": 1, "tanh": 2, "relu": 3, "softplus": 4}
-# Feature maps per kernel call; more are computed in groups of this many.
+# Most feature maps one kernel call computes (its NM); more are computed in groups.
 MAPS_PER_CALL = 2
 
 # Launch plan (tuned on an H200, bf16, head_dim 64; see docs/gpu.md). ``bench/far_tune.py``
@@ -86,8 +86,13 @@ PLAN = {
     "programs_per_sm": 2,
     "min_segment_chunks": 4,
     # Up to this many chunks a causal (batch, head) is one segment: no state pass, no cumsum
-    # (saves launches where launch overhead dominates: short sequences).
-    "single_segment_chunks": 16,
+    # (two launches fewer). Longer ones are split so that more programs run: at 1K tokens
+    # (16 chunks) one segment took 0.62 ms of GPU time, split 0.21 (docs/kernel_tune_1k.csv).
+    "single_segment_chunks": 4,
+    # Feature maps per call (1 or MAPS_PER_CALL). Two read the inputs once; one per call
+    # keeps a causal walk's registers to one map's tiles.
+    "maps_per_call_causal": 2,
+    "maps_per_call_bidir": 2,
 }
 # bench/far_tune.py --graph, H200, 64K tokens, r = 2 (docs/kernel_tune_graph.csv: kernel time
 # without launch overhead): a 128-register cap (two programs per SM) for the bidirectional
@@ -776,6 +781,14 @@ def _dkv_causal_kernel(
                 _store_tile(dv_base, t, offs_dv, T, DV, sdvt, sdvd, dv, True)
 
 
+def map_groups(codes: Sequence[int], causal: bool) -> list[tuple[int, ...]]:
+    """The feature-map codes cut into the groups that one kernel call computes."""
+    n = PLAN["maps_per_call_causal" if causal else "maps_per_call_bidir"]
+    if n not in range(1, MAPS_PER_CALL + 1):
+        raise ValueError(f"PLAN: maps per call must be 1..{MAPS_PER_CALL}, got {n}")
+    return [tuple(codes[i : i + n]) for i in range(0, len(codes), n)]
+
+
 def _sm_count(device: torch.device) -> int:
     if device.type == "cuda":
         return torch.cuda.get_device_properties(device).multi_processor_count
@@ -980,7 +993,7 @@ def far_fields_triton(
 
     Covered: named feature maps of ``PHI_CODES`` (a callable returns None), fp16/bf16/fp32,
     head_dim and head_dim_v up to 128, any sequence length. The maps are computed
-    ``MAPS_PER_CALL`` at a time from one pass over the inputs. Inputs are validated by the
+    in groups (``map_groups``), each from one pass over the inputs. Inputs are validated by the
     caller (``far_field`` / ``far_fields``).
     """
     names = list(feature_maps)
@@ -990,8 +1003,7 @@ def far_fields_triton(
         return None
     codes = [PHI_CODES[n] for n in names]
     outs: list[torch.Tensor] = []
-    for i in range(0, len(codes), MAPS_PER_CALL):
-        group = tuple(codes[i : i + MAPS_PER_CALL])
+    for group in map_groups(codes, bool(causal)):
         outs.extend(
             _FarFields.apply(q, k, v, key_padding_mask, group, bool(causal), bool(normalize))
         )

@@ -18,7 +18,7 @@ import torch
 
 from ._common import supported
 from .blend import MAX_FIELDS, blend_backward, blend_forward
-from .far import MAPS_PER_CALL, PHI_CODES, far_backward, far_forward
+from .far import PHI_CODES, far_backward, far_forward, map_groups
 from .near import near_arguments, near_backward, near_forward
 
 
@@ -31,8 +31,7 @@ class _FMMAttention(torch.autograd.Function):
             near, saved = near_forward(q, k, v, mask, bandwidth, causal, dropout_p, seed)
             fields.append(near)
             parts.append(("near", saved, 1))
-        for i in range(0, len(phi_codes), MAPS_PER_CALL):
-            group = tuple(phi_codes[i : i + MAPS_PER_CALL])
+        for group in map_groups(phi_codes, causal):
             outs, saved = far_forward(q, k, v, mask, group, causal, normalize)
             fields.extend(outs)
             parts.append(("far", saved, len(outs)))
