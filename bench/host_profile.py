@@ -7,7 +7,8 @@ Short sequences are host-bound: the GPU waits for Python to launch the kernels. 
 with 40 arguments launched through ``JITFunction.__getitem__`` (Triton's usual path) and
 through the compiled kernel's own ``run`` (no argument binding); (2) the wall time per eager
 step of each variant, with the GPU synchronised once per ``--steps`` steps (host time when
-host-bound); (3) cProfile of the fmm steps: the functions that take the host time.
+host-bound), with autograd's backward on its device thread (the default) and on the calling
+thread; (3) cProfile of the fmm steps: the functions that take the host time.
 """
 
 from __future__ import annotations
@@ -146,8 +147,12 @@ def main(argv=None):
             us = _per_call_us(step, args.steps)
             lines.append(f"{name:10s} {'causal' if causal else 'bidir':7s} {us:8.1f}")
     # The backward runs on autograd's device thread, which cProfile does not see: run it on
-    # this thread for the profile.
+    # this thread for the profile. Its cost: the same steps on the calling thread.
     torch.autograd.set_multithreading_enabled(False)
+    lines.append("## the same, backward on the calling thread (set_multithreading_enabled(False))")
+    for (name, causal), step in steps.items():
+        us = _per_call_us(step, args.steps)
+        lines.append(f"{name:10s} {'causal' if causal else 'bidir':7s} {us:8.1f}")
     for name, causal in [(n, c) for n in ("band", "fmm_r2") for c in (False, True)]:
         if (name, causal) not in steps:
             continue
