@@ -39,6 +39,31 @@ from .near_field import _check_inputs, _fast_path, near_field
 _KINDS = ("softmax", "linear", "band", "fmm")
 
 
+def _resolve_fmm_op():
+    """The fused attention as custom ops (``cuda.fmm_op``) on machines with CUDA and triton,
+    else None. Resolved at import: ``torch.compile`` does not trace imports."""
+    if not torch.cuda.is_available():
+        return None
+    try:
+        from .cuda.fmm_op import fmm_attention_op
+    except ImportError:
+        return None
+    return fmm_attention_op
+
+
+# What FMMAttention runs under torch.compile (eager code runs the autograd.Function instead).
+_FMM_OP = _resolve_fmm_op()
+
+
+def _compiled_fast_path(backend: str, q: torch.Tensor):
+    """``_fast_path("fmm_attention_cuda", ...)`` for code that torch.compile traces."""
+    if backend == "reference" or not q.is_cuda:
+        return None
+    if _FMM_OP is None and backend == "cuda":
+        raise RuntimeError("backend='cuda' but the fused GPU kernels (triton) are unavailable")
+    return _FMM_OP
+
+
 def _acc(t: torch.Tensor) -> torch.Tensor:
     """Accumulation precision: at least float32 (bf16/fp16 sums need the range)."""
     return t.to(torch.promote_types(t.dtype, torch.float32))
@@ -139,7 +164,11 @@ class FMMAttention(nn.Module):
         cfg = self.config
         if not self.has_far:
             return None
-        fast = _fast_path("fmm_attention_cuda", cfg.backend, q)
+        if torch.compiler.is_compiling():
+            # The custom ops trace into the compiled graph; the Function would break it.
+            fast = _compiled_fast_path(cfg.backend, q)
+        else:
+            fast = _fast_path("fmm_attention_cuda", cfg.backend, q)
         if fast is None:
             return None
         _check_inputs(q, k, v, key_padding_mask)  # as near_field / far_fields would

@@ -306,6 +306,27 @@ def test_layer_cuda_backend_matches_reference_backend(kind, causal):
         assert rel < 5e-2, (name, rel.item())
 
 
+@pytest.mark.parametrize("causal", [False, True])
+def test_compiled_layer_runs_the_custom_op_in_one_graph(causal):
+    """torch.compile (inductor, fullgraph: a graph break fails) of the FMM layer equals the
+    eager layer, output and parameter gradients, bf16 autocast, padding, dropout off."""
+    torch.manual_seed(0)
+    cfg = AttentionConfig(kind="fmm", bandwidth=64, feature_maps=["elu", "elu_flip"])
+    layer = FMMAttention(256, 4, cfg, causal).cuda()
+    x = torch.randn(2, 1500, 256, device="cuda")
+    mask = _padding(2, 1500, "right")
+    torch._dynamo.reset()
+    compiled = torch.compile(layer, fullgraph=True)
+    grads = []
+    for fn in (compiled, layer):
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            y = fn(x, key_padding_mask=mask)
+        grads.append([y, *torch.autograd.grad(y.float().square().mean(), list(layer.parameters()))])
+    for a, b in zip(*grads, strict=True):
+        err = (a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-6)
+        assert err < 1e-2, err.item()
+
+
 # ---------------------------------------------------------------- blend
 
 

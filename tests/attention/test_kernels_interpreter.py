@@ -375,3 +375,100 @@ def test_map_groups_follow_the_plan(monkeypatch):
     monkeypatch.setattr(far, "PLAN", {**far.PLAN, "maps_per_call_bidir": 3})
     with pytest.raises(ValueError, match="maps per call"):
         far.map_groups((0, 1, 2), causal=False)
+
+
+def _op_cases():
+    # (bandwidth or None, maps, causal, normalize, masked)
+    return [
+        (5, ("elu", "elu_flip"), False, True, True),
+        (5, ("elu", "elu_flip"), True, True, True),
+        (None, ("elu",), True, False, False),
+        (7, ("tanh", "softplus", "relu"), False, False, True),
+    ]
+
+
+@pytest.mark.parametrize("bandwidth, maps, causal, normalize, masked", _op_cases())
+def test_fmm_custom_op_matches_the_function(bandwidth, maps, causal, normalize, masked):
+    """The custom ops (what torch.compile runs) against the autograd.Function (eager)."""
+    from fmmformer_pl.attention.cuda.fmm import fmm_attention_triton
+    from fmmformer_pl.attention.cuda.fmm_op import fmm_attention_op
+
+    q, k, v, mask = _inputs(1, 2, 150, 16, 16, seed=3)
+    mask = mask if masked else None
+    n_fields = len(maps) + (bandwidth is not None)
+    coeffs = torch.randn(n_fields, 2, 16)
+    kw = dict(causal=causal, normalize=normalize, key_padding_mask=mask)
+
+    def run(fn):
+        xs = [t.detach().clone().requires_grad_(True) for t in (q, k, v, coeffs)]
+        y = fn(*xs[:3], xs[3], bandwidth, maps, **kw)
+        g = torch.autograd.grad(y, xs, torch.ones_like(y))
+        return [y, *g]
+
+    for a, b in zip(run(fmm_attention_op), run(fmm_attention_triton), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+
+
+def test_fmm_custom_op_passes_opcheck():
+    """Schema, fake tensors (shapes and strides of every output), autograd registration and
+    AOT dispatch of the forward op, as torch.library checks them."""
+    from fmmformer_pl.attention.cuda import fmm_op  # noqa: F401 (registers the ops)
+
+    q, k, v, mask = _inputs(1, 2, 150, 16, 16, seed=4)
+    for causal in (False, True):
+        args = (
+            q.detach().requires_grad_(True), k.detach().requires_grad_(True),
+            v.detach().requires_grad_(True), torch.randn(3, 2, 16, requires_grad=True), mask,
+            5, 0.0, torch.zeros(1, dtype=torch.int64), causal, [0, 1], True,
+        )  # fmt: skip
+        torch.library.opcheck(torch.ops.fmmformer.fmm_attention_fwd.default, args)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_layer_compiles_in_one_graph_with_the_custom_op(causal, monkeypatch):
+    """torch.compile(fullgraph=True) of the layer: the fused path traces as the custom ops
+    (no graph break), with the output and gradients of the eager layer."""
+    from fmmformer_pl.attention import layer as layer_module
+    from fmmformer_pl.attention.cuda.fmm_op import fmm_attention_op
+
+    _interpreted_dispatch(monkeypatch)
+    monkeypatch.setattr(
+        layer_module,
+        "_compiled_fast_path",
+        lambda backend, q: None if backend == "reference" else fmm_attention_op,
+    )
+    fused, ref = _layer_pair("fmm", ["elu", "elu_flip"], causal)
+    x = torch.randn(2, 70, 32, generator=torch.Generator().manual_seed(5))
+    mask = torch.zeros(2, 70, dtype=torch.bool)
+    mask[1, 50:] = True
+    torch._dynamo.reset()
+    compiled = torch.compile(fused, backend="aot_eager", fullgraph=True)
+    y = compiled(x, mask)
+    y_ref = ref(x, mask)
+    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
+    g = torch.autograd.grad(y.sum(), list(fused.parameters()))
+    g_ref = torch.autograd.grad(y_ref.sum(), list(ref.parameters()))
+    for a, b in zip(g, g_ref, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_compiled_layer_draws_a_fresh_dropout_seed_per_call(monkeypatch):
+    """Under torch.compile the near field's dropout seed is drawn in the graph, not baked in
+    at trace time: calls differ from each other and match the eager layer's draws."""
+    from fmmformer_pl.attention import layer as layer_module
+    from fmmformer_pl.attention.cuda.fmm_op import fmm_attention_op
+
+    _interpreted_dispatch(monkeypatch)
+    monkeypatch.setattr(layer_module, "_compiled_fast_path", lambda b, q: fmm_attention_op)
+    fused, _ = _layer_pair("fmm", ["elu", "elu_flip"], False, dropout=0.3)
+    fused.train()
+    x = torch.randn(1, 90, 32, generator=torch.Generator().manual_seed(6))
+    torch._dynamo.reset()
+    compiled = torch.compile(fused, backend="aot_eager", fullgraph=True)
+    torch.manual_seed(11)
+    y1, y2 = compiled(x), compiled(x)
+    torch.manual_seed(11)
+    e1, e2 = fused(x), fused(x)
+    assert not torch.allclose(y1, y2)
+    torch.testing.assert_close(y1, e1, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(y2, e2, rtol=1e-5, atol=1e-5)

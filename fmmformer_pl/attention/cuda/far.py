@@ -852,9 +852,23 @@ class _Plan:
         )
 
 
+def far_saved(q, k, v, key_padding_mask, den, state, outs, phi_codes, causal, normalize, plan=None):
+    """What ``far_backward`` needs (tensors first, then the settings). ``far_forward`` returns
+    it; a caller that kept only the tensors (the custom op of ``fmm_op.py``) rebuilds it: the
+    plan is a function of the shapes, so the backward gets the forward's segments."""
+    mask, smb, smt = padding_as_uint8(key_padding_mask, q)
+    if plan is None:
+        plan = _Plan(q, v, causal, len(phi_codes), phi_codes)
+    has_mask = key_padding_mask is not None
+    return (
+        (q, k, v, mask, den, state, *outs),
+        (phi_codes, causal, normalize, smb, smt, has_mask, plan),
+    )
+
+
 def far_forward(q, k, v, key_padding_mask, phi_codes, causal, normalize):
     """The far fields of one or two feature maps: ``(outs, saved)``; ``saved`` is what
-    ``far_backward`` needs (tensors first, then the settings)."""
+    ``far_backward`` needs (``far_saved``)."""
     nm = len(phi_codes)
     plan = _Plan(q, v, causal, nm, phi_codes)
     mask, smb, smt = padding_as_uint8(key_padding_mask, q)
@@ -894,10 +908,10 @@ def far_forward(q, k, v, key_padding_mask, phi_codes, causal, normalize):
             *strides(q), *strides(outs[0]),
             NORMALIZE=normalize, **plan.constexprs, **LAUNCH["fwd_bidir"],
         )  # fmt: skip
-    return outs, (
-        (q, k, v, mask, den, state, *outs),
-        (phi_codes, causal, normalize, smb, smt, has_mask, plan),
-    )
+    saved = far_saved(
+        q, k, v, key_padding_mask, den, state, outs, phi_codes, causal, normalize, plan
+    )  # fmt: skip
+    return outs, saved
 
 
 def far_backward(saved, douts, grads=None):

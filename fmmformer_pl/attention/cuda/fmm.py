@@ -10,6 +10,9 @@ input), and two autograd nodes fewer. On our H200 host one launch or autograd no
 ~0.1 ms of Python, as much as a kernel over 64K tokens, so the glue was a third of a step.
 dq, dk, dv are allocated once: the near field's backward writes them, each far-field group's
 adds to them. Inputs are validated by the caller (``FMMAttention._fused``).
+
+``fmm_forward`` / ``fmm_backward`` are the two halves; the eager path wraps them in an
+``autograd.Function``, ``fmm_op.py`` in a ``torch.library`` custom op for ``torch.compile``.
 """
 
 from __future__ import annotations
@@ -22,20 +25,43 @@ from .far import PHI_CODES, far_backward, far_forward, map_groups
 from .near import near_arguments, near_backward, near_forward
 
 
+def fmm_forward(q, k, v, coeffs, mask, near_args, causal, phi_codes, normalize):
+    """``(y, fields, parts)``: the blended output, the fields (near first), and per field
+    group ``(kind, saved, n_fields)`` with ``saved`` what its backward needs."""
+    fields, parts = [], []
+    if near_args is not None:
+        bandwidth, dropout_p, seed = near_args
+        near, saved = near_forward(q, k, v, mask, bandwidth, causal, dropout_p, seed)
+        fields.append(near)
+        parts.append(("near", saved, 1))
+    for group in map_groups(phi_codes, causal):
+        outs, saved = far_forward(q, k, v, mask, group, causal, normalize)
+        fields.extend(outs)
+        parts.append(("far", saved, len(outs)))
+    return blend_forward(fields, coeffs), fields, parts
+
+
+def fmm_backward(dy, coeffs, fields, parts):
+    """``(dq, dk, dv, dcoeffs)`` for the output gradient dy (``fields``, ``parts`` from
+    ``fmm_forward``)."""
+    dfields, dc = blend_backward(fields, coeffs, dy)
+    grads = None
+    for kind, saved, n_fields in parts:
+        dout, dfields = dfields[:n_fields], dfields[n_fields:]
+        if kind == "near":
+            grads = near_backward(saved, dout[0], grads)
+        else:
+            grads = far_backward(saved, dout, grads)
+    dq, dk, dv = grads
+    return dq, dk, dv, dc
+
+
 class _FMMAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, coeffs, mask, near_args, causal, phi_codes, normalize):
-        fields, parts = [], []
-        if near_args is not None:
-            bandwidth, dropout_p, seed = near_args
-            near, saved = near_forward(q, k, v, mask, bandwidth, causal, dropout_p, seed)
-            fields.append(near)
-            parts.append(("near", saved, 1))
-        for group in map_groups(phi_codes, causal):
-            outs, saved = far_forward(q, k, v, mask, group, causal, normalize)
-            fields.extend(outs)
-            parts.append(("far", saved, len(outs)))
-        y = blend_forward(fields, coeffs)
+        y, fields, parts = fmm_forward(
+            q, k, v, coeffs, mask, near_args, causal, phi_codes, normalize
+        )
         # Tensors go through save_for_backward (autograd checks them for in-place changes);
         # each part keeps the count of its tensors and its settings.
         tensors, layout = [coeffs, *fields], []
@@ -51,17 +77,31 @@ class _FMMAttention(torch.autograd.Function):
     def backward(ctx, dy):
         coeffs, *rest = ctx.saved_tensors
         fields, rest = rest[: ctx.n_fields], rest[ctx.n_fields :]
-        dfields, dc = blend_backward(fields, coeffs, dy)
-        grads = None
+        parts = []
         for kind, n_tensors, settings, n_fields in ctx.layout:
             part, rest = rest[:n_tensors], rest[n_tensors:]
-            dout, dfields = dfields[:n_fields], dfields[n_fields:]
-            if kind == "near":
-                grads = near_backward((part, *settings), dout[0], grads)
-            else:
-                grads = far_backward((part, *settings), dout, grads)
-        dq, dk, dv = grads
+            parts.append((kind, (part, *settings), n_fields))
+        dq, dk, dv, dc = fmm_backward(dy, coeffs, fields, parts)
         return dq, dk, dv, dc, None, None, None, None, None
+
+
+def fmm_arguments(q, k, v, coeffs, bandwidth, feature_maps, dropout_p):
+    """``(phi_codes, clamped bandwidth or None)`` when the kernels cover this call, else None
+    (plain Python on shapes, dtypes and strides: ``torch.compile`` traces it)."""
+    names = list(feature_maps)
+    if not names or not all(isinstance(n, str) and n in PHI_CODES for n in names):
+        return None
+    if not supported(q, k, v) or q.shape[2] == 0 or v.shape[-1] != q.shape[-1]:
+        return None
+    n_fields = len(names) + (bandwidth is not None)
+    heads, dim = q.shape[1], q.shape[-1]
+    if n_fields > MAX_FIELDS or tuple(coeffs.shape) != (n_fields, heads, dim):
+        return None
+    if bandwidth is not None:
+        bandwidth = min(int(bandwidth), q.shape[2])
+        if dropout_p > 0.0 and q.shape[2] * 2 * bandwidth + 2 * bandwidth >= 2**31:
+            return None  # near_arguments: the dropout counter must fit in int32
+    return tuple(PHI_CODES[n] for n in names), bandwidth
 
 
 def fmm_attention_triton(
@@ -79,21 +119,13 @@ def fmm_attention_triton(
     """``coeffs[0] * near + sum_l coeffs[l] * far_l`` (no near field when bandwidth is None),
     or None for a case the kernels do not cover (the caller then runs the fields one by one).
     """
-    names = list(feature_maps)
-    if not names or not all(isinstance(n, str) and n in PHI_CODES for n in names):
+    args = fmm_arguments(q, k, v, coeffs, bandwidth, feature_maps, dropout_p)
+    if args is None:
         return None
-    if not supported(q, k, v) or q.shape[2] == 0 or v.shape[-1] != q.shape[-1]:
-        return None
-    n_fields = len(names) + (bandwidth is not None)
-    heads, dim = q.shape[1], q.shape[-1]
-    if n_fields > MAX_FIELDS or coeffs.shape != (n_fields, heads, dim):
-        return None
+    codes, bandwidth = args
     near_args = None
     if bandwidth is not None:
         near_args = near_arguments(q, bandwidth, dropout_p, None)
-        if near_args is None:
-            return None
-    codes = tuple(PHI_CODES[n] for n in names)
     return _FMMAttention.apply(
         q,
         k,

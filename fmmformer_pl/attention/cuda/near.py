@@ -479,32 +479,41 @@ LAUNCH = {
 }
 
 
-def near_forward(q, k, v, key_padding_mask, bandwidth, causal, dropout_p, seed):
-    """The near field's forward kernel: ``(out, saved)``; ``saved`` is what ``near_backward``
-    needs (the inputs, out, the log-sum-exp and the launch settings)."""
-    batch, heads, seq, dim = q.shape
-    dim_v = v.shape[-1]
-    bh = batch * heads
+def near_saved(q, k, v, key_padding_mask, out, lse, bandwidth, causal, dropout_p, seed):
+    """What ``near_backward`` needs: the inputs (the mask as uint8), out, the log-sum-exp and
+    the launch settings. ``near_forward`` returns it; a caller that kept only the tensors
+    (the custom op of ``fmm_op.py``) rebuilds it."""
     mask, smb, smt = padding_as_uint8(key_padding_mask, q)
-    sm_scale = 1.0 / math.sqrt(dim)
     cfg = dict(
         HAS_MASK=key_padding_mask is not None,
         CAUSAL=causal,
         DROPOUT=dropout_p > 0.0,
         BM=_BLOCK_M,
         BN=_BLOCK_N,
-        BD=block_dim(dim),
-        BDV=block_dim(dim_v),
+        BD=block_dim(q.shape[-1]),
+        BDV=block_dim(v.shape[-1]),
         PREC=fp32_precision(q.dtype),
     )
+    return (q, k, v, mask, out, lse), cfg, (bandwidth, smb, smt, dropout_p, seed)
+
+
+def near_forward(q, k, v, key_padding_mask, bandwidth, causal, dropout_p, seed):
+    """The near field's forward kernel: ``(out, saved)``; ``saved`` is what ``near_backward``
+    needs (``near_saved``)."""
+    batch, heads, seq, dim = q.shape
+    dim_v = v.shape[-1]
+    bh = batch * heads
     out = empty_like_layout(q, dim_v)
     lse = torch.empty(bh, seq, device=q.device, dtype=torch.float32)
+    saved = near_saved(q, k, v, key_padding_mask, out, lse, bandwidth, causal, dropout_p, seed)
+    (_, _, _, mask, _, _), cfg, (_, smb, smt, _, _) = saved
+    sm_scale = 1.0 / math.sqrt(dim)
     _band_fwd_kernel[(triton.cdiv(seq, _BLOCK_M), bh)](
         q, k, v, mask, out, lse, heads, seq, bandwidth, dim, dim_v, sm_scale * _LOG2E, seed,
         dropout_p, *strides(q), *strides(k), *strides(v), *strides(out), smb, smt,
         **cfg, **LAUNCH["fwd"],
     )  # fmt: skip
-    return out, ((q, k, v, mask, out, lse), cfg, (bandwidth, smb, smt, dropout_p, seed))
+    return out, saved
 
 
 def near_backward(saved, dout, grads=None):
