@@ -83,6 +83,17 @@ def test_fast_dev_run_fits_each_task_type(config, extra, data_root, in_tmp):
     assert metric in cli.trainer.callback_metrics
 
 
+def test_the_compile_option_reaches_the_model_from_the_command_line(data_root, in_tmp):
+    args = ["fit", "--config", str(LISTOPS), "--data.init_args.data_dir", str(data_root),
+            *SMALL_LRA, "--data.init_args.max_length", "64", "--data.init_args.batch_size", "4",
+            "--model.init_args.compile", '{"backend": "eager"}',
+            "--trainer.fast_dev_run", "true"]  # fmt: skip
+    cli = build_cli(args)
+    assert cli.model.compile_options == {"backend": "eager"}
+    assert cli.model.model._compiled_call_impl is not None
+    assert torch.isfinite(cli.trainer.callback_metrics["train/loss"])
+
+
 def scalar_tags(log_dir: Path) -> dict[str, list[float]]:
     events = EventAccumulator(str(log_dir))
     events.Reload()

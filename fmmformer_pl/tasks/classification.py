@@ -6,7 +6,7 @@ loss = cross_entropy(logits, label); accuracy = share of argmax(logits) == label
 from __future__ import annotations
 
 import copy
-from typing import Optional
+from typing import Any, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +29,7 @@ class ClassificationTask(TaskBase):
         vocab_size, num_classes, max_length: linked from the data module by the CLI.
         encoder: the encoder's hyper-parameters (attention kind, blend, sizes).
         optim: optimiser and learning-rate schedule.
+        compile: ``torch.compile`` the model (True, or its keyword arguments; see TaskBase).
     """
 
     def __init__(
@@ -38,8 +39,9 @@ class ClassificationTask(TaskBase):
         max_length: int,
         encoder: EncoderConfig = DEFAULT_ENCODER,
         optim: Optional[OptimConfig] = None,
+        compile: Union[bool, dict[str, Any]] = False,
     ) -> None:
-        super().__init__(optim)
+        super().__init__(optim, compile)
         self.check_sizes(vocab_size=vocab_size, num_classes=num_classes, max_length=max_length)
         self.encoder_config = copy.deepcopy(encoder)
         self.save_hyperparameters()

@@ -8,7 +8,7 @@ so each window scores only the tokens it sees with a full context; without it ev
 from __future__ import annotations
 
 import copy
-from typing import Optional
+from typing import Any, Optional, Union
 
 import torch
 
@@ -29,6 +29,7 @@ class LanguageModelTask(TaskBase):
             context, the data module's ``tgt_len``).
         decoder: the decoder's hyper-parameters.
         optim: optimiser and learning-rate schedule (the paper: Adam, cosine).
+        compile: ``torch.compile`` the model (True, or its keyword arguments; see TaskBase).
     """
 
     def __init__(
@@ -37,8 +38,9 @@ class LanguageModelTask(TaskBase):
         max_length: int,
         decoder: DecoderConfig = DEFAULT_DECODER,
         optim: Optional[OptimConfig] = None,
+        compile: Union[bool, dict[str, Any]] = False,
     ) -> None:
-        super().__init__(optim)
+        super().__init__(optim, compile)
         self.check_sizes(vocab_size=vocab_size, max_length=max_length)
         self.decoder_config = copy.deepcopy(decoder)
         self.save_hyperparameters()
