@@ -1,4 +1,4 @@
-"""Helpers shared by the Triton near-field and far-field kernels (imports triton).
+"""Helpers shared by the Triton near-field, far-field and blend host code (plain Python and torch).
 
 Shapes: q, k ``(batch, heads, seq, head_dim)``, v ``(batch, heads, seq, head_dim_v)``.
 """
@@ -6,7 +6,6 @@ Shapes: q, k ``(batch, heads, seq, head_dim)``, v ``(batch, heads, seq, head_dim
 from __future__ import annotations
 
 import torch
-import triton
 
 # Largest head_dim the kernels take: a (64 x 128) float32 tile per operand still fits the
 # registers of one program; wider heads go to the PyTorch reference.
@@ -17,9 +16,15 @@ MAX_BATCH_HEADS = 65535
 MAX_OFFSET = 2**31 - 1
 
 
+def cdiv(a: int, b: int) -> int:
+    """ceil(a / b) for the launch grids. Plain Python: ``triton.cdiv`` is a constexpr function
+    whose host-side call costs ~1.5 us, and a step computes a dozen of these."""
+    return -(-a // b)
+
+
 def block_dim(n: int) -> int:
     """Tile width for a head dimension: the next power of two, at least 16 (tl.dot's minimum)."""
-    return max(16, triton.next_power_of_2(n))
+    return max(16, 1 << (n - 1).bit_length())
 
 
 def fp32_precision(dtype: torch.dtype) -> str:
@@ -42,11 +47,13 @@ def supported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
         return False
     if q.shape[0] * q.shape[1] > MAX_BATCH_HEADS:
         return False
-    for t in (q, k, v):
-        # The largest offset a kernel forms within one (batch, head) slice.
-        if (t.shape[2] + 64) * abs(t.stride(2)) + t.shape[3] * abs(t.stride(3)) > MAX_OFFSET:
-            return False
-    return True
+    return all(offsets_fit(t) for t in (q, k, v))
+
+
+def offsets_fit(t: torch.Tensor) -> bool:
+    """Whether the largest offset a kernel forms within one (batch, head) slice of t fits in
+    32 bits."""
+    return (t.shape[2] + 64) * abs(t.stride(2)) + t.shape[3] * abs(t.stride(3)) <= MAX_OFFSET
 
 
 def empty_like_layout(q: torch.Tensor, dim_v: int) -> torch.Tensor:

@@ -20,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import block_dim
+from ._common import block_dim, cdiv
 
 # Most fields one call takes (the near field and three far fields).
 MAX_FIELDS = 4
@@ -137,7 +137,7 @@ def blend_forward(fields, coeffs):
     batch, heads, seq, dim = f0.shape
     ptrs = list(fields) + [f0] * (MAX_FIELDS - len(fields))  # unused slots: stand-ins
     y = torch.empty_like(f0)
-    grid = (triton.cdiv(seq, _BLOCK_T), batch * heads)
+    grid = (cdiv(seq, _BLOCK_T), batch * heads)
     _blend_fwd_kernel[grid](
         *ptrs, coeffs, y, heads, seq, dim, *_strides(f0), *_strides(y),
         NF=len(fields), BT=_BLOCK_T, BD=block_dim(dim), **LAUNCH["fwd"],
@@ -154,9 +154,9 @@ def blend_backward(fields, coeffs, dy):
     grads = [torch.empty_like(f) for f in fields]
     dc = torch.zeros_like(coeffs)
     pad = [f0] * (MAX_FIELDS - len(fields))
-    tiles = triton.cdiv(seq, _BLOCK_T)
+    tiles = cdiv(seq, _BLOCK_T)
     per_program = min(_BWD_TILES, tiles)
-    grid = (triton.cdiv(tiles, per_program), batch * heads)
+    grid = (cdiv(tiles, per_program), batch * heads)
     _blend_bwd_kernel[grid](
         *fields, *pad, *grads, *pad, coeffs, dy, dc, heads, seq, dim, per_program,
         *_strides(f0), *_strides(dy), NF=len(fields), BT=_BLOCK_T, BD=block_dim(dim),

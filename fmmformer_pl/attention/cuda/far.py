@@ -58,8 +58,10 @@ import triton.language as tl
 
 from ._common import (
     block_dim,
+    cdiv,
     empty_like_layout,
     fp32_precision,
+    offsets_fit,
     padding_as_uint8,
     strides,
     supported,
@@ -789,18 +791,24 @@ def map_groups(codes: Sequence[int], causal: bool) -> list[tuple[int, ...]]:
     return [tuple(codes[i : i + n]) for i in range(0, len(codes), n)]
 
 
+_SM_COUNTS: dict[int, int] = {}
+
+
 def _sm_count(device: torch.device) -> int:
-    if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).multi_processor_count
-    return 8  # the Triton interpreter on the CPU (tests of the kernels' logic)
+    if device.type != "cuda":
+        return 8  # the Triton interpreter on the CPU (tests of the kernels' logic)
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _SM_COUNTS:
+        _SM_COUNTS[index] = torch.cuda.get_device_properties(index).multi_processor_count
+    return _SM_COUNTS[index]
 
 
 def _segments(batch_heads: int, n_chunks: int, device: torch.device) -> tuple[int, int]:
     """(chunks per segment, segments per (batch, head)) for the state passes."""
     target = PLAN["programs_per_sm"] * _sm_count(device)
-    per_bh = max(1, min(n_chunks, triton.cdiv(target, batch_heads)))
-    cps = max(triton.cdiv(n_chunks, per_bh), min(PLAN["min_segment_chunks"], n_chunks))
-    return cps, triton.cdiv(n_chunks, cps)
+    per_bh = max(1, min(n_chunks, cdiv(target, batch_heads)))
+    cps = max(cdiv(n_chunks, per_bh), min(PLAN["min_segment_chunks"], n_chunks))
+    return cps, cdiv(n_chunks, cps)
 
 
 def _dot_dtype(dtype: torch.dtype):
@@ -817,14 +825,14 @@ class _Plan:
         self.bd, self.bdv = block_dim(dim), block_dim(self.dim_v)
         self.slot = self.bd * self.bdv + self.bd  # float32 per state: S (bd x bdv), then z
         self.bt = PLAN["chunk_causal"] if causal else PLAN["chunk_bidir"]
-        n_chunks = triton.cdiv(seq, self.bt)
+        n_chunks = cdiv(seq, self.bt)
         if causal and n_chunks <= PLAN["single_segment_chunks"]:
             self.cps, self.n_seg = n_chunks, 1
         else:
             self.cps, self.n_seg = _segments(self.bh, n_chunks, q.device)
         # Bidirectional main kernels: a few chunks per program, no carried state.
         self.main_cps = PLAN["main_chunks_bidir"]
-        self.n_main = triton.cdiv(n_chunks, self.main_cps)
+        self.n_main = cdiv(n_chunks, self.main_cps)
         self.state_bt = min(PLAN["state_chunk"], self.bt)
         if self.bt % self.state_bt:
             raise ValueError(f"PLAN: state_chunk {self.state_bt} must divide chunk {self.bt}")
@@ -923,7 +931,7 @@ def far_backward(saved, douts, grads=None):
     nm = len(phi_codes)
     douts = [torch.zeros_like(o) if g is None else g for g, o in zip(douts, outs, strict=True)]
     # The kernels take one layout for all douts, with 32-bit offsets inside a (batch, head).
-    if any(g.stride() != douts[0].stride() for g in douts) or not supported(q, k, douts[0]):
+    if any(g.stride() != douts[0].stride() for g in douts) or not offsets_fit(douts[0]):
         douts = [g.contiguous() for g in douts]
     do1, o1 = douts[-1], outs[-1]
     sizes = (plan.heads, plan.seq, plan.dim, plan.dim_v)

@@ -31,8 +31,10 @@ import triton.language as tl
 
 from ._common import (
     block_dim,
+    cdiv,
     empty_like_layout,
     fp32_precision,
+    offsets_fit,
     padding_as_uint8,
     strides,
     supported,
@@ -508,7 +510,7 @@ def near_forward(q, k, v, key_padding_mask, bandwidth, causal, dropout_p, seed):
     saved = near_saved(q, k, v, key_padding_mask, out, lse, bandwidth, causal, dropout_p, seed)
     (_, _, _, mask, _, _), cfg, (_, smb, smt, _, _) = saved
     sm_scale = 1.0 / math.sqrt(dim)
-    _band_fwd_kernel[(triton.cdiv(seq, _BLOCK_M), bh)](
+    _band_fwd_kernel[(cdiv(seq, _BLOCK_M), bh)](
         q, k, v, mask, out, lse, heads, seq, bandwidth, dim, dim_v, sm_scale * _LOG2E, seed,
         dropout_p, *strides(q), *strides(k), *strides(v), *strides(out), smb, smt,
         **cfg, **LAUNCH["fwd"],
@@ -529,15 +531,15 @@ def near_backward(saved, dout, grads=None):
         grads = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     dq, dk, dv = grads
     delta = torch.empty_like(lse)
-    if not supported(q, k, dout):  # 32-bit offsets inside a (batch, head)
+    if not offsets_fit(dout):  # 32-bit offsets inside a (batch, head)
         dout = dout.contiguous()
-    _band_dq_kernel[(triton.cdiv(seq, cfg["BM"]), bh)](
+    _band_dq_kernel[(cdiv(seq, cfg["BM"]), bh)](
         q, k, v, mask, out, dout, lse, delta, dq, heads, seq, bandwidth, dim, dim_v,
         sm_scale * _LOG2E, sm_scale, seed, dropout_p,
         *strides(q), *strides(k), *strides(v), *strides(out), *strides(dout), *strides(dq),
         smb, smt, **cfg, ACCUMULATE=accumulate, **LAUNCH["dq"],
     )  # fmt: skip
-    _band_dkv_kernel[(triton.cdiv(seq, cfg["BN"]), bh)](
+    _band_dkv_kernel[(cdiv(seq, cfg["BN"]), bh)](
         q, k, v, mask, dout, lse, delta, dk, dv, heads, seq, bandwidth, dim, dim_v,
         sm_scale * _LOG2E, sm_scale, seed, dropout_p,
         *strides(q), *strides(k), *strides(v), *strides(dout), *strides(dk), *strides(dv),
@@ -607,7 +609,7 @@ def dropout_keep_matrix(
     index 0; index n uses ``seed + n``). For tests only: it is quadratic."""
     bandwidth = min(int(bandwidth), seq)
     out = torch.empty(seq, seq, device=device, dtype=torch.float32)
-    grid = (triton.cdiv(seq, _BLOCK_M), triton.cdiv(seq, _BLOCK_N))
+    grid = (cdiv(seq, _BLOCK_M), cdiv(seq, _BLOCK_N))
     _dropout_keep_kernel[grid](
         out, seed, seq, bandwidth, float(dropout_p), BM=_BLOCK_M, BN=_BLOCK_N
     )
