@@ -53,3 +53,14 @@ def test_far_tune_settings_cover_every_knob_once():
     n_values += 2 * sum(len(v) for v in far_tune.NEAR_KNOBS.values())
     n_values += sum(len(v) for v in far_tune.BLEND_KNOBS.values())
     assert len(todo) == len(defaults) + n_values
+
+
+def test_host_python_cpu_runs_without_a_gpu(tmp_path):
+    """bench/host_python_cpu.py stubs the kernels out and times our host code on the CPU."""
+    pytest.importorskip("triton", reason="needs triton (extra kernels-cpu)")
+    run = subprocess.run(
+        [sys.executable, str(BENCH / "host_python_cpu.py"), "--steps", "3", "--top", "3"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "us of host per step" in run.stdout
