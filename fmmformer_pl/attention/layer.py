@@ -46,7 +46,7 @@ def _resolve_fmm_op():
         return None
     try:
         from .cuda.fmm_op import fmm_attention_op
-    except ImportError:
+    except Exception:  # noqa: BLE001 - a broken triton install must not break the layer
         return None
     return fmm_attention_op
 
@@ -56,8 +56,15 @@ _FMM_OP = _resolve_fmm_op()
 
 
 def _compiled_fast_path(backend: str, q: torch.Tensor):
-    """``_fast_path("fmm_attention_cuda", ...)`` for code that torch.compile traces."""
-    if backend == "reference" or not q.is_cuda:
+    """``_fast_path("fmm_attention_cuda", ...)`` for code that torch.compile traces (same
+    checks and errors, no import)."""
+    if backend not in ("auto", "reference", "cuda"):
+        raise ValueError(f"backend must be 'auto', 'reference' or 'cuda', got {backend!r}")
+    if backend == "reference":
+        return None
+    if not q.is_cuda:
+        if backend == "cuda":
+            raise RuntimeError(f"backend='cuda' needs CUDA tensors, got device {q.device}")
         return None
     if _FMM_OP is None and backend == "cuda":
         raise RuntimeError("backend='cuda' but the fused GPU kernels (triton) are unavailable")

@@ -22,10 +22,12 @@ TOKEN_KEYS = ("input_ids", "input_ids_1", "input_ids_2")
 class TaskBase(LightningModule):
     """A LightningModule with ``self.optim`` (an :class:`OptimConfig`) and ``self.model``.
 
-    ``compile``: run ``self.model`` through ``torch.compile`` (True, or a dict of its keyword
-    arguments, e.g. ``{"mode": "max-autotune"}``). On CUDA the FMM attention then traces as
-    custom ops, so the whole model compiles as one graph around it. The module is compiled in
-    place (``nn.Module.compile``): checkpoints stay interchangeable with uncompiled runs.
+    ``compile``: compile ``self.model``'s forward with ``torch.compile`` at the start of each
+    fit / validate / test / predict (True, or a dict of its keyword arguments, e.g.
+    ``{"mode": "max-autotune"}``). On CUDA the FMM attention then traces as custom ops, so the
+    model compiles as one graph around it. In place (``nn.Module.compile``): checkpoints stay
+    interchangeable with uncompiled runs. Only ``forward`` is compiled (the language model's
+    adaptive-softmax loss in ``nll`` stays eager).
     """
 
     def __init__(
@@ -40,12 +42,12 @@ class TaskBase(LightningModule):
         self.compile_options = (
             None if compile is False else {} if compile is True else dict(compile)
         )
-        self._compiled = False
 
-    def configure_model(self) -> None:
-        if self.compile_options is not None and not self._compiled:
+    def setup(self, stage: str) -> None:
+        # (not configure_model: overriding that would run under DeepSpeed's zero.Init and
+        # make weight-averaging callbacks warn, also for compile=False)
+        if self.compile_options is not None and self.model._compiled_call_impl is None:
             self.model.compile(**self.compile_options)
-            self._compiled = True
 
     def configure_optimizers(self) -> dict[str, Any]:
         optimizer = build_optimizer(parameter_groups(self, self.optim.weight_decay), self.optim)

@@ -387,20 +387,33 @@ def _op_cases():
     ]
 
 
+# Many segments (the states' cumsum and their rebuild in the backward op) or one.
+_MANY_SEGMENTS = dict(single_segment_chunks=0, min_segment_chunks=1, main_chunks_bidir=2)
+
+
+@pytest.mark.parametrize("segments", ["one", "many"])
+@pytest.mark.parametrize("dropout_p", [0.0, 0.3])
 @pytest.mark.parametrize("bandwidth, maps, causal, normalize, masked", _op_cases())
-def test_fmm_custom_op_matches_the_function(bandwidth, maps, causal, normalize, masked):
-    """The custom ops (what torch.compile runs) against the autograd.Function (eager)."""
+def test_fmm_custom_op_matches_the_function(
+    bandwidth, maps, causal, normalize, masked, dropout_p, segments, monkeypatch
+):
+    """The custom ops (what torch.compile runs) against the autograd.Function (eager), with
+    the same dropout draws."""
+    from fmmformer_pl.attention.cuda import far
     from fmmformer_pl.attention.cuda.fmm import fmm_attention_triton
     from fmmformer_pl.attention.cuda.fmm_op import fmm_attention_op
 
-    q, k, v, mask = _inputs(1, 2, 150, 16, 16, seed=3)
+    if segments == "many":
+        monkeypatch.setattr(far, "PLAN", {**far.PLAN, **_MANY_SEGMENTS})
+    q, k, v, mask = _inputs(1, 2, 300, 16, 16, seed=3)
     mask = mask if masked else None
     n_fields = len(maps) + (bandwidth is not None)
     coeffs = torch.randn(n_fields, 2, 16)
-    kw = dict(causal=causal, normalize=normalize, key_padding_mask=mask)
+    kw = dict(causal=causal, normalize=normalize, key_padding_mask=mask, dropout_p=dropout_p)
 
     def run(fn):
         xs = [t.detach().clone().requires_grad_(True) for t in (q, k, v, coeffs)]
+        torch.manual_seed(5)
         y = fn(*xs[:3], xs[3], bandwidth, maps, **kw)
         g = torch.autograd.grad(y, xs, torch.ones_like(y))
         return [y, *g]
@@ -409,19 +422,58 @@ def test_fmm_custom_op_matches_the_function(bandwidth, maps, causal, normalize, 
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
 
 
-def test_fmm_custom_op_passes_opcheck():
-    """Schema, fake tensors (shapes and strides of every output), autograd registration and
-    AOT dispatch of the forward op, as torch.library checks them."""
-    from fmmformer_pl.attention.cuda import fmm_op  # noqa: F401 (registers the ops)
+@pytest.mark.parametrize("segments", ["one", "many"])
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("normalize, dropout_p", [(True, 0.0), (False, 0.2)])
+def test_fmm_custom_op_passes_opcheck(causal, normalize, dropout_p, segments, monkeypatch):
+    """Schema, fake tensors (shapes and strides of every output, also the segment states of
+    a many-segment plan), autograd registration and AOT dispatch of the forward op, as
+    torch.library checks them."""
+    from fmmformer_pl.attention.cuda import far, fmm_op  # noqa: F401 (fmm_op registers)
 
-    q, k, v, mask = _inputs(1, 2, 150, 16, 16, seed=4)
-    for causal in (False, True):
-        args = (
-            q.detach().requires_grad_(True), k.detach().requires_grad_(True),
-            v.detach().requires_grad_(True), torch.randn(3, 2, 16, requires_grad=True), mask,
-            5, 0.0, torch.zeros(1, dtype=torch.int64), causal, [0, 1], True,
-        )  # fmt: skip
-        torch.library.opcheck(torch.ops.fmmformer.fmm_attention_fwd.default, args)
+    if segments == "many":
+        monkeypatch.setattr(far, "PLAN", {**far.PLAN, **_MANY_SEGMENTS})
+    q, k, v, mask = _inputs(1, 2, 300, 16, 16, seed=4)
+    seed = torch.tensor([123]) if dropout_p > 0 else None
+    args = (
+        q.detach().requires_grad_(True), k.detach().requires_grad_(True),
+        v.detach().requires_grad_(True), torch.randn(3, 2, 16, requires_grad=True), mask,
+        5, dropout_p, seed, causal, [0, 1], normalize,
+    )  # fmt: skip
+    torch.library.opcheck(torch.ops.fmmformer.fmm_attention_fwd.default, args)
+
+
+def test_compiled_op_does_not_recompile_per_sequence_length():
+    """dynamic=True: two lengths with the same segment plan trace once (a guard on the length,
+    e.g. from math.sqrt in the fake, would compile a graph per length)."""
+    from torch._dynamo.testing import CompileCounter
+
+    from fmmformer_pl.attention.cuda.fmm_op import fmm_attention_op
+
+    counter = CompileCounter()
+    coeffs = torch.randn(3, 2, 16)
+
+    def attend(q, k, v):
+        return fmm_attention_op(q, k, v, coeffs, 5, ["elu", "elu_flip"], normalize=False)
+
+    torch._dynamo.reset()
+    compiled = torch.compile(attend, backend=counter, dynamic=True, fullgraph=True)
+    for seq in (70, 90):  # two chunks of 64 each: one plan
+        q, k, v, _ = _inputs(1, 2, seq, 16, 16, seed=seq)
+        torch.testing.assert_close(compiled(q, k, v), attend(q, k, v))
+    assert counter.frame_count == 1
+
+
+def test_compiled_dispatch_checks_like_the_eager_one(monkeypatch):
+    from fmmformer_pl.attention import layer as layer_module
+
+    q = torch.zeros(1, 1, 4, 8)
+    assert layer_module._compiled_fast_path("auto", q) is None
+    assert layer_module._compiled_fast_path("reference", q) is None
+    with pytest.raises(RuntimeError, match="needs CUDA tensors"):
+        layer_module._compiled_fast_path("cuda", q)
+    with pytest.raises(ValueError, match="backend must be"):
+        layer_module._compiled_fast_path("gpu", q)
 
 
 @pytest.mark.parametrize("causal", [False, True])
@@ -465,10 +517,15 @@ def test_compiled_layer_draws_a_fresh_dropout_seed_per_call(monkeypatch):
     x = torch.randn(1, 90, 32, generator=torch.Generator().manual_seed(6))
     torch._dynamo.reset()
     compiled = torch.compile(fused, backend="aot_eager", fullgraph=True)
+    params = list(fused.parameters())
     torch.manual_seed(11)
     y1, y2 = compiled(x), compiled(x)
+    g1 = torch.autograd.grad(y1.square().sum(), params)
     torch.manual_seed(11)
     e1, e2 = fused(x), fused(x)
+    h1 = torch.autograd.grad(e1.square().sum(), params)
     assert not torch.allclose(y1, y2)
     torch.testing.assert_close(y1, e1, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(y2, e2, rtol=1e-5, atol=1e-5)
+    for a, b in zip(g1, h1, strict=True):  # the backward replays the forward's dropout
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)

@@ -176,3 +176,16 @@ def test_compile_option_compiles_the_model_in_place_and_checkpoints_stay_plain(t
 def test_compile_option_rejects_other_types():
     with pytest.raises(TypeError, match="compile must be a bool or a dict"):
         ClassificationTask(12, 3, 9, TINY_ENCODER, compile="yes")
+
+
+def test_a_copied_compiled_task_compiles_again_at_setup():
+    """Copying a module drops its compiled forward: setup looks at the model, not a flag."""
+    import copy
+
+    task = ClassificationTask(12, 3, 9, TINY_ENCODER, compile={"backend": "eager"})
+    task.setup("fit")
+    assert task.model._compiled_call_impl is not None
+    clone = copy.deepcopy(task)
+    assert clone.model._compiled_call_impl is None
+    clone.setup("fit")
+    assert clone.model._compiled_call_impl is not None

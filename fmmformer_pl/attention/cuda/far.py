@@ -837,7 +837,6 @@ class _Plan:
         if self.bt % self.state_bt:
             raise ValueError(f"PLAN: state_chunk {self.state_bt} must divide chunk {self.bt}")
         self.state_cps = self.cps * (self.bt // self.state_bt)
-        self.scale = 1.0 / math.sqrt(seq)
         self.constexprs = dict(
             NM=n_maps,
             PHI0=phi_codes[0],
@@ -849,6 +848,13 @@ class _Plan:
             DOT_DTYPE=_dot_dtype(q.dtype),
             SLOT=self.slot,
         )
+
+    @property
+    def scale(self) -> float:
+        """1 / sqrt(seq) of normalize=False. A property: the custom op's fake implementation
+        builds a plan from a symbolic length, and math.sqrt there would pin the length (a
+        recompile per sequence length under torch.compile)."""
+        return 1.0 / math.sqrt(self.seq)
 
     @property
     def state_constexprs(self):

@@ -15,7 +15,8 @@ None or as a stand-in (no state for a one-segment causal pass, no denominators w
 normalize=False) is an empty tensor here. ``extras``: the near field's log-sum-exp, then per
 far-field group its denominators and its states (``far.py``). ``bandwidth`` < 0: no near field.
 The dropout seed is a CPU int64 tensor drawn in the traced code, so every step of a compiled
-model draws a new one.
+model draws a new one (None without dropout; with dropout the CPU input keeps inductor from
+CUDA-graphing the step).
 """
 
 from __future__ import annotations
@@ -30,8 +31,8 @@ from .near import near_saved
 _NO_NEAR = -1
 
 
-def _seed_value(seed: torch.Tensor, dropout_p: float) -> int:
-    return int(seed.item()) if dropout_p > 0.0 else 0
+def _seed_value(seed: torch.Tensor | None, dropout_p: float) -> int:
+    return int(seed.item()) if seed is not None and dropout_p > 0.0 else 0
 
 
 def _extras(parts, q):
@@ -74,7 +75,7 @@ def fmm_attention_fwd(
     mask: torch.Tensor | None,
     bandwidth: int,
     dropout_p: float,
-    seed: torch.Tensor,
+    seed: torch.Tensor | None,
     causal: bool,
     phi_codes: list[int],
     normalize: bool,
@@ -121,7 +122,7 @@ def fmm_attention_bwd(
     n_fields: int,
     bandwidth: int,
     dropout_p: float,
-    seed: torch.Tensor,
+    seed: torch.Tensor | None,
     causal: bool,
     phi_codes: list[int],
     normalize: bool,
@@ -181,8 +182,9 @@ def fmm_attention_op(
     if args is None:
         return None
     codes, bandwidth = args
-    # A fresh seed per call from torch's CPU generator (as the eager path draws it).
-    seed = torch.randint(0, 2**30, (1,)) if dropout_p > 0.0 else torch.zeros(1, dtype=torch.int64)
+    # A fresh seed per call from torch's CPU generator (as the eager path draws it). Without
+    # dropout there is none: a CPU tensor input would keep inductor from CUDA-graphing the step.
+    seed = torch.randint(0, 2**30, (1,)) if dropout_p > 0.0 else None
     out = fmm_attention_fwd(
         q, k, v, coeffs.float().contiguous(), key_padding_mask,
         _NO_NEAR if bandwidth is None else bandwidth, float(dropout_p), seed, bool(causal),
