@@ -34,7 +34,7 @@ from .blend import Blend
 from .config import AttentionConfig
 from .far_field import far_fields
 from .feature_maps import get_feature_map
-from .near_field import _check_inputs, _fast_path, near_field
+from .near_field import _check_inputs, _fast_path, _wants_fast_path, near_field
 
 _KINDS = ("softmax", "linear", "band", "fmm")
 
@@ -58,13 +58,7 @@ _FMM_OP = _resolve_fmm_op()
 def _compiled_fast_path(backend: str, q: torch.Tensor):
     """``_fast_path("fmm_attention_cuda", ...)`` for code that torch.compile traces (same
     checks and errors, no import)."""
-    if backend not in ("auto", "reference", "cuda"):
-        raise ValueError(f"backend must be 'auto', 'reference' or 'cuda', got {backend!r}")
-    if backend == "reference":
-        return None
-    if not q.is_cuda:
-        if backend == "cuda":
-            raise RuntimeError(f"backend='cuda' needs CUDA tensors, got device {q.device}")
+    if not _wants_fast_path(backend, q):
         return None
     if _FMM_OP is None and backend == "cuda":
         raise RuntimeError("backend='cuda' but the fused GPU kernels (triton) are unavailable")

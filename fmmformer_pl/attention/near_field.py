@@ -165,19 +165,27 @@ def _check_inputs(q, k, v, key_padding_mask) -> None:
             )
 
 
+def _wants_fast_path(backend: str, q: torch.Tensor) -> bool:
+    """Whether ``backend`` asks for the GPU path for q (raises for a bad backend, or for
+    ``backend="cuda"`` with CPU tensors). Plain checks: torch.compile traces them."""
+    if backend not in ("auto", "reference", "cuda"):
+        raise ValueError(f"backend must be 'auto', 'reference' or 'cuda', got {backend!r}")
+    if backend == "reference":
+        return False
+    if not q.is_cuda:
+        if backend == "cuda":
+            raise RuntimeError(f"backend='cuda' needs CUDA tensors, got device {q.device}")
+        return False
+    return True
+
+
 def _fast_path(name: str, backend: str, q: torch.Tensor) -> Callable | None:
     """The fused GPU function ``fmmformer_pl.attention.cuda.<name>`` if it should be tried.
 
     Returns None when the PyTorch reference path is to be used. The cuda package is optional
     (it may not exist, or its imports may fail on machines without triton).
     """
-    if backend not in ("auto", "reference", "cuda"):
-        raise ValueError(f"backend must be 'auto', 'reference' or 'cuda', got {backend!r}")
-    if backend == "reference":
-        return None
-    if not q.is_cuda:
-        if backend == "cuda":
-            raise RuntimeError(f"backend='cuda' needs CUDA tensors, got device {q.device}")
+    if not _wants_fast_path(backend, q):
         return None
     try:
         return getattr(importlib.import_module("fmmformer_pl.attention.cuda"), name)
