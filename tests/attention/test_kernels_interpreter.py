@@ -405,7 +405,7 @@ def test_fmm_custom_op_matches_the_function(
 
     if segments == "many":
         monkeypatch.setattr(far, "PLAN", {**far.PLAN, **_MANY_SEGMENTS})
-    q, k, v, mask = _inputs(1, 2, 300, 16, 16, seed=3)
+    q, k, v, mask = _inputs(1, 2, 150, 16, 16, seed=3)  # 3 chunks: 3 segments when "many"
     mask = mask if masked else None
     n_fields = len(maps) + (bandwidth is not None)
     coeffs = torch.randn(n_fields, 2, 16)
@@ -433,7 +433,7 @@ def test_fmm_custom_op_passes_opcheck(causal, normalize, dropout_p, segments, mo
 
     if segments == "many":
         monkeypatch.setattr(far, "PLAN", {**far.PLAN, **_MANY_SEGMENTS})
-    q, k, v, mask = _inputs(1, 2, 300, 16, 16, seed=4)
+    q, k, v, mask = _inputs(1, 2, 150, 16, 16, seed=4)  # 3 chunks: 3 segments when "many"
     seed = torch.tensor([123]) if dropout_p > 0 else None
     args = (
         q.detach().requires_grad_(True), k.detach().requires_grad_(True),
