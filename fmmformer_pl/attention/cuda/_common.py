@@ -50,10 +50,10 @@ def supported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
     return all(offsets_fit(t) for t in (q, k, v))
 
 
-def offsets_fit(t: torch.Tensor) -> bool:
-    """Whether the largest offset a kernel forms within one (batch, head) slice of t fits in
-    32 bits."""
-    return (t.shape[2] + 64) * abs(t.stride(2)) + t.shape[3] * abs(t.stride(3)) <= MAX_OFFSET
+def offsets_fit(t: torch.Tensor, block: int = 64) -> bool:
+    """Whether the largest offset a kernel forms within one (batch, head) slice of t (tiles of
+    ``block`` positions may run past the end) fits in 32 bits."""
+    return (t.shape[2] + block) * abs(t.stride(2)) + t.shape[3] * abs(t.stride(3)) <= MAX_OFFSET
 
 
 def empty_like_layout(q: torch.Tensor, dim_v: int) -> torch.Tensor:

@@ -20,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import block_dim, cdiv
+from ._common import block_dim, cdiv, offsets_fit
 
 # Most fields one call takes (the near field and three far fields).
 MAX_FIELDS = 4
@@ -126,11 +126,6 @@ def _strides(t: torch.Tensor):
     return tuple(t.stride())
 
 
-def _offsets_fit(t: torch.Tensor) -> bool:
-    """The kernels form t * stride_t + d * stride_d in 32 bits within one (batch, head)."""
-    return (t.shape[2] + _BLOCK_T) * abs(t.stride(2)) + t.shape[3] * abs(t.stride(3)) < 2**31
-
-
 def blend_forward(fields, coeffs):
     """y = sum_f coeffs[f] * fields[f] (fields of one shape and layout, coeffs float32)."""
     f0 = fields[0]
@@ -149,7 +144,7 @@ def blend_backward(fields, coeffs, dy):
     """(the fields' gradients, dcoeffs) of ``blend_forward`` for the output gradient dy."""
     f0 = fields[0]
     batch, heads, seq, dim = f0.shape
-    if not _offsets_fit(dy):
+    if not offsets_fit(dy, _BLOCK_T):
         dy = dy.contiguous()
     grads = [torch.empty_like(f) for f in fields]
     dc = torch.zeros_like(coeffs)
@@ -190,7 +185,7 @@ def blend_triton(fields: list[torch.Tensor], coeffs: torch.Tensor) -> torch.Tens
         return None
     # The gradients are allocated like the fields (empty_like) and written with the fields'
     # strides: that holds for dense fields only (a sliced view's empty_like is contiguous).
-    if torch.empty_like(f0).stride() != f0.stride() or not _offsets_fit(f0):
+    if torch.empty_like(f0).stride() != f0.stride() or not offsets_fit(f0, _BLOCK_T):
         return None
     batch, heads, seq, dim = f0.shape
     if coeffs.shape != (len(fields), heads, dim) or dim > 256 or seq == 0:

@@ -866,27 +866,29 @@ class _Plan:
         )
 
 
-def far_saved(q, k, v, key_padding_mask, den, state, outs, phi_codes, causal, normalize, plan=None):
-    """What ``far_backward`` needs (tensors first, then the settings). ``far_forward`` returns
-    it; a caller that kept only the tensors (the custom op of ``fmm_op.py``) rebuilds it: the
-    plan is a function of the shapes, so the backward gets the forward's segments."""
+def _far_settings(q, v, key_padding_mask, phi_codes, causal, normalize):
+    """(the mask as uint8, the settings ``far_backward`` takes): the plan is a function of the
+    shapes, so a backward that rebuilds them gets the forward's segments."""
     mask, smb, smt = padding_as_uint8(key_padding_mask, q)
-    if plan is None:
-        plan = _Plan(q, v, causal, len(phi_codes), phi_codes)
+    plan = _Plan(q, v, causal, len(phi_codes), phi_codes)
     has_mask = key_padding_mask is not None
-    return (
-        (q, k, v, mask, den, state, *outs),
-        (phi_codes, causal, normalize, smb, smt, has_mask, plan),
-    )
+    return mask, (phi_codes, causal, normalize, smb, smt, has_mask, plan)
+
+
+def far_saved(q, k, v, key_padding_mask, den, state, outs, phi_codes, causal, normalize):
+    """What ``far_backward`` needs (tensors first, then the settings), as ``far_forward``
+    returns it, rebuilt by a caller that kept only the tensors (the custom op of
+    ``fmm_op.py``)."""
+    mask, settings = _far_settings(q, v, key_padding_mask, phi_codes, causal, normalize)
+    return (q, k, v, mask, den, state, *outs), settings
 
 
 def far_forward(q, k, v, key_padding_mask, phi_codes, causal, normalize):
     """The far fields of one or two feature maps: ``(outs, saved)``; ``saved`` is what
-    ``far_backward`` needs (``far_saved``)."""
+    ``far_backward`` needs (tensors first, then the settings)."""
     nm = len(phi_codes)
-    plan = _Plan(q, v, causal, nm, phi_codes)
-    mask, smb, smt = padding_as_uint8(key_padding_mask, q)
-    has_mask = key_padding_mask is not None
+    mask, settings = _far_settings(q, v, key_padding_mask, phi_codes, causal, normalize)
+    *_, smb, smt, has_mask, plan = settings
     outs = [empty_like_layout(q, plan.dim_v) for _ in range(nm)]
     o1 = outs[-1]
     # float32 denominators (map, bh, seq); normalize=False needs none (out: a stand-in).
@@ -922,10 +924,7 @@ def far_forward(q, k, v, key_padding_mask, phi_codes, causal, normalize):
             *strides(q), *strides(outs[0]),
             NORMALIZE=normalize, **plan.constexprs, **LAUNCH["fwd_bidir"],
         )  # fmt: skip
-    saved = far_saved(
-        q, k, v, key_padding_mask, den, state, outs, phi_codes, causal, normalize, plan
-    )  # fmt: skip
-    return outs, saved
+    return outs, ((q, k, v, mask, den, state, *outs), settings)
 
 
 def far_backward(saved, douts, grads=None):
