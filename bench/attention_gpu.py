@@ -287,7 +287,16 @@ def main(argv=None):
     p.add_argument("--tune-seq", type=int, default=65536)
     p.add_argument("--out-dir", type=Path, default=REPO / "docs")
     p.add_argument("--no-plot", action="store_true")
+    p.add_argument(
+        "--backward-thread",
+        choices=["autograd", "caller"],
+        default="autograd",
+        help="caller: run backward on the calling thread "
+        "(torch.autograd.set_multithreading_enabled(False), process-wide): less host time",
+    )
     args = p.parse_args(argv)
+    if args.backward_thread == "caller":
+        torch.autograd.set_multithreading_enabled(False)
     if not torch.cuda.is_available():
         raise SystemExit("attention_gpu.py needs a CUDA device")
     print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}", flush=True)

@@ -11,6 +11,10 @@ per-knob winners are combined and timed again, and the script prints the plan to
 the kernels' modules. Triton compiles every setting once; ``--workers`` processes compile
 them in parallel first (into Triton's on-disk cache), so the timing loop only loads kernels.
 
+``--batch/--heads/--dim/--band/--dropout/--padded`` change the shape timed (e.g. the LRA
+Retrieval model's attention: ``--seq 4096 --batch 64 --heads 2 --dim 32 --band 5 --dropout 0.1
+--padded --fields near``; padding masks the last eighth of every row).
+
 ``--graph`` times replays of a CUDA graph of the step instead: the kernels' own time, without
 the host's launch overhead (which dominates eager timings below ~64K tokens on our machine).
 Writes one CSV row per (field, mode, setting): ms, and the setting as JSON.
@@ -74,6 +78,8 @@ BLEND_KNOBS = {
 }
 NEAR_KNOBS = {
     "blocks": [(64, 64), (128, 64), (64, 32), (128, 32), (32, 32), (128, 128)],
+    # (NARROW_BAND, _NARROW_BLOCK): narrow-band tiles; (0, 0) turns them off.
+    "narrow": [(0, 0), (16, 16), (32, 16), (16, 32), (32, 32)],
     "warps:fwd,dq,dkv": [4, 8],
     "stages:fwd,dq,dkv": [1, 2, 3],
 }
@@ -93,12 +99,13 @@ def _snapshot():
         {k: dict(v) for k, v in near.LAUNCH.items()},
         {k: dict(v) for k, v in blend.LAUNCH.items()},
         (near._BLOCK_M, near._BLOCK_N, blend._BWD_TILES, blend._BLOCK_T),
+        (near.NARROW_BAND, near._NARROW_BLOCK),
     )
 
 
 def _restore(snap):
     far, near, blend = _modules()
-    plan, far_launch, near_launch, blend_launch, blocks = snap
+    plan, far_launch, near_launch, blend_launch, blocks, narrow = snap
     far.PLAN.clear()
     far.PLAN.update(plan)
     for table, saved in (
@@ -109,6 +116,7 @@ def _restore(snap):
         table.clear()
         table.update({k: dict(v) for k, v in saved.items()})
     near._BLOCK_M, near._BLOCK_N, blend._BWD_TILES, blend._BLOCK_T = blocks
+    near.NARROW_BAND, near._NARROW_BLOCK = narrow
 
 
 def _apply(field, setting):
@@ -118,6 +126,9 @@ def _apply(field, setting):
     for knob, value in setting.items():
         if knob == "blocks":
             near._BLOCK_M, near._BLOCK_N = value
+            continue
+        if knob == "narrow":
+            near.NARROW_BAND, near._NARROW_BLOCK = value
             continue
         if knob == "tiles":
             blend._BWD_TILES = value
@@ -137,17 +148,26 @@ def _apply(field, setting):
                 launch[name][key] = value
 
 
-def _inputs(seq, heads=8, dim=64):
+# What is timed besides the length: batch, heads, head_dim, band, attention dropout, padding.
+DEFAULT_SHAPE = dict(batch=1, heads=8, dim=64, band=BAND, dropout=0.0, padded=False)
+
+
+def _inputs(seq, shape):
     gen = torch.Generator(device="cuda").manual_seed(0)
+    batch, heads, dim = shape["batch"], shape["heads"], shape["dim"]
 
     def make():
-        t = torch.randn(1, seq, heads, dim, device="cuda", generator=gen)
+        t = torch.randn(batch, seq, heads, dim, device="cuda", generator=gen)
         return t.to(torch.bfloat16).transpose(1, 2).requires_grad_(True)
 
-    return make(), make(), make()
+    mask = None
+    if shape["padded"]:
+        mask = torch.zeros(batch, seq, dtype=torch.bool, device="cuda")
+        mask[:, seq - seq // 8 :] = True
+    return make(), make(), make(), mask
 
 
-def _step_fn(field, causal, q, k, v):
+def _step_fn(field, causal, q, k, v, mask=None, shape=DEFAULT_SHAPE):
     if field == "blend":
         from fmmformer_pl.attention.cuda.blend import blend_triton
 
@@ -161,24 +181,29 @@ def _step_fn(field, causal, q, k, v):
     elif field == "far":
 
         def run():
-            outs = far_fields(q, k, v, FAR_MAPS, causal=causal, backend="cuda")
+            outs = far_fields(
+                q, k, v, FAR_MAPS, causal=causal, key_padding_mask=mask, backend="cuda"
+            )
             return torch.autograd.grad(outs, (q, k, v), [torch.ones_like(o) for o in outs])
 
     else:
 
         def run():
-            out = near_field(q, k, v, BAND, causal=causal, backend="cuda")
+            out = near_field(
+                q, k, v, shape["band"], causal=causal, key_padding_mask=mask,
+                dropout_p=shape["dropout"], backend="cuda",
+            )  # fmt: skip
             return torch.autograd.grad(out, (q, k, v), torch.ones_like(out))
 
     return run
 
 
-def time_setting(field, causal, setting, seq, repeats, graph=False):
+def time_setting(field, causal, setting, seq, repeats, graph=False, shape=DEFAULT_SHAPE):
     snap = _snapshot()
     try:
         _apply(field, setting)
-        q, k, v = _inputs(seq)
-        run = _step_fn(field, causal, q, k, v)
+        q, k, v, mask = _inputs(seq, shape)
+        run = _step_fn(field, causal, q, k, v, mask, shape)
         run()
         if graph:
             run = graphed(run)
@@ -208,9 +233,9 @@ def settings():
 def _warm(job):
     """Worker: compile (and run once) each setting of the batch (same length: Triton
     specialises integer arguments on divisibility, so a shorter one could compile others)."""
-    batch, seq = job
+    batch, seq, shape = job
     for field, mode, setting in batch:
-        time_setting(field, mode == "causal", setting, seq, 1)
+        time_setting(field, mode == "causal", setting, seq, 1, shape=shape)
 
 
 def main(argv=None):
@@ -226,24 +251,34 @@ def main(argv=None):
         help="time CUDA-graph replays (GPU time only; eager timings include host launches)",
     )
     p.add_argument("--out", type=Path, default=REPO / "docs" / "kernel_tune_graph.csv")
+    p.add_argument("--modes", nargs="+", default=["bidirectional", "causal"])
+    for name, value in DEFAULT_SHAPE.items():
+        if isinstance(value, bool):
+            p.add_argument(f"--{name}", action="store_true")
+        else:
+            p.add_argument(f"--{name}", type=type(value), default=value)
     args = p.parse_args(argv)
+    shape = {name: getattr(args, name) for name in DEFAULT_SHAPE}
     if not torch.cuda.is_available():
         raise SystemExit("far_tune.py needs a CUDA device")
     todo = [
         (field, mode, setting)
         for field, mode, setting in settings()
         if field in args.fields
+        and mode in args.modes
         and (not setting or not args.only or any(o in k for k in setting for o in args.only))
     ]
     if args.workers > 0:
         ctx = mp.get_context("spawn")
         batches = [todo[i :: args.workers] for i in range(args.workers)]
         with ctx.Pool(args.workers) as pool:
-            pool.map(_warm, [(b, args.seq) for b in batches])
+            pool.map(_warm, [(b, args.seq, shape) for b in batches])
         print(f"compiled {len(todo)} settings in {args.workers} processes", flush=True)
     rows, best = [], {}
     for field, mode, setting in todo:
-        ms, err = time_setting(field, mode == "causal", setting, args.seq, args.repeats, args.graph)
+        ms, err = time_setting(
+            field, mode == "causal", setting, args.seq, args.repeats, args.graph, shape
+        )
         rows.append(dict(field=field, mode=mode, setting=json.dumps(setting), ms=ms, error=err))
         print(f"{field:4s} {mode:13s} {json.dumps(setting):60s} {ms:8.3f} ms {err}", flush=True)
         for knob, value in setting.items():
@@ -262,7 +297,7 @@ def main(argv=None):
         }
         if combo:
             ms, err = time_setting(
-                field, mode == "causal", combo, args.seq, args.repeats, args.graph
+                field, mode == "causal", combo, args.seq, args.repeats, args.graph, shape
             )
             rows.append(
                 dict(

@@ -16,7 +16,10 @@ step each (forward, loss, backward, AdamW step) under bf16 autocast, as Lightnin
                batch 96. Schemes: ``wt103_fmm_2kernel_band20``, ``wt103_linear``, softmax.
 
 tokens/s counts every position of the batch (padding included): batch x positions / median
-step time. ``--compile NAME ...`` also runs those variants through ``torch.compile(model)``.
+step time. ``--compile NAME ...`` also runs those variants through ``torch.compile(model)``
+(``--compile-mode reduce-overhead`` lets inductor replay the step as CUDA graphs).
+``--profile`` also writes, per run, the CUDA kernels of three steps by GPU time
+(``train_profile_<task>_<variant>[_compiled].txt``): where the step's time goes.
 Writes ``train_throughput.csv`` into ``--out-dir`` and prints a table.
 """
 
@@ -109,7 +112,7 @@ def run_one(task, variant, compiled, args):
     model = model.cuda().train()
     row.update(batch=batch, positions=positions, params=sum(p.numel() for p in model.parameters()))
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
-    net = torch.compile(model) if compiled else model
+    net = torch.compile(model, mode=args.compile_mode) if compiled else model
 
     def step():
         with torch.autocast("cuda", dtype=torch.bfloat16):
@@ -137,6 +140,8 @@ def run_one(task, variant, compiled, args):
             end.synchronize()
             times.append(start.elapsed_time(end))
         ms = statistics.median(times)
+        if args.profile:
+            _profile(step, row, args)
         row.update(
             step_ms=round(ms, 3),
             tokens_per_s=round(batch * positions / ms * 1e3),
@@ -148,6 +153,31 @@ def run_one(task, variant, compiled, args):
         row["note"] = f"failed: {type(err).__name__}: {str(err)[:300]}"
         traceback.print_exc()
     return row
+
+
+def _profile(step, row, args):
+    """Three steps under torch.profiler: kernels by GPU time, and host against GPU time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        t0 = time.perf_counter()
+        for _ in range(3):
+            step()
+        torch.cuda.synchronize()
+        wall = (time.perf_counter() - t0) / 3 * 1e3
+    events = prof.key_averages()
+    gpu_us = sum(e.self_device_time_total for e in events) / 3
+    name = f"train_profile_{row['task']}_{row['variant']}{'_compiled' if row['compiled'] else ''}"
+    path = args.out_dir / f"{name}.txt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table = events.table(sort_by="self_device_time_total", row_limit=args.profile_rows)
+    path.write_text(
+        f"# {name}: batch {row['batch']} x {row['positions']} positions, three steps\n"
+        f"# per step: {wall:.2f} ms wall under the profiler, {gpu_us / 1e3:.2f} ms of GPU "
+        f"kernel time (sum over kernels)\n{table}\n"
+    )
+    row["note"] = (row["note"] + f" gpu {gpu_us / 1e3:.2f} ms/step").strip()
+    print(f"wrote {path}")
 
 
 def main(argv=None):
@@ -174,6 +204,14 @@ def main(argv=None):
         help="tasks whose --compile variants are compiled (the 16-layer decoder "
         "takes minutes to compile)",
     )
+    p.add_argument(
+        "--compile-mode",
+        default=None,
+        choices=["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"],
+        help="torch.compile mode of the --compile runs",
+    )
+    p.add_argument("--profile", action="store_true", help="also profile three steps per run")
+    p.add_argument("--profile-rows", type=int, default=30)
     p.add_argument("--retrieval-seq", type=int, default=4096)
     p.add_argument("--retrieval-batch", type=int, default=32)
     p.add_argument("--wikitext-seq", type=int, default=256)
@@ -203,13 +241,15 @@ def main(argv=None):
         for r in rows:
             writer.writerow({k: r.get(k, "") for k in FIELDS})
     print(f"wrote {path}")
-    eager = {(r["task"], r["variant"]): r.get("tokens_per_s") for r in rows if not r["compiled"]}
+    tok = {(r["task"], r["variant"], r["compiled"]): r.get("tokens_per_s") for r in rows}
     for task in args.tasks:
-        soft = eager.get((task, "softmax"))
-        for variant in ("fmm", "linear"):
-            mine = eager.get((task, variant))
-            if soft and mine:
-                print(f"{task}: {variant} / softmax tokens/s = {mine / soft:.2f}x")
+        for compiled in (False, True):
+            soft = tok.get((task, "softmax", compiled))
+            for variant in ("fmm", "linear"):
+                mine = tok.get((task, variant, compiled))
+                if soft and mine:
+                    how = "compiled" if compiled else "eager"
+                    print(f"{task}: {variant} / softmax tokens/s ({how}) = {mine / soft:.2f}x")
 
 
 if __name__ == "__main__":

@@ -21,6 +21,19 @@ BENCH = Path(__file__).resolve().parents[1] / "bench"
         ("attention_profile.py", ["--seqs", "1024", "--variants", "fmm_r2"]),
         ("far_tune.py", ["--graph", "--fields", "far", "--only", "state_chunk"]),
         ("host_profile.py", ["--seq", "1024", "--steps", "5"]),
+        (
+            "train_throughput.py",
+            [
+                "--tasks",
+                "retrieval",
+                "--compile",
+                "fmm",
+                "--compile-mode",
+                "reduce-overhead",
+                "--profile",
+            ],
+        ),
+        ("attention_gpu.py", ["--seqs", "1024", "--backward-thread", "caller"]),
     ],
 )
 def test_gpu_bench_exits_with_a_message_without_cuda(script, args, tmp_path):

@@ -236,12 +236,14 @@ def test_near_field_scattered_padding_and_empty_rows(causal):
 
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("padding", ["none", "right"])
-def test_near_field_dropout_matches_masked_reference(causal, padding):
+@pytest.mark.parametrize("width", [5, 16, 64])
+def test_near_field_dropout_matches_masked_reference(causal, padding, width):
     """Dropout: the kernel's keep pattern (regenerated from the seed) applied to the dense
-    reference gives the same output and gradients; about 1 - p of the entries are kept."""
+    reference gives the same output and gradients; about 1 - p of the entries are kept.
+    Widths 5 and 16 run the narrow-band tiles, 64 the wide ones."""
     from fmmformer_pl.attention.cuda.near import band_attention_triton, dropout_keep_matrix
 
-    batch, heads, seq, dim, width, p, seed = 2, 2, 300, 64, 16, 0.25, 1234
+    batch, heads, seq, dim, p, seed = 2, 2, 300, 64, 0.25, 1234
     q, k, v = _inputs(batch, heads, seq, dim, dim, torch.float32)
     mask = _padding(batch, seq, padding)
     keep = torch.stack(
@@ -263,6 +265,22 @@ def test_near_field_dropout_matches_masked_reference(causal, padding):
         lambda a, b, c: band_attention_triton(a, b, c, width, causal, mask, p, seed),
         reference, q, k, v, torch.float32, f"near dropout causal={causal} padding={padding}",
     )  # fmt: skip
+
+
+@pytest.mark.parametrize("width", [5, 64])
+def test_near_field_dropout_seed_read_from_device_memory(width):
+    """The compiled op's seed is a device tensor the kernels load: same draws as the int."""
+    from fmmformer_pl.attention.cuda.near import near_backward, near_forward
+
+    q, k, v = _inputs(2, 2, 300, 64, 64, torch.bfloat16)
+    mask = _padding(2, 300, "right")
+    dout = torch.randn_like(q)
+    results = []
+    for seed in (1234, torch.tensor([1234], device="cuda")):
+        out, saved = near_forward(q, k, v, mask, width, False, 0.3, seed)
+        results.append([out, *near_backward(saved, dout)])
+    for a, b in zip(*results, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
 def test_near_field_dropout_through_public_api_is_random_but_seeded():
@@ -325,6 +343,38 @@ def test_compiled_layer_runs_the_custom_op_in_one_graph(causal):
     for a, b in zip(*grads, strict=True):
         err = (a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-6)
         assert err < 1e-2, err.item()
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.1])
+def test_layer_compiles_with_cuda_graphs(dropout):
+    """mode="reduce-overhead": inductor replays forward and backward as CUDA graphs around
+    the custom ops (a CPU tensor or a host sync in the op would stop that). Dropout off: the
+    replays equal the eager layer; on: they differ from call to call (a fresh seed each)."""
+    torch.manual_seed(0)
+    cfg = AttentionConfig(
+        kind="fmm", bandwidth=5, feature_maps=["elu", "elu_flip"], dropout=dropout
+    )
+    layer = FMMAttention(64, 2, cfg).cuda().train()
+    x = torch.randn(4, 1000, 64, device="cuda")
+    mask = _padding(4, 1000, "right")
+    params = list(layer.parameters())
+    torch._dynamo.reset()
+    compiled = torch.compile(layer, mode="reduce-overhead", fullgraph=True)
+
+    def step(fn):
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            y = fn(x, key_padding_mask=mask)
+        return [y.float().clone(), *torch.autograd.grad(y.float().square().mean(), params)]
+
+    runs = [step(compiled) for _ in range(4)]  # warm-up, recording, replays
+    for tensors in runs:
+        assert all(torch.isfinite(t).all() for t in tensors)
+    if dropout == 0.0:
+        for a, b in zip(runs[-1], step(layer), strict=True):
+            err = (a - b).norm() / b.norm().clamp_min(1e-6)
+            assert err < 1e-2, err.item()
+    else:
+        assert not torch.equal(runs[-1][0], runs[-2][0])
 
 
 # ---------------------------------------------------------------- blend

@@ -107,12 +107,14 @@ def test_far_fields_many_segments_and_short_state_steps(causal, normalize, monke
 
 @pytest.mark.parametrize("blocks", [(64, 64), (128, 32)])
 @pytest.mark.parametrize("causal", [False, True])
-@pytest.mark.parametrize("bandwidth", [5, 100])
-def test_near_field_kernels(blocks, causal, bandwidth, monkeypatch):
+@pytest.mark.parametrize("bandwidth, narrow", [(5, 16), (5, 0), (16, 16), (100, 16)])
+def test_near_field_kernels(blocks, causal, bandwidth, narrow, monkeypatch):
+    """Against the reference, with the wide tiles and (bands <= 16) the narrow ones."""
     from fmmformer_pl.attention.cuda import near
 
     monkeypatch.setattr(near, "_BLOCK_M", blocks[0])
     monkeypatch.setattr(near, "_BLOCK_N", blocks[1])
+    monkeypatch.setattr(near, "_NARROW_BLOCK", narrow)
     q, k, v, mask = _inputs(1, 2, 300, 16, 16, seed=bandwidth)
     kw = dict(causal=causal, key_padding_mask=mask)
     _check(

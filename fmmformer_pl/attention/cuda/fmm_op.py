@@ -14,9 +14,10 @@ Outputs may not alias inputs or each other, so a saved tensor that the Function 
 None or as a stand-in (no state for a one-segment causal pass, no denominators when
 normalize=False) is an empty tensor here. ``extras``: the near field's log-sum-exp, then per
 far-field group its denominators and its states (``far.py``). ``bandwidth`` < 0: no near field.
-The dropout seed is a CPU int64 tensor drawn in the traced code, so every step of a compiled
-model draws a new one (None without dropout; with dropout the CPU input keeps inductor from
-CUDA-graphing the step).
+The dropout seed is a one-element int64 tensor on the inputs' device, drawn in the traced code,
+so every step of a compiled model draws a new one; the near-field kernels read it from device
+memory (no host sync, and no CPU tensor in the graph, which would keep inductor from
+CUDA-graphing the step). None without dropout.
 """
 
 from __future__ import annotations
@@ -31,8 +32,9 @@ from .near import near_saved
 _NO_NEAR = -1
 
 
-def _seed_value(seed: torch.Tensor | None, dropout_p: float) -> int:
-    return int(seed.item()) if seed is not None and dropout_p > 0.0 else 0
+def _near_seed(seed: torch.Tensor | None, dropout_p: float) -> torch.Tensor | int:
+    """The near kernels' seed argument: the seed tensor itself (they load it), or 0."""
+    return seed if seed is not None and dropout_p > 0.0 else 0
 
 
 def _extras(parts, q):
@@ -82,7 +84,7 @@ def fmm_attention_fwd(
 ) -> list[torch.Tensor]:
     near_args = None
     if bandwidth != _NO_NEAR:
-        near_args = (bandwidth, dropout_p, _seed_value(seed, dropout_p))
+        near_args = (bandwidth, dropout_p, _near_seed(seed, dropout_p))
     codes = tuple(phi_codes)
     y, fields, parts = fmm_forward(q, k, v, coeffs, mask, near_args, causal, codes, normalize)
     return [y, *fields, *_extras(parts, q)]
@@ -129,7 +131,7 @@ def fmm_attention_bwd(
 ) -> list[torch.Tensor]:
     fields, extras = saved[:n_fields], saved[n_fields:]
     parts = _rebuild_parts(
-        q, k, v, mask, fields, extras, bandwidth, dropout_p, _seed_value(seed, dropout_p),
+        q, k, v, mask, fields, extras, bandwidth, dropout_p, _near_seed(seed, dropout_p),
         causal, tuple(phi_codes), normalize,
     )  # fmt: skip
     dq, dk, dv, dc = fmm_backward(dy, coeffs, fields, parts)
@@ -182,9 +184,9 @@ def fmm_attention_op(
     if args is None:
         return None
     codes, bandwidth = args
-    # A fresh seed per call from torch's CPU generator (as the eager path draws it). Without
-    # dropout there is none: a CPU tensor input would keep inductor from CUDA-graphing the step.
-    seed = torch.randint(0, 2**30, (1,)) if dropout_p > 0.0 else None
+    # A fresh seed per call, drawn on the inputs' device by the graph itself (the eager path
+    # draws a Python int from the CPU generator instead).
+    seed = torch.randint(0, 2**30, (1,), device=q.device) if dropout_p > 0.0 else None
     out = fmm_attention_fwd(
         q, k, v, coeffs.float().contiguous(), key_padding_mask,
         _NO_NEAR if bandwidth is None else bandwidth, float(dropout_p), seed, bool(causal),

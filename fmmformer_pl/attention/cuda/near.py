@@ -10,7 +10,7 @@ with V(i) the non-padding keys of the band ``|i - j| < w`` (causal: ``i - w < j 
 out_i = 0 (gradient 0) where V(i) is empty.
 
 One program owns a block of ``_BLOCK_M`` queries and visits only the key blocks its band
-reaches (three 64-key blocks for w = 64), with the online softmax of FlashAttention; the
+reaches (three 64-key blocks for w = 64; for a narrow band, tiles of 16 keys: ``_tiles``), with the online softmax of FlashAttention; the
 backward pass recomputes the probabilities from the saved log-sum-exp, once per query block
 for dq and once per key block for dk and dv (no atomics). Memory: O(seq) extra (the
 log-sum-exp and delta_i = dout_i . out_i, one float32 each per position).
@@ -42,6 +42,12 @@ from ._common import (
 
 _BLOCK_M = 64
 _BLOCK_N = 64
+# Narrow bands (w <= NARROW_BAND, e.g. the paper's LRA band 5) use tiles of _NARROW_BLOCK on
+# the side the band reaches across: a block of 64 queries sees 64 + 2(w - 1) keys, for w = 5
+# five or six tiles of 16 keys instead of two or three of 64 (and the dropout's Philox numbers
+# are drawn per tile element). 0 turns this off.
+NARROW_BAND = 16
+_NARROW_BLOCK = 16
 _LOG2E = 1.4426950408889634
 
 
@@ -79,6 +85,16 @@ def _dropout_keep(seed, offs_m, offs_n, W, p_drop, TRANSPOSED: tl.constexpr):
     else:
         counter = offs_m[:, None] * (2 * W) + (offs_n[None, :] - offs_m[:, None] + W)
     return tl.rand(seed, counter) >= p_drop
+
+
+@triton.jit
+def _seed_of(seed, SEED_PTR: tl.constexpr):
+    """The dropout seed: the argument itself, or (SEED_PTR) the integer it points to, a seed
+    drawn on the device inside a compiled graph (no host sync, CUDA-graph safe)."""
+    if SEED_PTR:
+        return tl.load(seed).to(tl.int32)
+    else:
+        return seed
 
 
 @triton.jit
@@ -141,6 +157,7 @@ def _band_fwd_kernel(
     HAS_MASK: tl.constexpr,
     CAUSAL: tl.constexpr,
     DROPOUT: tl.constexpr,
+    SEED_PTR: tl.constexpr,
     BM: tl.constexpr,
     BN: tl.constexpr,
     BD: tl.constexpr,
@@ -152,6 +169,7 @@ def _band_fwd_kernel(
     pid_bh = tl.program_id(1).to(tl.int64)
     bb = pid_bh // H
     hh = pid_bh % H
+    seed_bh = _seed_of(seed, SEED_PTR) + pid_bh  # dropout: this (batch, head)'s stream
     q_base = q_ptr + bb * sqb + hh * sqh
     k_base = k_ptr + bb * skb + hh * skh
     v_base = v_ptr + bb * svb + hh * svh
@@ -199,7 +217,7 @@ def _band_fwd_kernel(
         l_i = l_i * alpha + tl.sum(p, axis=1)
         if DROPOUT:
             # Inverted dropout of the probabilities; the normaliser l keeps every term.
-            keep = _dropout_keep(seed + pid_bh, offs_m, offs_n, W, p_drop, False)
+            keep = _dropout_keep(seed_bh, offs_m, offs_n, W, p_drop, False)
             p = tl.where(keep, p / (1.0 - p_drop), 0.0)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PREC)
         m_i = m_new
@@ -263,6 +281,7 @@ def _band_dq_kernel(
     HAS_MASK: tl.constexpr,
     CAUSAL: tl.constexpr,
     DROPOUT: tl.constexpr,
+    SEED_PTR: tl.constexpr,
     BM: tl.constexpr,
     BN: tl.constexpr,
     BD: tl.constexpr,
@@ -275,6 +294,7 @@ def _band_dq_kernel(
     pid_bh = tl.program_id(1).to(tl.int64)
     bb = pid_bh // H
     hh = pid_bh % H
+    seed_bh = _seed_of(seed, SEED_PTR) + pid_bh  # dropout: this (batch, head)'s stream
     q_base = q_ptr + bb * sqb + hh * sqh
     k_base = k_ptr + bb * skb + hh * skh
     v_base = v_ptr + bb * svb + hh * svh
@@ -326,7 +346,7 @@ def _band_dq_kernel(
         p = tl.where(valid, tl.exp2(s - lse[:, None]), 0.0)
         dp = tl.dot(do, tl.trans(v), input_precision=PREC)
         if DROPOUT:
-            keep = _dropout_keep(seed + pid_bh, offs_m, offs_n, W, p_drop, False)
+            keep = _dropout_keep(seed_bh, offs_m, offs_n, W, p_drop, False)
             dp = tl.where(keep, dp / (1.0 - p_drop), 0.0)
         ds = p * (dp - delta[:, None])
         dq += tl.dot(ds.to(k.dtype), k, input_precision=PREC)
@@ -387,6 +407,7 @@ def _band_dkv_kernel(
     HAS_MASK: tl.constexpr,
     CAUSAL: tl.constexpr,
     DROPOUT: tl.constexpr,
+    SEED_PTR: tl.constexpr,
     BM: tl.constexpr,
     BN: tl.constexpr,
     BD: tl.constexpr,
@@ -399,6 +420,7 @@ def _band_dkv_kernel(
     pid_bh = tl.program_id(1).to(tl.int64)
     bb = pid_bh // H
     hh = pid_bh % H
+    seed_bh = _seed_of(seed, SEED_PTR) + pid_bh  # dropout: this (batch, head)'s stream
     q_base = q_ptr + bb * sqb + hh * sqh
     k_base = k_ptr + bb * skb + hh * skh
     v_base = v_ptr + bb * svb + hh * svh
@@ -451,7 +473,7 @@ def _band_dkv_kernel(
         pT = tl.where(validT, tl.exp2(sT - lse[None, :]), 0.0)
         dpT = tl.dot(v, tl.trans(do), input_precision=PREC)
         if DROPOUT:
-            keepT = _dropout_keep(seed + pid_bh, offs_m, offs_n, W, p_drop, True)
+            keepT = _dropout_keep(seed_bh, offs_m, offs_n, W, p_drop, True)
             pdT = tl.where(keepT, pT / (1.0 - p_drop), 0.0)
             dpT = tl.where(keepT, dpT / (1.0 - p_drop), 0.0)
         else:
@@ -490,13 +512,21 @@ def near_saved(q, k, v, key_padding_mask, out, lse, bandwidth, causal, dropout_p
         HAS_MASK=key_padding_mask is not None,
         CAUSAL=causal,
         DROPOUT=dropout_p > 0.0,
-        BM=_BLOCK_M,
-        BN=_BLOCK_N,
+        SEED_PTR=isinstance(seed, torch.Tensor),
         BD=block_dim(q.shape[-1]),
         BDV=block_dim(v.shape[-1]),
         PREC=fp32_precision(q.dtype),
     )
     return (q, k, v, mask, out, lse), cfg, (bandwidth, smb, smt, dropout_p, seed)
+
+
+def _tiles(bandwidth: int) -> tuple[dict, dict]:
+    """Tile sizes ``dict(BM=queries, BN=keys)`` of the query-block kernels (forward, dq) and
+    of the key-block kernel (dk, dv)."""
+    if bandwidth <= NARROW_BAND and _NARROW_BLOCK:
+        return dict(BM=_BLOCK_M, BN=_NARROW_BLOCK), dict(BM=_NARROW_BLOCK, BN=_BLOCK_N)
+    wide = dict(BM=_BLOCK_M, BN=_BLOCK_N)
+    return wide, wide
 
 
 def near_forward(q, k, v, key_padding_mask, bandwidth, causal, dropout_p, seed):
@@ -510,10 +540,11 @@ def near_forward(q, k, v, key_padding_mask, bandwidth, causal, dropout_p, seed):
     saved = near_saved(q, k, v, key_padding_mask, out, lse, bandwidth, causal, dropout_p, seed)
     (_, _, _, mask, _, _), cfg, (_, smb, smt, _, _) = saved
     sm_scale = 1.0 / math.sqrt(dim)
-    _band_fwd_kernel[(cdiv(seq, _BLOCK_M), bh)](
+    tiles, _ = _tiles(bandwidth)
+    _band_fwd_kernel[(cdiv(seq, tiles["BM"]), bh)](
         q, k, v, mask, out, lse, heads, seq, bandwidth, dim, dim_v, sm_scale * _LOG2E, seed,
         dropout_p, *strides(q), *strides(k), *strides(v), *strides(out), smb, smt,
-        **cfg, **LAUNCH["fwd"],
+        **cfg, **tiles, **LAUNCH["fwd"],
     )  # fmt: skip
     return out, saved
 
@@ -533,17 +564,18 @@ def near_backward(saved, dout, grads=None):
     delta = torch.empty_like(lse)
     if not offsets_fit(dout):  # 32-bit offsets inside a (batch, head)
         dout = dout.contiguous()
-    _band_dq_kernel[(cdiv(seq, cfg["BM"]), bh)](
+    q_tiles, kv_tiles = _tiles(bandwidth)
+    _band_dq_kernel[(cdiv(seq, q_tiles["BM"]), bh)](
         q, k, v, mask, out, dout, lse, delta, dq, heads, seq, bandwidth, dim, dim_v,
         sm_scale * _LOG2E, sm_scale, seed, dropout_p,
         *strides(q), *strides(k), *strides(v), *strides(out), *strides(dout), *strides(dq),
-        smb, smt, **cfg, ACCUMULATE=accumulate, **LAUNCH["dq"],
+        smb, smt, **cfg, **q_tiles, ACCUMULATE=accumulate, **LAUNCH["dq"],
     )  # fmt: skip
-    _band_dkv_kernel[(cdiv(seq, cfg["BN"]), bh)](
+    _band_dkv_kernel[(cdiv(seq, kv_tiles["BN"]), bh)](
         q, k, v, mask, dout, lse, delta, dk, dv, heads, seq, bandwidth, dim, dim_v,
         sm_scale * _LOG2E, sm_scale, seed, dropout_p,
         *strides(q), *strides(k), *strides(v), *strides(dout), *strides(dk), *strides(dv),
-        smb, smt, **cfg, ACCUMULATE=accumulate, **LAUNCH["dkv"],
+        smb, smt, **cfg, **kv_tiles, ACCUMULATE=accumulate, **LAUNCH["dkv"],
     )  # fmt: skip
     return dq, dk, dv
 
