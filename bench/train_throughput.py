@@ -166,7 +166,9 @@ def _profile(step, row, args):
         torch.cuda.synchronize()
         wall = (time.perf_counter() - t0) / 3 * 1e3
     events = prof.key_averages()
-    gpu_us = sum(e.self_device_time_total for e in events) / 3
+    # Kernels only (an operator's row repeats its kernels' time), as the table's footer sums.
+    cuda = torch.autograd.DeviceType.CUDA
+    gpu_us = sum(e.self_device_time_total for e in events if e.device_type == cuda) / 3
     name = f"train_profile_{row['task']}_{row['variant']}{'_compiled' if row['compiled'] else ''}"
     path = args.out_dir / f"{name}.txt"
     path.parent.mkdir(parents=True, exist_ok=True)
