@@ -78,8 +78,8 @@ BLEND_KNOBS = {
 }
 NEAR_KNOBS = {
     "blocks": [(64, 64), (128, 64), (64, 32), (128, 32), (32, 32), (128, 128)],
-    # (NARROW_BAND, _NARROW_BLOCK): narrow-band tiles; (0, 0) turns them off.
-    "narrow": [(0, 0), (16, 16), (32, 16), (16, 32), (32, 32)],
+    # near.NARROW_TILES: ((widest band, tile), ...) for narrow bands; () turns them off.
+    "narrow": [(), ((16, 16),), ((32, 16),), ((16, 32),), ((32, 32),), ((16, 16), (32, 32))],
     "warps:fwd,dq,dkv": [4, 8],
     "stages:fwd,dq,dkv": [1, 2, 3],
 }
@@ -99,7 +99,7 @@ def _snapshot():
         {k: dict(v) for k, v in near.LAUNCH.items()},
         {k: dict(v) for k, v in blend.LAUNCH.items()},
         (near._BLOCK_M, near._BLOCK_N, blend._BWD_TILES, blend._BLOCK_T),
-        (near.NARROW_BAND, near._NARROW_BLOCK),
+        near.NARROW_TILES,
     )
 
 
@@ -116,7 +116,7 @@ def _restore(snap):
         table.clear()
         table.update({k: dict(v) for k, v in saved.items()})
     near._BLOCK_M, near._BLOCK_N, blend._BWD_TILES, blend._BLOCK_T = blocks
-    near.NARROW_BAND, near._NARROW_BLOCK = narrow
+    near.NARROW_TILES = narrow
 
 
 def _apply(field, setting):
@@ -128,7 +128,7 @@ def _apply(field, setting):
             near._BLOCK_M, near._BLOCK_N = value
             continue
         if knob == "narrow":
-            near.NARROW_BAND, near._NARROW_BLOCK = value
+            near.NARROW_TILES = tuple(tuple(pair) for pair in value)
             continue
         if knob == "tiles":
             blend._BWD_TILES = value

@@ -107,14 +107,16 @@ def test_far_fields_many_segments_and_short_state_steps(causal, normalize, monke
 
 @pytest.mark.parametrize("blocks", [(64, 64), (128, 32)])
 @pytest.mark.parametrize("causal", [False, True])
-@pytest.mark.parametrize("bandwidth, narrow", [(5, 16), (5, 0), (16, 16), (100, 16)])
+@pytest.mark.parametrize(
+    "bandwidth, narrow", [(5, True), (5, False), (16, True), (20, True), (100, True)]
+)
 def test_near_field_kernels(blocks, causal, bandwidth, narrow, monkeypatch):
-    """Against the reference, with the wide tiles and (bands <= 16) the narrow ones."""
+    """Against the reference, with the wide tiles and (narrow bands) the 16- and 32-tiles."""
     from fmmformer_pl.attention.cuda import near
 
     monkeypatch.setattr(near, "_BLOCK_M", blocks[0])
     monkeypatch.setattr(near, "_BLOCK_N", blocks[1])
-    monkeypatch.setattr(near, "_NARROW_BLOCK", narrow)
+    monkeypatch.setattr(near, "NARROW_TILES", ((16, 16), (32, 32)) if narrow else ())
     q, k, v, mask = _inputs(1, 2, 300, 16, 16, seed=bandwidth)
     kw = dict(causal=causal, key_padding_mask=mask)
     _check(
@@ -122,6 +124,15 @@ def test_near_field_kernels(blocks, causal, bandwidth, narrow, monkeypatch):
         lambda q, k, v: near_field(q, k, v, bandwidth, backend="reference", **kw),
         (q, k, v),
     )
+
+
+def test_near_field_tiles_follow_the_band():
+    """Narrow bands get tiles of 16 or 32 across the band (both kernels' sides), wide 64."""
+    from fmmformer_pl.attention.cuda import near
+
+    assert near._tiles(5) == (dict(BM=64, BN=16), dict(BM=16, BN=64))
+    assert near._tiles(20) == (dict(BM=64, BN=32), dict(BM=32, BN=64))
+    assert near._tiles(64) == (dict(BM=64, BN=64), dict(BM=64, BN=64))
 
 
 @pytest.mark.parametrize(

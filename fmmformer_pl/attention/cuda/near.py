@@ -42,12 +42,15 @@ from ._common import (
 
 _BLOCK_M = 64
 _BLOCK_N = 64
-# Narrow bands (w <= NARROW_BAND, e.g. the paper's LRA band 5) use tiles of _NARROW_BLOCK on
-# the side the band reaches across: a block of 64 queries sees 64 + 2(w - 1) keys, for w = 5
-# five or six tiles of 16 keys instead of two or three of 64 (and the dropout's Philox numbers
-# are drawn per tile element). 0 turns this off.
-NARROW_BAND = 16
-_NARROW_BLOCK = 16
+# Narrow bands use smaller tiles on the side the band reaches across: (widest band, tile)
+# pairs, the first that fits w wins. A block of 64 queries sees 64 + 2(w - 1) keys: for w = 5
+# (the paper's LRA band) five or six tiles of 16 keys instead of two or three of 64, and the
+# dropout's Philox numbers are drawn per tile element. H200, graph replays, fwd+bwd
+# (bench/far_tune.py, docs/kernel_tune_near.csv): LRA Retrieval's w = 5 (64 x 2 heads x 4K,
+# dim 32, dropout, padding) 0.78 ms with 16-tiles, 1.02 with 32, 1.55 with 64; WikiText's
+# w = 20 (96 x 8 heads x 256, dim 16, causal) 0.079 ms with 32-tiles, 0.093 with 64.
+# Empty: wide tiles only.
+NARROW_TILES = ((16, 16), (32, 32))
 _LOG2E = 1.4426950408889634
 
 
@@ -523,8 +526,9 @@ def near_saved(q, k, v, key_padding_mask, out, lse, bandwidth, causal, dropout_p
 def _tiles(bandwidth: int) -> tuple[dict, dict]:
     """Tile sizes ``dict(BM=queries, BN=keys)`` of the query-block kernels (forward, dq) and
     of the key-block kernel (dk, dv)."""
-    if bandwidth <= NARROW_BAND and _NARROW_BLOCK:
-        return dict(BM=_BLOCK_M, BN=_NARROW_BLOCK), dict(BM=_NARROW_BLOCK, BN=_BLOCK_N)
+    for widest, tile in NARROW_TILES:
+        if bandwidth <= widest:
+            return dict(BM=_BLOCK_M, BN=tile), dict(BM=tile, BN=_BLOCK_N)
     wide = dict(BM=_BLOCK_M, BN=_BLOCK_N)
     return wide, wide
 
