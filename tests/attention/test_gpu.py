@@ -165,35 +165,6 @@ def test_far_fields_several_maps_match_reference(dtype, causal, normalize, maps,
     )  # fmt: skip
 
 
-@pytest.mark.parametrize("backward", ["walk", "chunks"])
-@pytest.mark.parametrize("normalize", [True, False])
-@pytest.mark.parametrize(
-    "shape, dtype",
-    [
-        ((2, 3, 63, 64, 64), torch.bfloat16),
-        ((1, 2, 1000, 40, 24), torch.float32),
-        ((1, 8, 5000, 64, 64), torch.bfloat16),
-        ((1, 8, 5000, 64, 64), torch.float32),
-        ((1, 2, 70_001, 64, 64), torch.bfloat16),
-    ],
-)
-def test_far_fields_causal_backward_modes(backward, normalize, shape, dtype, monkeypatch):
-    """Both causal backward algorithms (PLAN["causal_backward"]), two maps, padding."""
-    from fmmformer_pl.attention.cuda import far
-
-    monkeypatch.setattr(far, "PLAN", {**far.PLAN, "causal_backward": backward})
-    batch, heads, seq, dim, dim_v = shape
-    q, k, v = _inputs(batch, heads, seq, dim, dim_v, dtype)
-    mask = _padding(batch, seq, "scattered")
-    kw = dict(causal=True, normalize=normalize, key_padding_mask=mask)
-    maps = ("elu", "elu_flip")
-    _compare(
-        _cat_fields(lambda a, b, c: far_fields(a, b, c, maps, backend="cuda", **kw)),
-        _cat_fields(lambda a, b, c: far_fields(a, b, c, maps, backend="reference", **kw)),
-        q, k, v, dtype, f"far_fields causal {backward} {shape} {dtype} norm={normalize}",
-    )  # fmt: skip
-
-
 @pytest.mark.parametrize("causal", [False, True])
 def test_far_fields_long_sequence_many_segments(causal):
     q, k, v = _inputs(1, 2, 70_001, 64, 64, torch.bfloat16)

@@ -84,34 +84,6 @@ def test_far_fields_kernels(maps, causal, normalize, shape):
     _check(fast, ref, (q, k, v))
 
 
-@pytest.mark.parametrize("maps", [("elu",), ("elu", "elu_flip")])
-@pytest.mark.parametrize("normalize", [True, False])
-@pytest.mark.parametrize(
-    "seq, plan",
-    [
-        (77, {}),  # one segment of two chunks: the light walks start from zero
-        (300, dict(single_segment_chunks=0, min_segment_chunks=1)),  # five segments of one
-        (1111, dict(single_segment_chunks=0, min_segment_chunks=3)),  # 18 chunks, 6 x 3
-        (1000, dict(single_segment_chunks=0, min_segment_chunks=5)),  # 16 chunks, padded to 20
-    ],
-)
-def test_far_fields_causal_backward_by_chunks(maps, normalize, seq, plan, monkeypatch):
-    """PLAN["causal_backward"] = "chunks": per-chunk prefix and suffix states from the light
-    walks (after the segment scans), then the fused per-chunk kernel; padding, odd lengths."""
-    from fmmformer_pl.attention.cuda import far
-
-    monkeypatch.setattr(far, "PLAN", {**far.PLAN, **plan, "causal_backward": "chunks"})
-    q, k, v, mask = _inputs(2, 1, seq, 24, 16, seed=seq)
-    kw = dict(causal=True, normalize=normalize, key_padding_mask=mask)
-    _check(
-        lambda q, k, v: torch.cat(far.far_fields_triton(q, k, v, maps, **kw), dim=-1),
-        lambda q, k, v: torch.cat(
-            [far_field(q, k, v, m, backend="reference", **kw) for m in maps], dim=-1
-        ),
-        (q, k, v),
-    )
-
-
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("normalize", [True, False])
 def test_far_fields_many_segments_and_short_state_steps(causal, normalize, monkeypatch):

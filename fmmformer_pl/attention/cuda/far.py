@@ -95,11 +95,6 @@ PLAN = {
     # keeps a causal walk's registers to one map's tiles.
     "maps_per_call_causal": 2,
     "maps_per_call_bidir": 2,
-    # Causal backward: "walk" (dq and dk, dv each walk a segment's chunks, the maps one after
-    # the other) or "chunks" (two light walks store the prefix and suffix states of every
-    # chunk, then one program per chunk computes dq, dk, dv of both maps; more memory: two
-    # states per chunk and map).
-    "causal_backward": "walk",
 }
 # bench/far_tune.py --graph, H200, 64K tokens, r = 2 (docs/kernel_tune_graph.csv: kernel time
 # without launch overhead): a 128-register cap (two programs per SM) for the bidirectional
@@ -117,7 +112,6 @@ LAUNCH = {
     "fwd": dict(_CAUSAL),
     "dq": dict(_CAUSAL),
     "dkv": dict(_CAUSAL),
-    "bwd_chunks": dict(num_warps=8, num_stages=2),
 }
 
 
@@ -255,21 +249,16 @@ def _store_state(
 
 @triton.jit
 def _state_fwd_kernel(
-    k_ptr, v_ptr, mask_ptr, seg_ptr, init_ptr,
+    k_ptr, v_ptr, mask_ptr, seg_ptr,
     H, T, D, DV, CPS,
     skb, skh, skt, skd, svb, svh, svt, svd, smb, smt,
     NM: tl.constexpr, PHI0: tl.constexpr, PHI1: tl.constexpr, HAS_MASK: tl.constexpr,
-    EACH: tl.constexpr, HAS_INIT: tl.constexpr,
     BT: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
     PREC: tl.constexpr, DOT_DTYPE: tl.constexpr, SLOT: tl.constexpr,
 ):  # fmt: skip
     """Per segment and map: S = sum_j b_j v_j^T, z = sum_j b_j into slot (bh, segment, map).
 
     Grid (segments, batch * heads); both maps' states live in registers.
-    EACH (the chunked causal backward): start from the state before the segment (HAS_INIT:
-    slot pid_s - 1 of the inclusive cumsum in init) and store the running state after every
-    chunk of BT positions, slot (bh, chunk, map) with CPS chunks per segment: the inclusive
-    prefix states by chunk, in the layout of the segment cumsum.
     """
     pid_s = tl.program_id(0)
     pid_bh = tl.program_id(1).to(tl.int64)
@@ -286,11 +275,6 @@ def _state_fwd_kernel(
     z0 = tl.zeros([BD], dtype=tl.float32)
     S1 = tl.zeros([BD, BDV], dtype=tl.float32)
     z1 = tl.zeros([BD], dtype=tl.float32)
-    if HAS_INIT:
-        before = (pid_bh * n_seg + pid_s - 1) * NM
-        S0, z0 = _load_state_if(init_ptr, before, pid_s > 0, offs_d, offs_dv, BD, BDV, SLOT)
-        if NM == 2:
-            S1, z1 = _load_state_if(init_ptr, before + 1, pid_s > 0, offs_d, offs_dv, BD, BDV, SLOT)
     t0 = pid_s * CPS * BT
     for c in range(0, CPS):
         t = t0 + c * BT + offs_t
@@ -304,16 +288,10 @@ def _state_fwd_kernel(
             b, _ = _phi_k(kk, keep2, 1, PHI0, PHI1)
             S1 += tl.dot(tl.trans(b.to(DOT_DTYPE)), vv, input_precision=PREC)
             z1 += tl.sum(b, axis=0)
-        if EACH:
-            slot = (pid_bh * n_seg * CPS + pid_s * CPS + c) * NM
-            _store_state(seg_ptr, slot, S0, z0, offs_d, offs_dv, BD, BDV, SLOT)
-            if NM == 2:
-                _store_state(seg_ptr, slot + 1, S1, z1, offs_d, offs_dv, BD, BDV, SLOT)
-    if not EACH:
-        slot = (pid_bh * n_seg + pid_s) * NM
-        _store_state(seg_ptr, slot, S0, z0, offs_d, offs_dv, BD, BDV, SLOT)
-        if NM == 2:
-            _store_state(seg_ptr, slot + 1, S1, z1, offs_d, offs_dv, BD, BDV, SLOT)
+    slot = (pid_bh * n_seg + pid_s) * NM
+    _store_state(seg_ptr, slot, S0, z0, offs_d, offs_dv, BD, BDV, SLOT)
+    if NM == 2:
+        _store_state(seg_ptr, slot + 1, S1, z1, offs_d, offs_dv, BD, BDV, SLOT)
 
 
 @triton.jit
@@ -390,12 +368,11 @@ def _fwd_causal_kernel(
 
 @triton.jit
 def _state_bwd_kernel(
-    q_ptr, do0_ptr, do1_ptr, o0_ptr, o1_ptr, den_ptr, seg_ptr, init_ptr,
+    q_ptr, do0_ptr, do1_ptr, o0_ptr, o1_ptr, den_ptr, seg_ptr,
     H, T, D, DV, CPS, scale,
     sqb, sqh, sqt, sqd, sdob, sdoh, sdot, sdod, sob, soh, sot, sod,
     NM: tl.constexpr, PHI0: tl.constexpr, PHI1: tl.constexpr,
-    NORMALIZE: tl.constexpr, REVERSED: tl.constexpr, EACH: tl.constexpr,
-    HAS_INIT: tl.constexpr,
+    NORMALIZE: tl.constexpr, REVERSED: tl.constexpr,
     BT: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
     PREC: tl.constexpr, DOT_DTYPE: tl.constexpr, SLOT: tl.constexpr,
 ):  # fmt: skip
@@ -403,10 +380,6 @@ def _state_bwd_kernel(
 
     REVERSED stores segment s at index n_seg - 1 - s, so that a cumsum over the index gives
     each segment the sum of itself and every later one.
-    EACH (with REVERSED; the chunked causal backward): walk the segment's chunks backward from
-    the sum of every later segment (HAS_INIT: index n_seg - 2 - pid_s of init, the reversed
-    cumsum) and store after every chunk c the sum of it and every later chunk, at index
-    n_chunks - 1 - c (n_chunks = n_seg * CPS): the reversed cumsum by chunk.
     """
     pid_s = tl.program_id(0)
     pid_bh = tl.program_id(1).to(tl.int64)
@@ -428,17 +401,8 @@ def _state_bwd_kernel(
     r0 = tl.zeros([BD], dtype=tl.float32)
     R1 = tl.zeros([BD, BDV], dtype=tl.float32)
     r1 = tl.zeros([BD], dtype=tl.float32)
-    if HAS_INIT:
-        after = (pid_bh * n_seg + n_seg - 2 - pid_s) * NM
-        valid = pid_s < n_seg - 1
-        R0, r0 = _load_state_if(init_ptr, after, valid, offs_d, offs_dv, BD, BDV, SLOT)
-        if NM == 2:
-            R1, r1 = _load_state_if(init_ptr, after + 1, valid, offs_d, offs_dv, BD, BDV, SLOT)
     t0 = pid_s * CPS * BT
-    for cc in range(0, CPS):
-        c = cc
-        if EACH:
-            c = CPS - 1 - cc
+    for c in range(0, CPS):
         t = t0 + c * BT + offs_t
         qq = _load_tile(q_base, t, offs_d, T, D, sqt, sqd)
         a, _ = _phi_q(qq, t, offs_d, T, D, 0, PHI0, PHI1)
@@ -456,19 +420,13 @@ def _state_bwd_kernel(
             )  # fmt: skip
             r1 += tl.sum(a * s[:, None], axis=0)
             R1 += tl.dot(tl.trans(a.to(DOT_DTYPE)), g.to(DOT_DTYPE), input_precision=PREC)
-        if EACH:
-            slot = (pid_bh * n_seg * CPS + n_seg * CPS - 1 - (pid_s * CPS + c)) * NM
-            _store_state(seg_ptr, slot, R0, r0, offs_d, offs_dv, BD, BDV, SLOT)
-            if NM == 2:
-                _store_state(seg_ptr, slot + 1, R1, r1, offs_d, offs_dv, BD, BDV, SLOT)
-    if not EACH:
-        if REVERSED:
-            slot = (pid_bh * n_seg + n_seg - 1 - pid_s) * NM
-        else:
-            slot = (pid_bh * n_seg + pid_s) * NM
-        _store_state(seg_ptr, slot, R0, r0, offs_d, offs_dv, BD, BDV, SLOT)
-        if NM == 2:
-            _store_state(seg_ptr, slot + 1, R1, r1, offs_d, offs_dv, BD, BDV, SLOT)
+    if REVERSED:
+        slot = (pid_bh * n_seg + n_seg - 1 - pid_s) * NM
+    else:
+        slot = (pid_bh * n_seg + pid_s) * NM
+    _store_state(seg_ptr, slot, R0, r0, offs_d, offs_dv, BD, BDV, SLOT)
+    if NM == 2:
+        _store_state(seg_ptr, slot + 1, R1, r1, offs_d, offs_dv, BD, BDV, SLOT)
 
 
 @triton.jit
@@ -825,87 +783,6 @@ def _dkv_causal_kernel(
                 _store_tile(dv_base, t, offs_dv, T, DV, sdvt, sdvd, dv, True)
 
 
-@triton.jit
-def _bwd_causal_chunk_kernel(
-    q_ptr, k_ptr, v_ptr, mask_ptr, do0_ptr, do1_ptr, o0_ptr, o1_ptr, den_ptr, st_ptr, rt_ptr,
-    dq_ptr, dk_ptr, dv_ptr,
-    H, T, D, DV, scale,
-    sqb, sqh, sqt, sqd, skb, skh, skt, skd, svb, svh, svt, svd,
-    sdob, sdoh, sdot, sdod, sob, soh, sot, sod,
-    sdqb, sdqh, sdqt, sdqd, sdkb, sdkh, sdkt, sdkd, sdvb, sdvh, sdvt, sdvd, smb, smt,
-    NM: tl.constexpr, PHI0: tl.constexpr, PHI1: tl.constexpr, HAS_MASK: tl.constexpr,
-    NORMALIZE: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
-    PREC: tl.constexpr, DOT_DTYPE: tl.constexpr, SLOT: tl.constexpr, ACC: tl.constexpr,
-):  # fmt: skip
-    """The whole causal backward of one chunk, both maps: grid (chunks, batch * heads).
-
-    st: inclusive prefix states by chunk (chunk c starts from slot c - 1), rt: the reversed
-    inclusive suffix sums by chunk (the sum after chunk c is at index n - 2 - c), as the
-    EACH state kernels store them. No walk: every chunk is independent, and the
-    intra-chunk products P = tril(g v^T + s), A = tril(a b^T) serve dq and dk, dv alike:
-
-        da = g S^T + s z^T + P b,   db = v R^T + r + P^T a,   dv = b R + A^T g.
-    """
-    pid_c = tl.program_id(0)
-    pid_bh = tl.program_id(1).to(tl.int64)
-    n_ch = tl.num_programs(0)
-    n_bh = tl.num_programs(1)
-    bb = pid_bh // H
-    hh = pid_bh % H
-    offs_t = tl.arange(0, BT)
-    offs_d = tl.arange(0, BD)
-    offs_dv = tl.arange(0, BDV)
-    causal_mask = offs_t[:, None] >= offs_t[None, :]
-    t = pid_c * BT + offs_t
-    qq = _load_tile(q_ptr + bb * sqb + hh * sqh, t, offs_d, T, D, sqt, sqd)
-    kk = _load_tile(k_ptr + bb * skb + hh * skh, t, offs_d, T, D, skt, skd)
-    keep2 = _keep_keys(mask_ptr + bb * smb, t, offs_d, T, D, smt, HAS_MASK)
-    vv = _load_tile(v_ptr + bb * svb + hh * svh, t, offs_dv, T, DV, svt, svd).to(DOT_DTYPE)
-    dq = tl.zeros([BT, BD], dtype=tl.float32)
-    dk = tl.zeros([BT, BD], dtype=tl.float32)
-    dv = tl.zeros([BT, BDV], dtype=tl.float32)
-    for m in tl.static_range(NM):
-        if m == 0:
-            do_base = do0_ptr + bb * sdob + hh * sdoh
-            o_base = o0_ptr + bb * sob + hh * soh
-        else:
-            do_base = do1_ptr + bb * sdob + hh * sdoh
-            o_base = o1_ptr + bb * sob + hh * soh
-        g, s = _load_g_s(
-            do_base, o_base, den_ptr + (m * n_bh + pid_bh) * T, t, offs_dv, T, DV,
-            sdot, sdod, sot, sod, scale, NORMALIZE,
-        )  # fmt: skip
-        g = g.to(DOT_DTYPE)
-        S, z = _load_state_if(
-            st_ptr, (pid_bh * n_ch + pid_c - 1) * NM + m, pid_c > 0,
-            offs_d, offs_dv, BD, BDV, SLOT,
-        )  # fmt: skip
-        R, r = _load_state_if(
-            rt_ptr, (pid_bh * n_ch + n_ch - 2 - pid_c) * NM + m, pid_c < n_ch - 1,
-            offs_d, offs_dv, BD, BDV, SLOT,
-        )  # fmt: skip
-        a, dphi_q = _phi_q(qq, t, offs_d, T, D, m, PHI0, PHI1)
-        b, dphi_k = _phi_k(kk, keep2, m, PHI0, PHI1)
-        a = a.to(DOT_DTYPE)
-        b = b.to(DOT_DTYPE)
-        P = tl.dot(g, tl.trans(vv), input_precision=PREC)
-        P = tl.where(causal_mask, P + s[:, None], 0.0).to(DOT_DTYPE)
-        da = tl.dot(g, tl.trans(S.to(DOT_DTYPE)), input_precision=PREC)
-        da += s[:, None] * z[None, :]
-        da += tl.dot(P, b, input_precision=PREC)
-        dq += da * dphi_q
-        db = tl.dot(vv, tl.trans(R.to(DOT_DTYPE)), input_precision=PREC) + r[None, :]
-        db += tl.dot(tl.trans(P), a, input_precision=PREC)
-        dk += db * dphi_k  # dphi_k is 0 at padding: padded keys get no gradient
-        A = tl.dot(a, tl.trans(b), input_precision=PREC)
-        A = tl.where(causal_mask, A, 0.0).to(DOT_DTYPE)
-        dv += tl.dot(b, R.to(DOT_DTYPE), input_precision=PREC)
-        dv += tl.dot(tl.trans(A), g, input_precision=PREC)
-    _store_tile(dq_ptr + bb * sdqb + hh * sdqh, t, offs_d, T, D, sdqt, sdqd, dq, ACC)
-    _store_tile(dk_ptr + bb * sdkb + hh * sdkh, t, offs_d, T, D, sdkt, sdkd, dk, ACC)
-    _store_tile(dv_ptr + bb * sdvb + hh * sdvh, t, offs_dv, T, DV, sdvt, sdvd, dv, ACC)
-
-
 def map_groups(codes: Sequence[int], causal: bool) -> list[tuple[int, ...]]:
     """The feature-map codes cut into the groups that one kernel call computes."""
     n = PLAN["maps_per_call_causal" if causal else "maps_per_call_bidir"]
@@ -1025,8 +902,8 @@ def far_forward(q, k, v, key_padding_mask, phi_codes, causal, normalize):
     if not causal or plan.n_seg > 1:
         seg = plan.states(q, nm)  # (bh, n_seg, map, slot)
         _state_fwd_kernel[(plan.n_seg, plan.bh)](
-            k, v, mask, seg, seg, *sizes, plan.state_cps, *strides(k), *strides(v), smb, smt,
-            HAS_MASK=has_mask, EACH=False, HAS_INIT=False, **plan.state_constexprs,
+            k, v, mask, seg, *sizes, plan.state_cps, *strides(k), *strides(v), smb, smt,
+            HAS_MASK=has_mask, **plan.state_constexprs,
             **LAUNCH["state_fwd_causal" if causal else "state_fwd"],
         )  # fmt: skip
         if causal:
@@ -1072,10 +949,10 @@ def far_backward(saved, douts, grads=None):
     if not causal or plan.n_seg > 1:
         rseg = plan.states(q, nm)
         _state_bwd_kernel[(plan.n_seg, plan.bh)](
-            q, douts[0], do1, outs[0], o1, den, rseg, rseg, *sizes, plan.state_cps, plan.scale,
+            q, douts[0], do1, outs[0], o1, den, rseg, *sizes, plan.state_cps, plan.scale,
             *strides(q), *strides(douts[0]), *strides(outs[0]),
-            NORMALIZE=normalize, REVERSED=causal, EACH=False, HAS_INIT=False,
-            **plan.state_constexprs, **LAUNCH["state_bwd_causal" if causal else "state_bwd"],
+            NORMALIZE=normalize, REVERSED=causal, **plan.state_constexprs,
+            **LAUNCH["state_bwd_causal" if causal else "state_bwd"],
         )  # fmt: skip
         if causal:
             rstate = rseg.cumsum_(dim=1)  # reversed order: sums of this and later segments
@@ -1092,12 +969,6 @@ def far_backward(saved, douts, grads=None):
         )  # fmt: skip
         return dq, dk, dv
     has_init = state is not None
-    if PLAN["causal_backward"] == "chunks":
-        _causal_backward_chunks(
-            (q, k, v, mask, douts[0], do1, outs[0], o1, den), state, rstate, (dq, dk, dv),
-            plan, normalize, has_mask, smb, smt, accumulate,
-        )  # fmt: skip
-        return dq, dk, dv
     _dq_causal_kernel[(plan.n_seg, plan.bh)](
         q, k, v, mask, douts[0], do1, outs[0], o1, den, state if has_init else den, dq,
         *sizes, plan.cps, plan.scale,
@@ -1115,41 +986,6 @@ def far_backward(saved, douts, grads=None):
         **LAUNCH["dkv"],
     )  # fmt: skip
     return dq, dk, dv
-
-
-def _causal_backward_chunks(
-    tensors, state, rstate, grads, plan, normalize, has_mask, smb, smt, acc
-):
-    """PLAN["causal_backward"] == "chunks": per-chunk prefix states S (from the forward's
-    segment states) and suffix states R (from the backward's), then one fused program per
-    chunk. The chunk count is padded to whole segments (the padding chunks are empty)."""
-    q, k, v, mask, do0, do1, o0, o1, den = tensors
-    dq, dk, dv = grads
-    nm = plan.constexprs["NM"]
-    n_ch = plan.n_seg * plan.cps
-    sizes = (plan.heads, plan.seq, plan.dim, plan.dim_v)
-    cst = torch.empty(plan.bh, n_ch, nm, plan.slot, device=q.device, dtype=torch.float32)
-    rst = torch.empty_like(cst)
-    has_init = state is not None
-    _state_fwd_kernel[(plan.n_seg, plan.bh)](
-        k, v, mask, cst, state if has_init else cst, *sizes, plan.cps,
-        *strides(k), *strides(v), smb, smt,
-        HAS_MASK=has_mask, EACH=True, HAS_INIT=has_init, **plan.constexprs,
-        **LAUNCH["state_fwd_causal"],
-    )  # fmt: skip
-    _state_bwd_kernel[(plan.n_seg, plan.bh)](
-        q, do0, do1, o0, o1, den, rst, rstate if has_init else rst, *sizes, plan.cps,
-        plan.scale, *strides(q), *strides(do0), *strides(o0),
-        NORMALIZE=normalize, REVERSED=True, EACH=True, HAS_INIT=has_init, **plan.constexprs,
-        **LAUNCH["state_bwd_causal"],
-    )  # fmt: skip
-    _bwd_causal_chunk_kernel[(n_ch, plan.bh)](
-        q, k, v, mask, do0, do1, o0, o1, den, cst, rst, dq, dk, dv, *sizes, plan.scale,
-        *strides(q), *strides(k), *strides(v), *strides(do0), *strides(o0),
-        *strides(dq), *strides(dk), *strides(dv), smb, smt,
-        HAS_MASK=has_mask, NORMALIZE=normalize, ACC=acc, **plan.constexprs,
-        **LAUNCH["bwd_chunks"],
-    )  # fmt: skip
 
 
 class _FarFields(torch.autograd.Function):
