@@ -128,7 +128,8 @@ def test_run_config_builds_model_data_and_trainer(path, data_root, tmp_path, mon
 @pytest.mark.parametrize("path", STRATEGY_CONFIGS, ids=relative)
 def test_strategy_config_stacks_on_a_run_config(path, data_root, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    spec = yaml.safe_load(path.read_text())["trainer"]
+    written = yaml.safe_load(path.read_text())
+    spec = written.get("trainer", {})
     strategy = spec.get("strategy", "auto")
     run = ROOT / "configs" / "lra" / "listops" / "fmm2_band5.yaml"
     args = ["--config", str(run), "--config", str(path), "--data.init_args.data_dir", str(data_root),
@@ -149,6 +150,8 @@ def test_strategy_config_stacks_on_a_run_config(path, data_root, tmp_path, monke
                 assert config.trainer[key] == value
         return
     cli = build_cli([*args, "--trainer.accelerator", "cpu"], run=False)
+    if "model" in written:  # task options stack on the run config's task
+        assert cli.model.compile_options == written["model"]["init_args"]["compile"]
     if "precision" in spec:
         assert cli.trainer.precision == spec["precision"]
     if isinstance(strategy, str) and strategy != "auto":
