@@ -308,6 +308,8 @@ def main(argv=None):
         for seq in args.seqs:
             for name in args.variants:
                 row = bench_one(name, seq, causal, args)
+                if args.backward_thread == "caller":
+                    row["note"] = f"{row['note']} backward on the calling thread".strip()
                 rows.append(row)
                 print(
                     f"{name:18s} seq={seq:8d} {mode:13s} ms={row.get('ms')!s:>9} "

@@ -251,7 +251,12 @@ def main(argv=None):
         help="time CUDA-graph replays (GPU time only; eager timings include host launches)",
     )
     p.add_argument("--out", type=Path, default=REPO / "docs" / "kernel_tune_graph.csv")
-    p.add_argument("--modes", nargs="+", default=["bidirectional", "causal"])
+    p.add_argument(
+        "--modes",
+        nargs="+",
+        default=["bidirectional", "causal"],
+        choices=["bidirectional", "causal"],
+    )
     for name, value in DEFAULT_SHAPE.items():
         if isinstance(value, bool):
             p.add_argument(f"--{name}", action="store_true")

@@ -19,7 +19,7 @@ tokens/s counts every position of the batch (padding included): batch x position
 step time. ``--compile NAME ...`` also runs those variants through ``torch.compile(model)``
 (``--compile-mode reduce-overhead`` lets inductor replay the step as CUDA graphs).
 ``--profile`` also writes, per run, the CUDA kernels of three steps by GPU time
-(``train_profile_<task>_<variant>[_compiled].txt``): where the step's time goes.
+(``train_profile_<task>_<variant>[_compiled_<mode>].txt``): where the step's time goes.
 Writes ``train_throughput.csv`` into ``--out-dir`` and prints a table.
 """
 
@@ -104,7 +104,7 @@ def run_one(task, variant, compiled, args):
         variant=variant,
         scheme=SCHEMES[task][variant] or "softmax",
         compiled=compiled,
-        note="",
+        note=f"mode {args.compile_mode or 'default'}" if compiled else "",
     )
     torch.manual_seed(0)
     torch.cuda.empty_cache()
@@ -128,8 +128,8 @@ def run_one(task, variant, compiled, args):
             loss = step()
         torch.cuda.synchronize()
         if not torch.isfinite(loss):
-            row["note"] = f"non-finite loss {loss.item()}"
-        row["note"] += f" warmup {time.perf_counter() - t0:.1f}s".strip()
+            row["note"] += f" non-finite loss {loss.item()}"
+        row["note"] = f"{row['note']} warmup {time.perf_counter() - t0:.1f}s".strip()
         torch.cuda.reset_peak_memory_stats()
         times = []
         for _ in range(args.steps):
@@ -169,7 +169,8 @@ def _profile(step, row, args):
     # Kernels only (an operator's row repeats its kernels' time), as the table's footer sums.
     cuda = torch.autograd.DeviceType.CUDA
     gpu_us = sum(e.self_device_time_total for e in events if e.device_type == cuda) / 3
-    name = f"train_profile_{row['task']}_{row['variant']}{'_compiled' if row['compiled'] else ''}"
+    how = f"_compiled_{args.compile_mode or 'default'}" if row["compiled"] else ""
+    name = f"train_profile_{row['task']}_{row['variant']}{how}"
     path = args.out_dir / f"{name}.txt"
     path.parent.mkdir(parents=True, exist_ok=True)
     table = events.table(sort_by="self_device_time_total", row_limit=args.profile_rows)

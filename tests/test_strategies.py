@@ -63,12 +63,15 @@ EXPECTED = {
     "deepspeed_stage3.yaml": dict(strategy="DeepSpeedStrategy", stage=3, precision="bf16-mixed"),
     "bf16.yaml": dict(precision="bf16-mixed"),
     "multinode.yaml": dict(strategy="DDPStrategy", num_nodes=2, precision="32-true"),
+    # A task option, not a Trainer one: the run's task compiles its model at fit start.
+    "compile_cudagraphs.yaml": dict(precision="32-true", compile={"mode": "reduce-overhead"}),
 }
 TASK = ROOT / "configs" / "quickstart.yaml"
 
 
-def build_trainer(*configs: Path, extra: tuple[str, ...] = ()):
-    """The Trainer that ``cli.py fit --config ...`` would build, on CPU, one process."""
+def build_cpu_cli(*configs: Path, extra: tuple[str, ...] = ()):
+    """The CLI (model, data, Trainer) that ``cli.py fit --config ...`` would build, on CPU,
+    one process."""
     sys.path.insert(0, str(ROOT))
     try:
         from cli import build_cli
@@ -76,7 +79,11 @@ def build_trainer(*configs: Path, extra: tuple[str, ...] = ()):
         sys.path.remove(str(ROOT))
     args = [a for c in configs for a in ("--config", str(c))]
     args += ["--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.logger", "false"]
-    return build_cli([*args, *extra], run=False).trainer
+    return build_cli([*args, *extra], run=False)
+
+
+def build_trainer(*configs: Path, extra: tuple[str, ...] = ()):
+    return build_cpu_cli(*configs, extra=extra).trainer
 
 
 def test_every_strategy_file_has_an_expectation():
@@ -91,7 +98,9 @@ def test_strategy_config_builds_the_trainer_it_promises(name):
     expected = EXPECTED[name]
     if expected.get("strategy") == "DeepSpeedStrategy":
         pytest.importorskip("deepspeed")
-    trainer = build_trainer(TASK, path)
+    cli = build_cpu_cli(TASK, path)
+    trainer = cli.trainer
+    assert cli.model.compile_options == expected.get("compile")
     assert str(trainer.precision) == expected["precision"]
     assert trainer.num_nodes == expected.get("num_nodes", 1)
     if "strategy" in expected:

@@ -126,6 +126,40 @@ def test_near_field_kernels(blocks, causal, bandwidth, narrow, monkeypatch):
     )
 
 
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("bandwidth", [5, 20, 33])  # 16-, 32- and 64-wide tiles
+@pytest.mark.parametrize("seed_kind", ["int", "tensor"])
+def test_near_field_dropout_matches_the_dense_reference(causal, bandwidth, seed_kind):
+    """Dropout in all three kernels against the dense reference with the kernels' own keep
+    pattern (``dropout_keep_matrix``): output and gradients, padding, the seed as an int (eager)
+    or as a tensor the kernels load (the compiled op)."""
+    import math
+
+    from fmmformer_pl.attention.cuda import near
+    from fmmformer_pl.attention.naive import visible_keys
+
+    batch, heads, seq, dim, p, seed = 1, 2, 150, 16, 0.3, 77
+    q, k, v, mask = _inputs(batch, heads, seq, dim, dim, seed=bandwidth)
+    keep = torch.stack(
+        [near.dropout_keep_matrix(seq, bandwidth, p, seed + n, "cpu") for n in range(heads)]
+    ).view(batch, heads, seq, seq)
+    visible = visible_keys(seq, bandwidth, causal, mask, q.device)
+    seed_arg = seed if seed_kind == "int" else torch.tensor([seed])
+
+    def fast(a, b, c):
+        return near._BandAttention.apply(a, b, c, mask, bandwidth, causal, p, seed_arg)
+
+    def reference(a, b, c):
+        scores = (a @ b.transpose(-1, -2) / math.sqrt(dim)).masked_fill(~visible, float("-inf"))
+        top = scores.amax(-1, keepdim=True).detach()
+        weights = torch.exp(scores - torch.where(torch.isfinite(top), top, 0.0)) * visible
+        total = weights.sum(-1, keepdim=True)
+        probs = weights / torch.where(total > 0, total, 1.0)
+        return (probs * keep / (1 - p)) @ c
+
+    _check(fast, reference, (q, k, v))
+
+
 def test_near_field_tiles_follow_the_band():
     """Narrow bands get tiles of 16 or 32 across the band (both kernels' sides), wide 64."""
     from fmmformer_pl.attention.cuda import near

@@ -10,7 +10,8 @@ with V(i) the non-padding keys of the band ``|i - j| < w`` (causal: ``i - w < j 
 out_i = 0 (gradient 0) where V(i) is empty.
 
 One program owns a block of ``_BLOCK_M`` queries and visits only the key blocks its band
-reaches (three 64-key blocks for w = 64; for a narrow band, tiles of 16 keys: ``_tiles``), with the online softmax of FlashAttention; the
+reaches (three 64-key blocks for w = 64; narrower tiles across narrow bands, 16 or 32 keys,
+and 16 or 32 queries in the dk/dv kernel: ``_tiles``), with the online softmax of FlashAttention; the
 backward pass recomputes the probabilities from the saved log-sum-exp, once per query block
 for dq and once per key block for dk and dv (no atomics). Memory: O(seq) extra (the
 log-sum-exp and delta_i = dout_i . out_i, one float32 each per position).
@@ -93,7 +94,8 @@ def _dropout_keep(seed, offs_m, offs_n, W, p_drop, TRANSPOSED: tl.constexpr):
 @triton.jit
 def _seed_of(seed, SEED_PTR: tl.constexpr):
     """The dropout seed: the argument itself, or (SEED_PTR) the integer it points to, a seed
-    drawn on the device inside a compiled graph (no host sync, CUDA-graph safe)."""
+    drawn on the device inside a compiled graph (no host sync, CUDA-graph safe). Read as an
+    int32: the op draws seeds below 2**30, the same draws as that int passed directly."""
     if SEED_PTR:
         return tl.load(seed).to(tl.int32)
     else:
