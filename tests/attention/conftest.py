@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -41,6 +43,19 @@ def assert_matches(fast, reference, q, k, v, atol=1e-10, rtol=1e-8):
         torch.testing.assert_close(
             g, ref_g, atol=atol, rtol=rtol, msg=lambda m, name=name: f"grad of {name}: {m}"
         )
+
+
+def dense_band_dropout(q, k, v, visible, keep, p):
+    """Banded softmax attention with dropout, densely: softmax over the ``visible`` keys
+    (bool, broadcast to (batch, heads, seq, seq); empty rows give 0), then the probabilities
+    times the 0/1 ``keep`` pattern / (1 - p). The oracle of the kernels' in-kernel dropout."""
+    scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
+    scores = scores.masked_fill(~visible, float("-inf"))
+    top = scores.amax(-1, keepdim=True).detach()
+    weights = torch.exp(scores - torch.where(torch.isfinite(top), top, 0.0)) * visible
+    total = weights.sum(-1, keepdim=True)
+    probs = weights / torch.where(total > 0, total, 1.0)
+    return (probs * keep / (1 - p)) @ v
 
 
 @pytest.fixture(autouse=True)

@@ -8,8 +8,6 @@ Run on the GPU machine: ``python -m pytest -m gpu tests/attention/test_gpu.py``.
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 
@@ -17,6 +15,8 @@ from fmmformer_pl.attention import far_field, far_fields, near_field
 from fmmformer_pl.attention.config import AttentionConfig
 from fmmformer_pl.attention.layer import FMMAttention
 from fmmformer_pl.attention.naive import visible_keys
+
+from .conftest import dense_band_dropout
 
 pytestmark = [
     pytest.mark.gpu,
@@ -253,17 +253,9 @@ def test_near_field_dropout_matches_masked_reference(causal, padding, width):
     kept = keep[visible.expand_as(keep)].float().mean().item()
     assert abs(kept - (1 - p)) < 0.03, kept
 
-    def reference(a, b, c):
-        scores = (a @ b.transpose(-1, -2) / math.sqrt(dim)).masked_fill(~visible, float("-inf"))
-        top = scores.amax(-1, keepdim=True).detach()
-        weights = torch.exp(scores - torch.where(torch.isfinite(top), top, 0.0)) * visible
-        total = weights.sum(-1, keepdim=True)
-        probs = weights / torch.where(total > 0, total, 1.0)
-        return (probs * keep / (1 - p)) @ c
-
     _compare(
         lambda a, b, c: band_attention_triton(a, b, c, width, causal, mask, p, seed),
-        reference, q, k, v, torch.float32, f"near dropout causal={causal} padding={padding}",
+        lambda a, b, c: dense_band_dropout(a, b, c, visible, keep, p), q, k, v, torch.float32, f"near dropout causal={causal} padding={padding}",
     )  # fmt: skip
 
 

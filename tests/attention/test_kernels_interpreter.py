@@ -133,10 +133,10 @@ def test_near_field_dropout_matches_the_dense_reference(causal, bandwidth, seed_
     """Dropout in all three kernels against the dense reference with the kernels' own keep
     pattern (``dropout_keep_matrix``): output and gradients, padding, the seed as an int (eager)
     or as a tensor the kernels load (the compiled op)."""
-    import math
-
     from fmmformer_pl.attention.cuda import near
     from fmmformer_pl.attention.naive import visible_keys
+
+    from .conftest import dense_band_dropout
 
     batch, heads, seq, dim, p, seed = 1, 2, 150, 16, 0.3, 77
     q, k, v, mask = _inputs(batch, heads, seq, dim, dim, seed=bandwidth)
@@ -149,15 +149,7 @@ def test_near_field_dropout_matches_the_dense_reference(causal, bandwidth, seed_
     def fast(a, b, c):
         return near._BandAttention.apply(a, b, c, mask, bandwidth, causal, p, seed_arg)
 
-    def reference(a, b, c):
-        scores = (a @ b.transpose(-1, -2) / math.sqrt(dim)).masked_fill(~visible, float("-inf"))
-        top = scores.amax(-1, keepdim=True).detach()
-        weights = torch.exp(scores - torch.where(torch.isfinite(top), top, 0.0)) * visible
-        total = weights.sum(-1, keepdim=True)
-        probs = weights / torch.where(total > 0, total, 1.0)
-        return (probs * keep / (1 - p)) @ c
-
-    _check(fast, reference, (q, k, v))
+    _check(fast, lambda a, b, c: dense_band_dropout(a, b, c, visible, keep, p), (q, k, v))
 
 
 def test_near_field_tiles_follow_the_band():
