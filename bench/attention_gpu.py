@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import csv
 import math
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -46,6 +45,9 @@ import torch.nn.functional as F
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+from cuda_timing import median_ms  # noqa: E402
 
 from fmmformer_pl.attention import far_field, near_field  # noqa: E402
 from fmmformer_pl.attention.config import AttentionConfig  # noqa: E402
@@ -176,15 +178,7 @@ def bench_one(name, seq, causal, args):
         repeats = args.repeats if once < 0.5 else 3
         for _ in range(args.warmup - 1):
             step()
-        times = []
-        for _ in range(repeats):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            step()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end))
-        row["ms"] = round(statistics.median(times), 4)
+        row["ms"] = round(median_ms(step, repeats), 4)
         row["repeats"] = repeats
     except torch.OutOfMemoryError:
         row["note"] = "OOM"

@@ -1,4 +1,5 @@
-"""Timing helpers shared by the GPU benchmarks (``attention_profile.py``, ``far_tune.py``)."""
+"""Timing helpers shared by the GPU benchmarks (``attention_gpu.py``, ``attention_profile.py``,
+``far_tune.py``, ``train_throughput.py``)."""
 
 from __future__ import annotations
 

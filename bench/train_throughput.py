@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import statistics
 import sys
 import time
 import traceback
@@ -39,6 +38,9 @@ import torch.nn.functional as F
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+from cuda_timing import median_ms  # noqa: E402
 
 from fmmformer_pl.attention.blend import paper_scheme  # noqa: E402
 from fmmformer_pl.attention.config import AttentionConfig  # noqa: E402
@@ -131,15 +133,7 @@ def run_one(task, variant, compiled, args):
             row["note"] += f" non-finite loss {loss.item()}"
         row["note"] = f"{row['note']} warmup {time.perf_counter() - t0:.1f}s".strip()
         torch.cuda.reset_peak_memory_stats()
-        times = []
-        for _ in range(args.steps):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            step()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end))
-        ms = statistics.median(times)
+        ms = median_ms(step, args.steps)
         if args.profile:
             _profile(step, row, args)
         row.update(

@@ -47,7 +47,7 @@ _BLOCK_N = 64
 # pairs, the first that fits w wins. A block of 64 queries sees 64 + 2(w - 1) keys: for w = 5
 # (the paper's LRA band) five or six tiles of 16 keys instead of two or three of 64, and the
 # dropout's Philox numbers are drawn per tile element. H200, graph replays, fwd+bwd
-# (bench/far_tune.py, docs/kernel_tune_near.csv): LRA Retrieval's w = 5 (64 x 2 heads x 4K,
+# (bench/far_tune.py, docs/kernel_tune_near_{retrieval,wikitext}.csv): LRA Retrieval's w = 5 (64 x 2 heads x 4K,
 # dim 32, dropout, padding) 0.78 ms with 16-tiles, 1.02 with 32, 1.55 with 64; WikiText's
 # w = 20 (96 x 8 heads x 256, dim 16, causal) 0.079 ms with 32-tiles, 0.093 with 64.
 # Empty: wide tiles only.
