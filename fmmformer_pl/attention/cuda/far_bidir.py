@@ -1,0 +1,207 @@
+"""Far field on the GPU: the bidirectional kernels. Every program reads the total states once
+and then its chunks; nothing is carried from chunk to chunk. ``far.py`` explains the algorithm
+and launches these.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from .far_tiles import (
+    _keep_keys,
+    _load_g_s,
+    _load_state,
+    _load_tile,
+    _phi_k,
+    _phi_q,
+    _store_tile,
+)
+
+
+@triton.jit
+def _fwd_bidir_kernel(
+    q_ptr, st_ptr, o0_ptr, o1_ptr, den_ptr,
+    H, T, D, DV, CPS, scale,
+    sqb, sqh, sqt, sqd, sob, soh, sot, sod,
+    NM: tl.constexpr, PHI0: tl.constexpr, PHI1: tl.constexpr, NORMALIZE: tl.constexpr,
+    BT: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
+    PREC: tl.constexpr, DOT_DTYPE: tl.constexpr, SLOT: tl.constexpr,
+):  # fmt: skip
+    """Bidirectional out_m = phi_m(q) S_m / phi_m(q) z_m from the totals (bh, map) in st.
+
+    Grid (programs, batch * heads): each program reads the states once (rounded to the
+    product dtype) and then CPS chunks of q; nothing is carried between chunks.
+    """
+    pid_p = tl.program_id(0)
+    pid_bh = tl.program_id(1).to(tl.int64)
+    n_bh = tl.num_programs(1)
+    bb = pid_bh // H
+    hh = pid_bh % H
+    q_base = q_ptr + bb * sqb + hh * sqh
+    o0_base = o0_ptr + bb * sob + hh * soh
+    o1_base = o1_ptr + bb * sob + hh * soh
+    offs_t = tl.arange(0, BT)
+    offs_d = tl.arange(0, BD)
+    offs_dv = tl.arange(0, BDV)
+    S0, z0 = _load_state(st_ptr, pid_bh * NM, offs_d, offs_dv, BD, BDV, SLOT)
+    S0 = S0.to(DOT_DTYPE)
+    if NM == 2:
+        S1, z1 = _load_state(st_ptr, pid_bh * NM + 1, offs_d, offs_dv, BD, BDV, SLOT)
+        S1 = S1.to(DOT_DTYPE)
+    t0 = pid_p * CPS * BT
+    for c in range(0, CPS):
+        t = t0 + c * BT + offs_t
+        qq = _load_tile(q_base, t, offs_d, T, D, sqt, sqd)
+        for m in tl.static_range(NM):
+            if m == 0:
+                S, z, o_base = S0, z0, o0_base
+            else:
+                S, z, o_base = S1, z1, o1_base
+            a, _ = _phi_q(qq, t, offs_d, T, D, m, PHI0, PHI1)
+            num = tl.dot(a.to(DOT_DTYPE), S, input_precision=PREC)
+            if NORMALIZE:
+                den = tl.sum(a * z[None, :], axis=1)
+                pos = den > 0
+                out = tl.where(pos[:, None], num / tl.where(pos, den, 1.0)[:, None], 0.0)
+                tl.store(den_ptr + (m * n_bh + pid_bh) * T + t, den, mask=t < T)
+            else:
+                out = num * scale
+            _store_tile(o_base, t, offs_dv, T, DV, sot, sod, out, False)
+
+
+@triton.jit
+def _dq_bidir_kernel(
+    q_ptr, do0_ptr, do1_ptr, o0_ptr, o1_ptr, den_ptr, st_ptr, dq_ptr,
+    H, T, D, DV, CPS, scale,
+    sqb, sqh, sqt, sqd, sdob, sdoh, sdot, sdod, sob, soh, sot, sod, sdqb, sdqh, sdqt, sdqd,
+    NM: tl.constexpr, PHI0: tl.constexpr, PHI1: tl.constexpr, NORMALIZE: tl.constexpr,
+    BT: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
+    PREC: tl.constexpr, DOT_DTYPE: tl.constexpr, SLOT: tl.constexpr, ACC: tl.constexpr,
+):  # fmt: skip
+    """Bidirectional dq = sum_m (g S^T + s z^T) phi_m'(q) from the totals S, z.
+
+    Grid (programs, batch * heads); the states are read once per program.
+    """
+    pid_p = tl.program_id(0)
+    pid_bh = tl.program_id(1).to(tl.int64)
+    n_bh = tl.num_programs(1)
+    bb = pid_bh // H
+    hh = pid_bh % H
+    q_base = q_ptr + bb * sqb + hh * sqh
+    dq_base = dq_ptr + bb * sdqb + hh * sdqh
+    offs_t = tl.arange(0, BT)
+    offs_d = tl.arange(0, BD)
+    offs_dv = tl.arange(0, BDV)
+    S0, z0 = _load_state(st_ptr, pid_bh * NM, offs_d, offs_dv, BD, BDV, SLOT)
+    S0 = S0.to(DOT_DTYPE)
+    if NM == 2:
+        S1, z1 = _load_state(st_ptr, pid_bh * NM + 1, offs_d, offs_dv, BD, BDV, SLOT)
+        S1 = S1.to(DOT_DTYPE)
+    t0 = pid_p * CPS * BT
+    for c in range(0, CPS):
+        t = t0 + c * BT + offs_t
+        qq = _load_tile(q_base, t, offs_d, T, D, sqt, sqd)
+        dq = tl.zeros([BT, BD], dtype=tl.float32)
+        for m in tl.static_range(NM):
+            if m == 0:
+                S, z = S0, z0
+                do_base = do0_ptr + bb * sdob + hh * sdoh
+                o_base = o0_ptr + bb * sob + hh * soh
+            else:
+                S, z = S1, z1
+                do_base = do1_ptr + bb * sdob + hh * sdoh
+                o_base = o1_ptr + bb * sob + hh * soh
+            den_base = den_ptr + (m * n_bh + pid_bh) * T
+            g, s = _load_g_s(
+                do_base, o_base, den_base, t, offs_dv, T, DV, sdot, sdod, sot, sod, scale,
+                NORMALIZE,
+            )  # fmt: skip
+            da = tl.dot(g.to(DOT_DTYPE), tl.trans(S), input_precision=PREC)
+            _, dphi_q = _phi_q(qq, t, offs_d, T, D, m, PHI0, PHI1)
+            dq += (da + s[:, None] * z[None, :]) * dphi_q
+        _store_tile(dq_base, t, offs_d, T, D, sdqt, sdqd, dq, ACC)
+
+
+@triton.jit
+def _dkv_bidir_kernel(
+    k_ptr, v_ptr, mask_ptr, rt_ptr, dk_ptr, dv_ptr,
+    H, T, D, DV, CPS,
+    skb, skh, skt, skd, svb, svh, svt, svd,
+    sdkb, sdkh, sdkt, sdkd, sdvb, sdvh, sdvt, sdvd, smb, smt,
+    NM: tl.constexpr, PHI0: tl.constexpr, PHI1: tl.constexpr, HAS_MASK: tl.constexpr,
+    BT: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
+    PREC: tl.constexpr, DOT_DTYPE: tl.constexpr, SLOT: tl.constexpr, ACC: tl.constexpr,
+):  # fmt: skip
+    """Bidirectional dk = sum_m (v R^T + r) phi_m'(k), dv = sum_m b R from the totals R, r.
+
+    Grid (programs, batch * heads); the states are read once per program.
+    """
+    pid_p = tl.program_id(0)
+    pid_bh = tl.program_id(1).to(tl.int64)
+    bb = pid_bh // H
+    hh = pid_bh % H
+    k_base = k_ptr + bb * skb + hh * skh
+    v_base = v_ptr + bb * svb + hh * svh
+    mask_base = mask_ptr + bb * smb
+    dk_base = dk_ptr + bb * sdkb + hh * sdkh
+    dv_base = dv_ptr + bb * sdvb + hh * sdvh
+    offs_t = tl.arange(0, BT)
+    offs_d = tl.arange(0, BD)
+    offs_dv = tl.arange(0, BDV)
+    R0, r0 = _load_state(rt_ptr, pid_bh * NM, offs_d, offs_dv, BD, BDV, SLOT)
+    R0 = R0.to(DOT_DTYPE)
+    if NM == 2:
+        R1, r1 = _load_state(rt_ptr, pid_bh * NM + 1, offs_d, offs_dv, BD, BDV, SLOT)
+        R1 = R1.to(DOT_DTYPE)
+    t0 = pid_p * CPS * BT
+    for c in range(0, CPS):
+        t = t0 + c * BT + offs_t
+        kk = _load_tile(k_base, t, offs_d, T, D, skt, skd)
+        keep2 = _keep_keys(mask_base, t, offs_d, T, D, smt, HAS_MASK)
+        vv = _load_tile(v_base, t, offs_dv, T, DV, svt, svd).to(DOT_DTYPE)
+        dk = tl.zeros([BT, BD], dtype=tl.float32)
+        dv = tl.zeros([BT, BDV], dtype=tl.float32)
+        for m in tl.static_range(NM):
+            if m == 0:
+                R, r = R0, r0
+            else:
+                R, r = R1, r1
+            b, dphi_k = _phi_k(kk, keep2, m, PHI0, PHI1)
+            db = tl.dot(vv, tl.trans(R), input_precision=PREC) + r[None, :]
+            dk += db * dphi_k  # dphi_k is 0 at padding: padded keys get no gradient
+            dv += tl.dot(b.to(DOT_DTYPE), R, input_precision=PREC)
+        _store_tile(dk_base, t, offs_d, T, D, sdkt, sdkd, dk, ACC)
+        _store_tile(dv_base, t, offs_dv, T, DV, sdvt, sdvd, dv, ACC)
+
+
+@triton.jit
+def _bwd_bidir_kernel(
+    q_ptr, k_ptr, v_ptr, mask_ptr, do0_ptr, do1_ptr, o0_ptr, o1_ptr, den_ptr, st_ptr, rt_ptr,
+    dq_ptr, dk_ptr, dv_ptr,
+    H, T, D, DV, CPS, scale,
+    sqb, sqh, sqt, sqd, skb, skh, skt, skd, svb, svh, svt, svd,
+    sdob, sdoh, sdot, sdod, sob, soh, sot, sod,
+    sdqb, sdqh, sdqt, sdqd, sdkb, sdkh, sdkt, sdkd, sdvb, sdvh, sdvt, sdvd, smb, smt,
+    NM: tl.constexpr, PHI0: tl.constexpr, PHI1: tl.constexpr, HAS_MASK: tl.constexpr,
+    NORMALIZE: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
+    PREC: tl.constexpr, DOT_DTYPE: tl.constexpr, SLOT: tl.constexpr, ACC: tl.constexpr,
+):  # fmt: skip
+    """Both bidirectional backward passes in one launch (one launch less of host overhead):
+    grid (programs, batch * heads, 2), axis 2 picks dq (0) or dk, dv (1)."""
+    if tl.program_id(2) == 0:
+        _dq_bidir_kernel(
+            q_ptr, do0_ptr, do1_ptr, o0_ptr, o1_ptr, den_ptr, st_ptr, dq_ptr,
+            H, T, D, DV, CPS, scale,
+            sqb, sqh, sqt, sqd, sdob, sdoh, sdot, sdod, sob, soh, sot, sod,
+            sdqb, sdqh, sdqt, sdqd,
+            NM, PHI0, PHI1, NORMALIZE, BT, BD, BDV, PREC, DOT_DTYPE, SLOT, ACC,
+        )  # fmt: skip
+    else:
+        _dkv_bidir_kernel(
+            k_ptr, v_ptr, mask_ptr, rt_ptr, dk_ptr, dv_ptr,
+            H, T, D, DV, CPS,
+            skb, skh, skt, skd, svb, svh, svt, svd,
+            sdkb, sdkh, sdkt, sdkd, sdvb, sdvh, sdvt, sdvd, smb, smt,
+            NM, PHI0, PHI1, HAS_MASK, BT, BD, BDV, PREC, DOT_DTYPE, SLOT, ACC,
+        )  # fmt: skip

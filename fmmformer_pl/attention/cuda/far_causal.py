@@ -1,0 +1,257 @@
+"""Far field on the GPU: the causal kernels. One program per segment walks its chunks with the
+state in registers: forward (out, den), backward dq (forward walk) and dk, dv (backward walk).
+``far.py`` explains the algorithm and launches these.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from .far_tiles import (
+    _keep_keys,
+    _load_g_s,
+    _load_state_if,
+    _load_tile,
+    _phi_k,
+    _phi_q,
+    _store_tile,
+)
+
+
+@triton.jit
+def _fwd_causal_kernel(
+    q_ptr, k_ptr, v_ptr, mask_ptr, st_ptr, o0_ptr, o1_ptr, den_ptr,
+    H, T, D, DV, CPS, scale,
+    sqb, sqh, sqt, sqd, skb, skh, skt, skd, svb, svh, svt, svd, sob, soh, sot, sod, smb, smt,
+    NM: tl.constexpr, PHI0: tl.constexpr, PHI1: tl.constexpr, HAS_MASK: tl.constexpr,
+    HAS_INIT: tl.constexpr, NORMALIZE: tl.constexpr,
+    BT: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
+    PREC: tl.constexpr, DOT_DTYPE: tl.constexpr, SLOT: tl.constexpr,
+):  # fmt: skip
+    """Causal out_m (and den_m) of one segment's chunks. Grid (segments, batch * heads).
+
+    HAS_INIT: st holds the inclusive cumsum over segments of the state kernel's slots
+    (bh, segment, map); this program (= segment pid_s) starts from slot pid_s - 1. The maps
+    run one after the other, each walking the segment with its state in registers.
+    """
+    pid_s = tl.program_id(0)
+    pid_bh = tl.program_id(1).to(tl.int64)
+    n_prog = tl.num_programs(0)
+    n_bh = tl.num_programs(1)
+    bb = pid_bh // H
+    hh = pid_bh % H
+    q_base = q_ptr + bb * sqb + hh * sqh
+    k_base = k_ptr + bb * skb + hh * skh
+    v_base = v_ptr + bb * svb + hh * svh
+    mask_base = mask_ptr + bb * smb
+    offs_t = tl.arange(0, BT)
+    offs_d = tl.arange(0, BD)
+    offs_dv = tl.arange(0, BDV)
+    causal_mask = offs_t[:, None] >= offs_t[None, :]
+    t0 = pid_s * CPS * BT
+    for m in tl.static_range(NM):
+        if m == 0:
+            o_base = o0_ptr + bb * sob + hh * soh
+        else:
+            o_base = o1_ptr + bb * sob + hh * soh
+        den_base = den_ptr + (m * n_bh + pid_bh) * T
+        if HAS_INIT:
+            S, z = _load_state_if(
+                st_ptr, (pid_bh * n_prog + pid_s - 1) * NM + m, pid_s > 0,
+                offs_d, offs_dv, BD, BDV, SLOT,
+            )  # fmt: skip
+        else:
+            S = tl.zeros([BD, BDV], dtype=tl.float32)
+            z = tl.zeros([BD], dtype=tl.float32)
+        for c in range(0, CPS):
+            t = t0 + c * BT + offs_t
+            qq = _load_tile(q_base, t, offs_d, T, D, sqt, sqd)
+            a, _ = _phi_q(qq, t, offs_d, T, D, m, PHI0, PHI1)
+            den = tl.sum(a * z[None, :], axis=1)
+            a = a.to(DOT_DTYPE)
+            num = tl.dot(a, S.to(DOT_DTYPE), input_precision=PREC)
+            kk = _load_tile(k_base, t, offs_d, T, D, skt, skd)
+            keep2 = _keep_keys(mask_base, t, offs_d, T, D, smt, HAS_MASK)
+            b, _ = _phi_k(kk, keep2, m, PHI0, PHI1)
+            z += tl.sum(b, axis=0)
+            b = b.to(DOT_DTYPE)
+            vv = _load_tile(v_base, t, offs_dv, T, DV, svt, svd).to(DOT_DTYPE)
+            A = tl.dot(a, tl.trans(b), input_precision=PREC)
+            A = tl.where(causal_mask, A, 0.0)
+            num += tl.dot(A.to(DOT_DTYPE), vv, input_precision=PREC)
+            den += tl.sum(A, axis=1)
+            S += tl.dot(tl.trans(b), vv, input_precision=PREC)
+            if NORMALIZE:
+                pos = den > 0
+                out = tl.where(pos[:, None], num / tl.where(pos, den, 1.0)[:, None], 0.0)
+                tl.store(den_base + t, den, mask=t < T)
+            else:
+                out = num * scale
+            _store_tile(o_base, t, offs_dv, T, DV, sot, sod, out, False)
+
+
+@triton.jit
+def _dq_causal_kernel(
+    q_ptr, k_ptr, v_ptr, mask_ptr, do0_ptr, do1_ptr, o0_ptr, o1_ptr, den_ptr, st_ptr, dq_ptr,
+    H, T, D, DV, CPS, scale,
+    sqb, sqh, sqt, sqd, skb, skh, skt, skd, svb, svh, svt, svd,
+    sdob, sdoh, sdot, sdod, sob, soh, sot, sod, sdqb, sdqh, sdqt, sdqd, smb, smt,
+    NM: tl.constexpr, PHI0: tl.constexpr, PHI1: tl.constexpr, HAS_MASK: tl.constexpr,
+    HAS_INIT: tl.constexpr, NORMALIZE: tl.constexpr,
+    BT: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
+    PREC: tl.constexpr, DOT_DTYPE: tl.constexpr, SLOT: tl.constexpr, ACC: tl.constexpr,
+):  # fmt: skip
+    """Causal dq, forward over a segment's chunks: da = (g S^T + s z^T) + tril(g v^T + s) b.
+
+    st: the forward's inclusive cumsum of states (segment pid_s starts from slot pid_s - 1).
+    The maps run one after the other; the second adds to the first's dq.
+    """
+    pid_s = tl.program_id(0)
+    pid_bh = tl.program_id(1).to(tl.int64)
+    n_seg = tl.num_programs(0)
+    n_bh = tl.num_programs(1)
+    bb = pid_bh // H
+    hh = pid_bh % H
+    q_base = q_ptr + bb * sqb + hh * sqh
+    k_base = k_ptr + bb * skb + hh * skh
+    v_base = v_ptr + bb * svb + hh * svh
+    dq_base = dq_ptr + bb * sdqb + hh * sdqh
+    mask_base = mask_ptr + bb * smb
+    offs_t = tl.arange(0, BT)
+    offs_d = tl.arange(0, BD)
+    offs_dv = tl.arange(0, BDV)
+    causal_mask = offs_t[:, None] >= offs_t[None, :]
+    t0 = pid_s * CPS * BT
+    for m in tl.static_range(NM):
+        if m == 0:
+            do_base = do0_ptr + bb * sdob + hh * sdoh
+            o_base = o0_ptr + bb * sob + hh * soh
+        else:
+            do_base = do1_ptr + bb * sdob + hh * sdoh
+            o_base = o1_ptr + bb * sob + hh * soh
+            tl.debug_barrier()  # map 0's dq is stored before map 1 reads it back
+        den_base = den_ptr + (m * n_bh + pid_bh) * T
+        if HAS_INIT:
+            S, z = _load_state_if(
+                st_ptr, (pid_bh * n_seg + pid_s - 1) * NM + m, pid_s > 0,
+                offs_d, offs_dv, BD, BDV, SLOT,
+            )  # fmt: skip
+        else:
+            S = tl.zeros([BD, BDV], dtype=tl.float32)
+            z = tl.zeros([BD], dtype=tl.float32)
+        for c in range(0, CPS):
+            t = t0 + c * BT + offs_t
+            kk = _load_tile(k_base, t, offs_d, T, D, skt, skd)
+            keep2 = _keep_keys(mask_base, t, offs_d, T, D, smt, HAS_MASK)
+            b, _ = _phi_k(kk, keep2, m, PHI0, PHI1)
+            vv = _load_tile(v_base, t, offs_dv, T, DV, svt, svd).to(DOT_DTYPE)
+            g, s = _load_g_s(
+                do_base, o_base, den_base, t, offs_dv, T, DV, sdot, sdod, sot, sod, scale,
+                NORMALIZE,
+            )  # fmt: skip
+            g = g.to(DOT_DTYPE)
+            da = tl.dot(g, tl.trans(S.to(DOT_DTYPE)), input_precision=PREC)
+            da += s[:, None] * z[None, :]
+            P = tl.dot(g, tl.trans(vv), input_precision=PREC)
+            P = tl.where(causal_mask, P + s[:, None], 0.0)
+            z += tl.sum(b, axis=0)
+            b = b.to(DOT_DTYPE)
+            da += tl.dot(P.to(DOT_DTYPE), b, input_precision=PREC)
+            S += tl.dot(tl.trans(b), vv, input_precision=PREC)
+            qq = _load_tile(q_base, t, offs_d, T, D, sqt, sqd)
+            _, dphi_q = _phi_q(qq, t, offs_d, T, D, m, PHI0, PHI1)
+            if m == 0:  # ACC: add to another field's gradient (the fused FMM backward)
+                _store_tile(dq_base, t, offs_d, T, D, sdqt, sdqd, da * dphi_q, ACC)
+            else:
+                _store_tile(dq_base, t, offs_d, T, D, sdqt, sdqd, da * dphi_q, True)
+
+
+@triton.jit
+def _dkv_causal_kernel(
+    q_ptr, k_ptr, v_ptr, mask_ptr, do0_ptr, do1_ptr, o0_ptr, o1_ptr, den_ptr, rt_ptr,
+    dk_ptr, dv_ptr,
+    H, T, D, DV, CPS, scale,
+    sqb, sqh, sqt, sqd, skb, skh, skt, skd, svb, svh, svt, svd,
+    sdob, sdoh, sdot, sdod, sob, soh, sot, sod,
+    sdkb, sdkh, sdkt, sdkd, sdvb, sdvh, sdvt, sdvd, smb, smt,
+    NM: tl.constexpr, PHI0: tl.constexpr, PHI1: tl.constexpr, HAS_MASK: tl.constexpr,
+    HAS_INIT: tl.constexpr, NORMALIZE: tl.constexpr,
+    BT: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
+    PREC: tl.constexpr, DOT_DTYPE: tl.constexpr, SLOT: tl.constexpr, ACC: tl.constexpr,
+):  # fmt: skip
+    """Causal dk, dv, backward over a segment's chunks with the reverse state R, r:
+
+        db = v R^T + r + (tril(g v^T + s))^T a,   dv = b R + (tril(a b^T))^T g.
+
+    rt: cumsum of the reversed-order reverse states; the state after segment pid_s (the sum of
+    every later segment) is at index n_seg - 2 - pid_s.
+    """
+    pid_s = tl.program_id(0)
+    pid_bh = tl.program_id(1).to(tl.int64)
+    n_seg = tl.num_programs(0)
+    n_bh = tl.num_programs(1)
+    bb = pid_bh // H
+    hh = pid_bh % H
+    q_base = q_ptr + bb * sqb + hh * sqh
+    k_base = k_ptr + bb * skb + hh * skh
+    v_base = v_ptr + bb * svb + hh * svh
+    dk_base = dk_ptr + bb * sdkb + hh * sdkh
+    dv_base = dv_ptr + bb * sdvb + hh * sdvh
+    mask_base = mask_ptr + bb * smb
+    offs_t = tl.arange(0, BT)
+    offs_d = tl.arange(0, BD)
+    offs_dv = tl.arange(0, BDV)
+    # Row j (key), column i (query) of the transposed intra-chunk products: i >= j.
+    causal_mask_t = offs_t[None, :] >= offs_t[:, None]
+    t0 = pid_s * CPS * BT
+    for m in tl.static_range(NM):
+        if m == 0:
+            do_base = do0_ptr + bb * sdob + hh * sdoh
+            o_base = o0_ptr + bb * sob + hh * soh
+        else:
+            do_base = do1_ptr + bb * sdob + hh * sdoh
+            o_base = o1_ptr + bb * sob + hh * soh
+            tl.debug_barrier()  # map 0's dk, dv are stored before map 1 reads them back
+        den_base = den_ptr + (m * n_bh + pid_bh) * T
+        if HAS_INIT:
+            R, r = _load_state_if(
+                rt_ptr, (pid_bh * n_seg + n_seg - 2 - pid_s) * NM + m, pid_s < n_seg - 1,
+                offs_d, offs_dv, BD, BDV, SLOT,
+            )  # fmt: skip
+        else:
+            R = tl.zeros([BD, BDV], dtype=tl.float32)
+            r = tl.zeros([BD], dtype=tl.float32)
+        for cc in range(0, CPS):
+            c = CPS - 1 - cc
+            t = t0 + c * BT + offs_t
+            kk = _load_tile(k_base, t, offs_d, T, D, skt, skd)
+            keep2 = _keep_keys(mask_base, t, offs_d, T, D, smt, HAS_MASK)
+            b, dphi_k = _phi_k(kk, keep2, m, PHI0, PHI1)
+            b = b.to(DOT_DTYPE)
+            vv = _load_tile(v_base, t, offs_dv, T, DV, svt, svd).to(DOT_DTYPE)
+            g, s = _load_g_s(
+                do_base, o_base, den_base, t, offs_dv, T, DV, sdot, sdod, sot, sod, scale,
+                NORMALIZE,
+            )  # fmt: skip
+            g = g.to(DOT_DTYPE)
+            db = tl.dot(vv, tl.trans(R.to(DOT_DTYPE)), input_precision=PREC) + r[None, :]
+            dv = tl.dot(b, R.to(DOT_DTYPE), input_precision=PREC)
+            qq = _load_tile(q_base, t, offs_d, T, D, sqt, sqd)
+            a, _ = _phi_q(qq, t, offs_d, T, D, m, PHI0, PHI1)
+            r += tl.sum(a * s[:, None], axis=0)
+            a = a.to(DOT_DTYPE)
+            Pt = tl.dot(vv, tl.trans(g), input_precision=PREC)
+            Pt = tl.where(causal_mask_t, Pt + s[None, :], 0.0)
+            db += tl.dot(Pt.to(DOT_DTYPE), a, input_precision=PREC)
+            At = tl.dot(b, tl.trans(a), input_precision=PREC)
+            At = tl.where(causal_mask_t, At, 0.0)
+            dv += tl.dot(At.to(DOT_DTYPE), g, input_precision=PREC)
+            R += tl.dot(tl.trans(a), g, input_precision=PREC)
+            # dphi_k is 0 at padding, so padded keys get no gradient (b was 0 there too).
+            if m == 0:
+                _store_tile(dk_base, t, offs_d, T, D, sdkt, sdkd, db * dphi_k, ACC)
+                _store_tile(dv_base, t, offs_dv, T, DV, sdvt, sdvd, dv, ACC)
+            else:
+                _store_tile(dk_base, t, offs_d, T, D, sdkt, sdkd, db * dphi_k, True)
+                _store_tile(dv_base, t, offs_dv, T, DV, sdvt, sdvd, dv, True)

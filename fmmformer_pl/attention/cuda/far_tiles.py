@@ -1,0 +1,143 @@
+"""Far field on the GPU, the Triton building blocks every far-field kernel shares: the feature
+maps in registers, tile and state loads and stores, the backward's per-position g and s.
+
+Shapes as in ``far.py``: a tile is (chunk x head_dim) of one (batch, head); a state slot is
+S (head_dim x head_dim_v, row-major) then z (head_dim), float32.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _phi(x, PHI: tl.constexpr):
+    """phi(x) and phi'(x), elementwise, float32 (same formulas as ``FEATURE_MAPS``)."""
+    if PHI == 0:  # elu(x) + 1
+        e = tl.exp(tl.minimum(x, 0.0))
+        y = tl.where(x > 0, x + 1.0, e)
+        dy = tl.where(x > 0, 1.0, e)
+    elif PHI == 1:  # elu(-x) + 1
+        e = tl.exp(tl.minimum(-x, 0.0))
+        y = tl.where(x < 0, 1.0 - x, e)
+        dy = tl.where(x < 0, -1.0, -e)
+    elif PHI == 2:  # tanh(x) + 1 = 2 sigmoid(2x)
+        sg = 1.0 / (1.0 + tl.exp(-2.0 * x))
+        y = 2.0 * sg
+        dy = 4.0 * sg * (1.0 - sg)
+    elif PHI == 3:  # relu
+        y = tl.maximum(x, 0.0)
+        dy = tl.where(x > 0, 1.0, 0.0)
+    else:  # softplus, with torch's threshold 20 (identity above it)
+        e = tl.exp(tl.minimum(x, 20.0))
+        # log(1 + e) loses e entirely below ~1e-7; there softplus(x) = e to float32 precision.
+        y = tl.where(x > 20.0, x, tl.where(x < -15.0, e, tl.log(1.0 + e)))
+        dy = e / (1.0 + e)
+    return y, dy
+
+
+@triton.jit
+def _phi_m(x, M: tl.constexpr, PHI0: tl.constexpr, PHI1: tl.constexpr):
+    """phi_M(x), phi_M'(x) for feature map M (0 or 1) of the call."""
+    if M == 0:
+        return _phi(x, PHI0)
+    else:
+        return _phi(x, PHI1)
+
+
+@triton.jit
+def _load_tile(base, t, offs_d, T, D, stride_t, stride_d):
+    """A (chunk x dim) tile as float32, zero outside t < T, d < D."""
+    ptrs = base + t[:, None] * stride_t + offs_d[None, :] * stride_d
+    mask = (t[:, None] < T) & (offs_d[None, :] < D)
+    return tl.load(ptrs, mask=mask, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _store_tile(base, t, offs_d, T, D, stride_t, stride_d, x, ACCUMULATE: tl.constexpr):
+    """Store a (chunk x dim) tile (cast to the pointer's type); add to what is there if
+    ACCUMULATE (written by an earlier launch, or by this program before a barrier)."""
+    ptrs = base + t[:, None] * stride_t + offs_d[None, :] * stride_d
+    mask = (t[:, None] < T) & (offs_d[None, :] < D)
+    if ACCUMULATE:
+        x += tl.load(ptrs, mask=mask, other=0.0).to(tl.float32)
+    tl.store(ptrs, x.to(base.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _keep_keys(mask_base, t, offs_d, T, D, smt, HAS_MASK: tl.constexpr):
+    """(chunk x dim) bool: key t inside the sequence, not padding, and d < D."""
+    keep = t < T
+    if HAS_MASK:
+        pad = tl.load(mask_base + t * smt, mask=t < T, other=1)
+        keep = keep & (pad == 0)
+    return keep[:, None] & (offs_d[None, :] < D)
+
+
+@triton.jit
+def _phi_k(kk, keep2, M: tl.constexpr, PHI0: tl.constexpr, PHI1: tl.constexpr):
+    """b = phi(k) and phi'(k), zeroed at padding, outside the sequence and outside head_dim."""
+    b, db = _phi_m(kk, M, PHI0, PHI1)
+    return tl.where(keep2, b, 0.0), tl.where(keep2, db, 0.0)
+
+
+@triton.jit
+def _phi_q(qq, t, offs_d, T, D, M: tl.constexpr, PHI0: tl.constexpr, PHI1: tl.constexpr):
+    """a = phi(q) and phi'(q), zeroed outside the sequence and head_dim (phi(0) != 0)."""
+    a, da = _phi_m(qq, M, PHI0, PHI1)
+    inside = (t[:, None] < T) & (offs_d[None, :] < D)
+    return tl.where(inside, a, 0.0), tl.where(inside, da, 0.0)
+
+
+@triton.jit
+def _load_g_s(
+    do_base, o_base, den_base, t, offs_dv, T, DV, sdot, sdod, sot, sod, scale,
+    NORMALIZE: tl.constexpr,
+):  # fmt: skip
+    """g = dout / den and s = -(dout . out) / den (0 where den = 0); or g = dout * scale."""
+    do = _load_tile(do_base, t, offs_dv, T, DV, sdot, sdod)
+    if NORMALIZE:
+        o = _load_tile(o_base, t, offs_dv, T, DV, sot, sod)
+        den = tl.load(den_base + t, mask=t < T, other=0.0)
+        inv = tl.where(den > 0, 1.0 / tl.where(den > 0, den, 1.0), 0.0)
+        g = do * inv[:, None]
+        s = -tl.sum(do * o, axis=1) * inv
+    else:
+        g = do * scale
+        s = tl.zeros([do.shape[0]], dtype=tl.float32)
+    return g, s
+
+
+@triton.jit
+def _load_state(
+    ptr, slot, offs_d, offs_dv, BD: tl.constexpr, BDV: tl.constexpr, SLOT: tl.constexpr
+):
+    """State (S: BD x BDV, z: BD) of a slot.
+
+    A slot is SLOT = BD * BDV + BD float32 numbers: S row-major, then z.
+    """
+    base = ptr + slot.to(tl.int64) * SLOT
+    S = tl.load(base + offs_d[:, None] * BDV + offs_dv[None, :])
+    z = tl.load(base + BD * BDV + offs_d)
+    return S, z
+
+
+@triton.jit
+def _load_state_if(
+    ptr, slot, valid, offs_d, offs_dv, BD: tl.constexpr, BDV: tl.constexpr, SLOT: tl.constexpr
+):
+    """The state of a slot where ``valid`` (a scalar), else zeros (slot may then be < 0)."""
+    base = ptr + slot.to(tl.int64) * SLOT
+    S = tl.load(base + offs_d[:, None] * BDV + offs_dv[None, :], mask=valid, other=0.0)
+    z = tl.load(base + BD * BDV + offs_d, mask=valid, other=0.0)
+    return S, z
+
+
+@triton.jit
+def _store_state(
+    ptr, slot, S, z, offs_d, offs_dv, BD: tl.constexpr, BDV: tl.constexpr, SLOT: tl.constexpr
+):
+    base = ptr + slot.to(tl.int64) * SLOT
+    tl.store(base + offs_d[:, None] * BDV + offs_dv[None, :], S)
+    tl.store(base + BD * BDV + offs_d, z)
