@@ -37,11 +37,18 @@ with the reverse state R = sum_i a_i g_i^T, r = sum_i s_i a_i summed per segment
 sum of everything after it). Causal da walks forward over a segment's chunks, db and dv
 backward. The gradients of the two maps add up in dq, dk, dv.
 
+The forward stores a = phi(q) and b = phi(k) (zero at padding) in the products' dtype, and the
+backward reads them instead of recomputing the maps: the feature maps' exponentials and
+selects were most of the backward kernels' instructions (bench/kernel_sass.py). phi' comes
+from phi itself for elu + 1, elu(-x) + 1 and relu, and is recomputed from q or k for tanh + 1
+and softplus (``far_tiles._dphi``).
+
 The kernels live in ``far_states.py`` (the state passes), ``far_bidir.py`` and ``far_causal.py``
 (the main passes), built from ``far_tiles.py``'s helpers; this file plans and launches them.
 
 Nothing of size (seq x seq) or (seq x head_dim x head_dim) is allocated: the extra memory is
-one float32 per position and map (the denominators) and one state per segment and map.
+one float32 per position and map (the denominators), 2 x head_dim numbers per position and
+map (the stored features) and one state per segment and map.
 
 Every matrix product takes bf16 operands for bf16 or fp16 inputs (fp16 is widened to bf16 so
 that 1 / den cannot underflow; a state is rounded to bf16 where it is read, as in
@@ -152,6 +159,22 @@ def _dot_dtype(dtype: torch.dtype):
     return tl.float32 if dtype == torch.float32 else tl.bfloat16
 
 
+def inline_ptx(device: torch.device) -> bool:
+    """Whether the kernels may use inline PTX (``far_tiles._exp``): on CUDA, not in the Triton
+    interpreter that runs the CPU tests. ``bench/kernel_sass.py`` compiles for the H200 from a
+    CPU machine and overrides this."""
+    return device.type == "cuda"
+
+
+def _feature_dtype(dtype: torch.dtype) -> torch.dtype:
+    """dtype of the stored phi(q), phi(k): the matrix products' operand dtype."""
+    return torch.float32 if dtype == torch.float32 else torch.bfloat16
+
+
+# Constexprs of the feature maps, which the kernels that read phi from the buffer do not take.
+_MAP_CONSTEXPRS = ("PHI0", "PHI1", "FAST")
+
+
 class _Plan:
     """Chunking, segments and the constexpr arguments shared by one call's kernels."""
 
@@ -184,6 +207,7 @@ class _Plan:
             PREC=fp32_precision(q.dtype),
             DOT_DTYPE=_dot_dtype(q.dtype),
             SLOT=self.slot,
+            FAST=inline_ptx(q.device),
         )
 
     @property
@@ -197,10 +221,20 @@ class _Plan:
     def state_constexprs(self):
         return {**self.constexprs, "BT": self.state_bt}
 
+    @property
+    def state_bwd_constexprs(self):
+        return {k: v for k, v in self.state_constexprs.items() if k not in _MAP_CONSTEXPRS}
+
     def states(self, q, n_maps):
         return torch.empty(
             self.bh, self.n_seg, n_maps, self.slot, device=q.device, dtype=torch.float32
         )
+
+    def features(self, q, n_maps):
+        """The feature buffer: phi_m(q) (side 0) and phi_m(k) (side 1) as the forward
+        computed them, (side, map, batch * heads, seq, head_dim), for the backward."""
+        shape = (2, n_maps, self.bh, self.seq, self.dim)
+        return torch.empty(shape, device=q.device, dtype=_feature_dtype(q.dtype))
 
 
 def _far_settings(q, v, key_padding_mask, phi_codes, causal, normalize):
@@ -212,12 +246,12 @@ def _far_settings(q, v, key_padding_mask, phi_codes, causal, normalize):
     return mask, (phi_codes, causal, normalize, smb, smt, has_mask, plan)
 
 
-def far_saved(q, k, v, key_padding_mask, den, state, outs, phi_codes, causal, normalize):
+def far_saved(q, k, v, key_padding_mask, den, state, phi, outs, phi_codes, causal, normalize):
     """What ``far_backward`` needs (tensors first, then the settings), as ``far_forward``
     returns it, rebuilt by a caller that kept only the tensors (the custom op of
     ``fmm_op.py``)."""
     mask, settings = _far_settings(q, v, key_padding_mask, phi_codes, causal, normalize)
-    return (q, k, v, mask, den, state, *outs), settings
+    return (q, k, v, mask, den, state, phi, *outs), settings
 
 
 def far_forward(q, k, v, key_padding_mask, phi_codes, causal, normalize):
@@ -235,12 +269,14 @@ def far_forward(q, k, v, key_padding_mask, phi_codes, causal, normalize):
         else outs[0]
     )
     sizes = (plan.heads, plan.seq, plan.dim, plan.dim_v)
+    phi = plan.features(q, nm)
     state = None
     if not causal or plan.n_seg > 1:
         seg = plan.states(q, nm)  # (bh, n_seg, map, slot)
+        # Bidirectional: this pass stores phi(k); causal: the forward walk does.
         _state_fwd_kernel[(plan.n_seg, plan.bh)](
-            k, v, mask, seg, *sizes, plan.state_cps, *strides(k), *strides(v), smb, smt,
-            HAS_MASK=has_mask, **plan.state_constexprs,
+            k, v, mask, seg, phi, *sizes, plan.state_cps, *strides(k), *strides(v), smb, smt,
+            HAS_MASK=has_mask, STORE_PHI=not causal, **plan.state_constexprs,
             **LAUNCH["state_fwd_causal" if causal else "state_fwd"],
         )  # fmt: skip
         if causal:
@@ -249,7 +285,7 @@ def far_forward(q, k, v, key_padding_mask, phi_codes, causal, normalize):
             state = seg[:, 0] if plan.n_seg == 1 else seg.sum(dim=1)  # (bh, map, slot)
     if causal:
         _fwd_causal_kernel[(plan.n_seg, plan.bh)](
-            q, k, v, mask, state if state is not None else den, outs[0], o1, den,
+            q, k, v, mask, state if state is not None else den, outs[0], o1, den, phi,
             *sizes, plan.cps, plan.scale,
             *strides(q), *strides(k), *strides(v), *strides(outs[0]), smb, smt,
             HAS_MASK=has_mask, HAS_INIT=state is not None, NORMALIZE=normalize,
@@ -257,19 +293,20 @@ def far_forward(q, k, v, key_padding_mask, phi_codes, causal, normalize):
         )  # fmt: skip
     else:
         _fwd_bidir_kernel[(plan.n_main, plan.bh)](
-            q, state, outs[0], o1, den, *sizes, plan.main_cps, plan.scale,
+            q, state, outs[0], o1, den, phi, *sizes, plan.main_cps, plan.scale,
             *strides(q), *strides(outs[0]),
             NORMALIZE=normalize, **plan.constexprs, **LAUNCH["fwd_bidir"],
         )  # fmt: skip
-    return outs, ((q, k, v, mask, den, state, *outs), settings)
+    return outs, ((q, k, v, mask, den, state, phi, *outs), settings)
 
 
 def far_backward(saved, douts, grads=None):
     """dq, dk, dv of the far fields (``saved`` from ``far_forward``; a None in ``douts`` is a
     zero gradient); with ``grads`` = (dq, dk, dv) the kernels add to those tensors."""
-    (q, k, v, mask, den, state, *outs), settings = saved
-    # The forward's plan: the saved states are laid out by its segments.
-    phi_codes, causal, normalize, smb, smt, has_mask, plan = settings
+    (q, k, v, mask, den, state, phi, *outs), settings = saved
+    # The forward's plan: the saved states are laid out by its segments. The padding mask is
+    # not needed: phi(k) is 0 at padding.
+    phi_codes, causal, normalize, *_, plan = settings
     nm = len(phi_codes)
     douts = [torch.zeros_like(o) if g is None else g for g, o in zip(douts, outs, strict=True)]
     # The kernels take one layout for all douts, with 32-bit offsets inside a (batch, head).
@@ -286,9 +323,9 @@ def far_backward(saved, douts, grads=None):
     if not causal or plan.n_seg > 1:
         rseg = plan.states(q, nm)
         _state_bwd_kernel[(plan.n_seg, plan.bh)](
-            q, douts[0], do1, outs[0], o1, den, rseg, *sizes, plan.state_cps, plan.scale,
-            *strides(q), *strides(douts[0]), *strides(outs[0]),
-            NORMALIZE=normalize, REVERSED=causal, **plan.state_constexprs,
+            phi, douts[0], do1, outs[0], o1, den, rseg, *sizes, plan.state_cps, plan.scale,
+            *strides(douts[0]), *strides(outs[0]),
+            NORMALIZE=normalize, REVERSED=causal, **plan.state_bwd_constexprs,
             **LAUNCH["state_bwd_causal" if causal else "state_bwd"],
         )  # fmt: skip
         if causal:
@@ -297,29 +334,28 @@ def far_backward(saved, douts, grads=None):
             rstate = rseg[:, 0] if plan.n_seg == 1 else rseg.sum(dim=1)
     if not causal:
         _bwd_bidir_kernel[(plan.n_main, plan.bh, 2)](
-            q, k, v, mask, douts[0], do1, outs[0], o1, den, state, rstate, dq, dk, dv,
+            q, k, v, phi, douts[0], do1, outs[0], o1, den, state, rstate, dq, dk, dv,
             *sizes, plan.main_cps, plan.scale,
             *strides(q), *strides(k), *strides(v), *strides(douts[0]), *strides(outs[0]),
-            *strides(dq), *strides(dk), *strides(dv), smb, smt,
-            HAS_MASK=has_mask, NORMALIZE=normalize, ACC=accumulate, **cx,
+            *strides(dq), *strides(dk), *strides(dv),
+            NORMALIZE=normalize, ACC=accumulate, **cx,
             **LAUNCH["bwd_bidir"],
         )  # fmt: skip
         return dq, dk, dv
     has_init = state is not None
     _dq_causal_kernel[(plan.n_seg, plan.bh)](
-        q, k, v, mask, douts[0], do1, outs[0], o1, den, state if has_init else den, dq,
+        q, v, phi, douts[0], do1, outs[0], o1, den, state if has_init else den, dq,
         *sizes, plan.cps, plan.scale,
-        *strides(q), *strides(k), *strides(v), *strides(douts[0]), *strides(outs[0]),
-        *strides(dq), smb, smt,
-        HAS_MASK=has_mask, HAS_INIT=has_init, NORMALIZE=normalize, ACC=accumulate, **cx,
+        *strides(q), *strides(v), *strides(douts[0]), *strides(outs[0]), *strides(dq),
+        HAS_INIT=has_init, NORMALIZE=normalize, ACC=accumulate, **cx,
         **LAUNCH["dq"],
     )  # fmt: skip
     _dkv_causal_kernel[(plan.n_seg, plan.bh)](
-        q, k, v, mask, douts[0], do1, outs[0], o1, den, rstate if has_init else den, dk, dv,
+        k, v, phi, douts[0], do1, outs[0], o1, den, rstate if has_init else den, dk, dv,
         *sizes, plan.cps, plan.scale,
-        *strides(q), *strides(k), *strides(v), *strides(douts[0]), *strides(outs[0]),
-        *strides(dk), *strides(dv), smb, smt,
-        HAS_MASK=has_mask, HAS_INIT=has_init, NORMALIZE=normalize, ACC=accumulate, **cx,
+        *strides(k), *strides(v), *strides(douts[0]), *strides(outs[0]),
+        *strides(dk), *strides(dv),
+        HAS_INIT=has_init, NORMALIZE=normalize, ACC=accumulate, **cx,
         **LAUNCH["dkv"],
     )  # fmt: skip
     return dq, dk, dv

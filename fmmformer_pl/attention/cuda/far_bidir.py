@@ -9,29 +9,33 @@ import triton
 import triton.language as tl
 
 from .far_tiles import (
-    _keep_keys,
+    _dphi_m,
+    _feature_base,
+    _load_features,
     _load_g_s,
     _load_state,
     _load_tile,
-    _phi_k,
     _phi_q,
+    _store_features,
     _store_tile,
 )
 
 
 @triton.jit
 def _fwd_bidir_kernel(
-    q_ptr, st_ptr, o0_ptr, o1_ptr, den_ptr,
+    q_ptr, st_ptr, o0_ptr, o1_ptr, den_ptr, phi_ptr,
     H, T, D, DV, CPS, scale,
     sqb, sqh, sqt, sqd, sob, soh, sot, sod,
     NM: tl.constexpr, PHI0: tl.constexpr, PHI1: tl.constexpr, NORMALIZE: tl.constexpr,
+    FAST: tl.constexpr,
     BT: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
     PREC: tl.constexpr, DOT_DTYPE: tl.constexpr, SLOT: tl.constexpr,
 ):  # fmt: skip
     """Bidirectional out_m = phi_m(q) S_m / phi_m(q) z_m from the totals (bh, map) in st.
 
     Grid (programs, batch * heads): each program reads the states once (rounded to the
-    product dtype) and then CPS chunks of q; nothing is carried between chunks.
+    product dtype) and then CPS chunks of q; nothing is carried between chunks. a = phi_m(q)
+    goes to the feature buffer (side 0) for the backward.
     """
     pid_p = tl.program_id(0)
     pid_bh = tl.program_id(1).to(tl.int64)
@@ -58,7 +62,9 @@ def _fwd_bidir_kernel(
                 S, z, o_base = S0, z0, o0_base
             else:
                 S, z, o_base = S1, z1, o1_base
-            a, _ = _phi_q(qq, t, offs_d, T, D, m, PHI0, PHI1)
+            a = _phi_q(qq, t, offs_d, T, D, m, PHI0, PHI1, FAST)
+            a_base = _feature_base(phi_ptr, 0, m, NM, pid_bh, n_bh, T, D)
+            _store_features(a_base, t, offs_d, T, D, a)
             num = tl.dot(a.to(DOT_DTYPE), S, input_precision=PREC)
             if NORMALIZE:
                 den = tl.sum(a * z[None, :], axis=1)
@@ -72,11 +78,11 @@ def _fwd_bidir_kernel(
 
 @triton.jit
 def _dq_bidir_kernel(
-    q_ptr, do0_ptr, do1_ptr, o0_ptr, o1_ptr, den_ptr, st_ptr, dq_ptr,
+    q_ptr, phi_ptr, do0_ptr, do1_ptr, o0_ptr, o1_ptr, den_ptr, st_ptr, dq_ptr,
     H, T, D, DV, CPS, scale,
     sqb, sqh, sqt, sqd, sdob, sdoh, sdot, sdod, sob, soh, sot, sod, sdqb, sdqh, sdqt, sdqd,
     NM: tl.constexpr, PHI0: tl.constexpr, PHI1: tl.constexpr, NORMALIZE: tl.constexpr,
-    BT: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
+    FAST: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
     PREC: tl.constexpr, DOT_DTYPE: tl.constexpr, SLOT: tl.constexpr, ACC: tl.constexpr,
 ):  # fmt: skip
     """Bidirectional dq = sum_m (g S^T + s z^T) phi_m'(q) from the totals S, z.
@@ -101,7 +107,6 @@ def _dq_bidir_kernel(
     t0 = pid_p * CPS * BT
     for c in range(0, CPS):
         t = t0 + c * BT + offs_t
-        qq = _load_tile(q_base, t, offs_d, T, D, sqt, sqd)
         dq = tl.zeros([BT, BD], dtype=tl.float32)
         for m in tl.static_range(NM):
             if m == 0:
@@ -118,32 +123,35 @@ def _dq_bidir_kernel(
                 NORMALIZE,
             )  # fmt: skip
             da = tl.dot(g.to(DOT_DTYPE), tl.trans(S), input_precision=PREC)
-            _, dphi_q = _phi_q(qq, t, offs_d, T, D, m, PHI0, PHI1)
+            a_base = _feature_base(phi_ptr, 0, m, NM, pid_bh, n_bh, T, D)
+            a = _load_features(a_base, t, offs_d, T, D).to(tl.float32)
+            dphi_q = _dphi_m(a, q_base, t, offs_d, T, D, sqt, sqd, m, PHI0, PHI1, FAST)
             dq += (da + s[:, None] * z[None, :]) * dphi_q
         _store_tile(dq_base, t, offs_d, T, D, sdqt, sdqd, dq, ACC)
 
 
 @triton.jit
 def _dkv_bidir_kernel(
-    k_ptr, v_ptr, mask_ptr, rt_ptr, dk_ptr, dv_ptr,
+    k_ptr, v_ptr, phi_ptr, rt_ptr, dk_ptr, dv_ptr,
     H, T, D, DV, CPS,
     skb, skh, skt, skd, svb, svh, svt, svd,
-    sdkb, sdkh, sdkt, sdkd, sdvb, sdvh, sdvt, sdvd, smb, smt,
-    NM: tl.constexpr, PHI0: tl.constexpr, PHI1: tl.constexpr, HAS_MASK: tl.constexpr,
+    sdkb, sdkh, sdkt, sdkd, sdvb, sdvh, sdvt, sdvd,
+    NM: tl.constexpr, PHI0: tl.constexpr, PHI1: tl.constexpr, FAST: tl.constexpr,
     BT: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
     PREC: tl.constexpr, DOT_DTYPE: tl.constexpr, SLOT: tl.constexpr, ACC: tl.constexpr,
 ):  # fmt: skip
-    """Bidirectional dk = sum_m (v R^T + r) phi_m'(k), dv = sum_m b R from the totals R, r.
+    """Bidirectional dk = sum_m (v R^T + r) phi_m'(k), dv = sum_m b R from the totals R, r,
+    with b from the forward's feature buffer (zero at padding, so no mask is needed).
 
     Grid (programs, batch * heads); the states are read once per program.
     """
     pid_p = tl.program_id(0)
     pid_bh = tl.program_id(1).to(tl.int64)
+    n_bh = tl.num_programs(1)
     bb = pid_bh // H
     hh = pid_bh % H
     k_base = k_ptr + bb * skb + hh * skh
     v_base = v_ptr + bb * svb + hh * svh
-    mask_base = mask_ptr + bb * smb
     dk_base = dk_ptr + bb * sdkb + hh * sdkh
     dv_base = dv_ptr + bb * sdvb + hh * sdvh
     offs_t = tl.arange(0, BT)
@@ -157,8 +165,6 @@ def _dkv_bidir_kernel(
     t0 = pid_p * CPS * BT
     for c in range(0, CPS):
         t = t0 + c * BT + offs_t
-        kk = _load_tile(k_base, t, offs_d, T, D, skt, skd)
-        keep2 = _keep_keys(mask_base, t, offs_d, T, D, smt, HAS_MASK)
         vv = _load_tile(v_base, t, offs_dv, T, DV, svt, svd).to(DOT_DTYPE)
         dk = tl.zeros([BT, BD], dtype=tl.float32)
         dv = tl.zeros([BT, BDV], dtype=tl.float32)
@@ -167,41 +173,46 @@ def _dkv_bidir_kernel(
                 R, r = R0, r0
             else:
                 R, r = R1, r1
-            b, dphi_k = _phi_k(kk, keep2, m, PHI0, PHI1)
+            b = _load_features(
+                _feature_base(phi_ptr, 1, m, NM, pid_bh, n_bh, T, D), t, offs_d, T, D
+            )
             db = tl.dot(vv, tl.trans(R), input_precision=PREC) + r[None, :]
+            dv += tl.dot(b, R, input_precision=PREC)
+            dphi_k = _dphi_m(
+                b.to(tl.float32), k_base, t, offs_d, T, D, skt, skd, m, PHI0, PHI1, FAST
+            )
             dk += db * dphi_k  # dphi_k is 0 at padding: padded keys get no gradient
-            dv += tl.dot(b.to(DOT_DTYPE), R, input_precision=PREC)
         _store_tile(dk_base, t, offs_d, T, D, sdkt, sdkd, dk, ACC)
         _store_tile(dv_base, t, offs_dv, T, DV, sdvt, sdvd, dv, ACC)
 
 
 @triton.jit
 def _bwd_bidir_kernel(
-    q_ptr, k_ptr, v_ptr, mask_ptr, do0_ptr, do1_ptr, o0_ptr, o1_ptr, den_ptr, st_ptr, rt_ptr,
+    q_ptr, k_ptr, v_ptr, phi_ptr, do0_ptr, do1_ptr, o0_ptr, o1_ptr, den_ptr, st_ptr, rt_ptr,
     dq_ptr, dk_ptr, dv_ptr,
     H, T, D, DV, CPS, scale,
     sqb, sqh, sqt, sqd, skb, skh, skt, skd, svb, svh, svt, svd,
     sdob, sdoh, sdot, sdod, sob, soh, sot, sod,
-    sdqb, sdqh, sdqt, sdqd, sdkb, sdkh, sdkt, sdkd, sdvb, sdvh, sdvt, sdvd, smb, smt,
-    NM: tl.constexpr, PHI0: tl.constexpr, PHI1: tl.constexpr, HAS_MASK: tl.constexpr,
-    NORMALIZE: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
+    sdqb, sdqh, sdqt, sdqd, sdkb, sdkh, sdkt, sdkd, sdvb, sdvh, sdvt, sdvd,
+    NM: tl.constexpr, PHI0: tl.constexpr, PHI1: tl.constexpr,
+    NORMALIZE: tl.constexpr, FAST: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
     PREC: tl.constexpr, DOT_DTYPE: tl.constexpr, SLOT: tl.constexpr, ACC: tl.constexpr,
 ):  # fmt: skip
     """Both bidirectional backward passes in one launch (one launch less of host overhead):
     grid (programs, batch * heads, 2), axis 2 picks dq (0) or dk, dv (1)."""
     if tl.program_id(2) == 0:
         _dq_bidir_kernel(
-            q_ptr, do0_ptr, do1_ptr, o0_ptr, o1_ptr, den_ptr, st_ptr, dq_ptr,
+            q_ptr, phi_ptr, do0_ptr, do1_ptr, o0_ptr, o1_ptr, den_ptr, st_ptr, dq_ptr,
             H, T, D, DV, CPS, scale,
             sqb, sqh, sqt, sqd, sdob, sdoh, sdot, sdod, sob, soh, sot, sod,
             sdqb, sdqh, sdqt, sdqd,
-            NM, PHI0, PHI1, NORMALIZE, BT, BD, BDV, PREC, DOT_DTYPE, SLOT, ACC,
+            NM, PHI0, PHI1, NORMALIZE, FAST, BT, BD, BDV, PREC, DOT_DTYPE, SLOT, ACC,
         )  # fmt: skip
     else:
         _dkv_bidir_kernel(
-            k_ptr, v_ptr, mask_ptr, rt_ptr, dk_ptr, dv_ptr,
+            k_ptr, v_ptr, phi_ptr, rt_ptr, dk_ptr, dv_ptr,
             H, T, D, DV, CPS,
             skb, skh, skt, skd, svb, svh, svt, svd,
-            sdkb, sdkh, sdkt, sdkd, sdvb, sdvh, sdvt, sdvd, smb, smt,
-            NM, PHI0, PHI1, HAS_MASK, BT, BD, BDV, PREC, DOT_DTYPE, SLOT, ACC,
+            sdkb, sdkh, sdkt, sdkd, sdvb, sdvh, sdvt, sdvd,
+            NM, PHI0, PHI1, FAST, BT, BD, BDV, PREC, DOT_DTYPE, SLOT, ACC,
         )  # fmt: skip

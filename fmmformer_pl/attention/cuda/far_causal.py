@@ -9,23 +9,27 @@ import triton
 import triton.language as tl
 
 from .far_tiles import (
+    _dphi_m,
+    _feature_base,
     _keep_keys,
+    _load_features,
     _load_g_s,
     _load_state_if,
     _load_tile,
     _phi_k,
     _phi_q,
+    _store_features,
     _store_tile,
 )
 
 
 @triton.jit
 def _fwd_causal_kernel(
-    q_ptr, k_ptr, v_ptr, mask_ptr, st_ptr, o0_ptr, o1_ptr, den_ptr,
+    q_ptr, k_ptr, v_ptr, mask_ptr, st_ptr, o0_ptr, o1_ptr, den_ptr, phi_ptr,
     H, T, D, DV, CPS, scale,
     sqb, sqh, sqt, sqd, skb, skh, skt, skd, svb, svh, svt, svd, sob, soh, sot, sod, smb, smt,
     NM: tl.constexpr, PHI0: tl.constexpr, PHI1: tl.constexpr, HAS_MASK: tl.constexpr,
-    HAS_INIT: tl.constexpr, NORMALIZE: tl.constexpr,
+    HAS_INIT: tl.constexpr, NORMALIZE: tl.constexpr, FAST: tl.constexpr,
     BT: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
     PREC: tl.constexpr, DOT_DTYPE: tl.constexpr, SLOT: tl.constexpr,
 ):  # fmt: skip
@@ -33,7 +37,8 @@ def _fwd_causal_kernel(
 
     HAS_INIT: st holds the inclusive cumsum over segments of the state kernel's slots
     (bh, segment, map); this program (= segment pid_s) starts from slot pid_s - 1. The maps
-    run one after the other, each walking the segment with its state in registers.
+    run one after the other, each walking the segment with its state in registers. a = phi_m(q)
+    and b = phi_m(k) go to the feature buffer for the backward.
     """
     pid_s = tl.program_id(0)
     pid_bh = tl.program_id(1).to(tl.int64)
@@ -56,6 +61,8 @@ def _fwd_causal_kernel(
         else:
             o_base = o1_ptr + bb * sob + hh * soh
         den_base = den_ptr + (m * n_bh + pid_bh) * T
+        a_base = _feature_base(phi_ptr, 0, m, NM, pid_bh, n_bh, T, D)
+        b_base = _feature_base(phi_ptr, 1, m, NM, pid_bh, n_bh, T, D)
         if HAS_INIT:
             S, z = _load_state_if(
                 st_ptr, (pid_bh * n_prog + pid_s - 1) * NM + m, pid_s > 0,
@@ -67,15 +74,17 @@ def _fwd_causal_kernel(
         for c in range(0, CPS):
             t = t0 + c * BT + offs_t
             qq = _load_tile(q_base, t, offs_d, T, D, sqt, sqd)
-            a, _ = _phi_q(qq, t, offs_d, T, D, m, PHI0, PHI1)
+            a = _phi_q(qq, t, offs_d, T, D, m, PHI0, PHI1, FAST)
             den = tl.sum(a * z[None, :], axis=1)
             a = a.to(DOT_DTYPE)
+            _store_features(a_base, t, offs_d, T, D, a)
             num = tl.dot(a, S.to(DOT_DTYPE), input_precision=PREC)
             kk = _load_tile(k_base, t, offs_d, T, D, skt, skd)
             keep2 = _keep_keys(mask_base, t, offs_d, T, D, smt, HAS_MASK)
-            b, _ = _phi_k(kk, keep2, m, PHI0, PHI1)
+            b = _phi_k(kk, keep2, m, PHI0, PHI1, FAST)
             z += tl.sum(b, axis=0)
             b = b.to(DOT_DTYPE)
+            _store_features(b_base, t, offs_d, T, D, b)
             vv = _load_tile(v_base, t, offs_dv, T, DV, svt, svd).to(DOT_DTYPE)
             A = tl.dot(a, tl.trans(b), input_precision=PREC)
             A = tl.where(causal_mask, A, 0.0)
@@ -93,18 +102,19 @@ def _fwd_causal_kernel(
 
 @triton.jit
 def _dq_causal_kernel(
-    q_ptr, k_ptr, v_ptr, mask_ptr, do0_ptr, do1_ptr, o0_ptr, o1_ptr, den_ptr, st_ptr, dq_ptr,
+    q_ptr, v_ptr, phi_ptr, do0_ptr, do1_ptr, o0_ptr, o1_ptr, den_ptr, st_ptr, dq_ptr,
     H, T, D, DV, CPS, scale,
-    sqb, sqh, sqt, sqd, skb, skh, skt, skd, svb, svh, svt, svd,
-    sdob, sdoh, sdot, sdod, sob, soh, sot, sod, sdqb, sdqh, sdqt, sdqd, smb, smt,
-    NM: tl.constexpr, PHI0: tl.constexpr, PHI1: tl.constexpr, HAS_MASK: tl.constexpr,
-    HAS_INIT: tl.constexpr, NORMALIZE: tl.constexpr,
+    sqb, sqh, sqt, sqd, svb, svh, svt, svd,
+    sdob, sdoh, sdot, sdod, sob, soh, sot, sod, sdqb, sdqh, sdqt, sdqd,
+    NM: tl.constexpr, PHI0: tl.constexpr, PHI1: tl.constexpr,
+    HAS_INIT: tl.constexpr, NORMALIZE: tl.constexpr, FAST: tl.constexpr,
     BT: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
     PREC: tl.constexpr, DOT_DTYPE: tl.constexpr, SLOT: tl.constexpr, ACC: tl.constexpr,
 ):  # fmt: skip
     """Causal dq, forward over a segment's chunks: da = (g S^T + s z^T) + tril(g v^T + s) b.
 
     st: the forward's inclusive cumsum of states (segment pid_s starts from slot pid_s - 1).
+    a and b come from the forward's feature buffer (zero at padding, so no mask is needed).
     The maps run one after the other; the second adds to the first's dq.
     """
     pid_s = tl.program_id(0)
@@ -114,10 +124,8 @@ def _dq_causal_kernel(
     bb = pid_bh // H
     hh = pid_bh % H
     q_base = q_ptr + bb * sqb + hh * sqh
-    k_base = k_ptr + bb * skb + hh * skh
     v_base = v_ptr + bb * svb + hh * svh
     dq_base = dq_ptr + bb * sdqb + hh * sdqh
-    mask_base = mask_ptr + bb * smb
     offs_t = tl.arange(0, BT)
     offs_d = tl.arange(0, BD)
     offs_dv = tl.arange(0, BDV)
@@ -132,6 +140,8 @@ def _dq_causal_kernel(
             o_base = o1_ptr + bb * sob + hh * soh
             tl.debug_barrier()  # map 0's dq is stored before map 1 reads it back
         den_base = den_ptr + (m * n_bh + pid_bh) * T
+        a_base = _feature_base(phi_ptr, 0, m, NM, pid_bh, n_bh, T, D)
+        b_base = _feature_base(phi_ptr, 1, m, NM, pid_bh, n_bh, T, D)
         if HAS_INIT:
             S, z = _load_state_if(
                 st_ptr, (pid_bh * n_seg + pid_s - 1) * NM + m, pid_s > 0,
@@ -142,9 +152,7 @@ def _dq_causal_kernel(
             z = tl.zeros([BD], dtype=tl.float32)
         for c in range(0, CPS):
             t = t0 + c * BT + offs_t
-            kk = _load_tile(k_base, t, offs_d, T, D, skt, skd)
-            keep2 = _keep_keys(mask_base, t, offs_d, T, D, smt, HAS_MASK)
-            b, _ = _phi_k(kk, keep2, m, PHI0, PHI1)
+            b = _load_features(b_base, t, offs_d, T, D)
             vv = _load_tile(v_base, t, offs_dv, T, DV, svt, svd).to(DOT_DTYPE)
             g, s = _load_g_s(
                 do_base, o_base, den_base, t, offs_dv, T, DV, sdot, sdod, sot, sod, scale,
@@ -155,12 +163,11 @@ def _dq_causal_kernel(
             da += s[:, None] * z[None, :]
             P = tl.dot(g, tl.trans(vv), input_precision=PREC)
             P = tl.where(causal_mask, P + s[:, None], 0.0)
-            z += tl.sum(b, axis=0)
-            b = b.to(DOT_DTYPE)
+            z += tl.sum(b.to(tl.float32), axis=0)
             da += tl.dot(P.to(DOT_DTYPE), b, input_precision=PREC)
             S += tl.dot(tl.trans(b), vv, input_precision=PREC)
-            qq = _load_tile(q_base, t, offs_d, T, D, sqt, sqd)
-            _, dphi_q = _phi_q(qq, t, offs_d, T, D, m, PHI0, PHI1)
+            a = _load_features(a_base, t, offs_d, T, D).to(tl.float32)
+            dphi_q = _dphi_m(a, q_base, t, offs_d, T, D, sqt, sqd, m, PHI0, PHI1, FAST)
             if m == 0:  # ACC: add to another field's gradient (the fused FMM backward)
                 _store_tile(dq_base, t, offs_d, T, D, sdqt, sdqd, da * dphi_q, ACC)
             else:
@@ -169,14 +176,14 @@ def _dq_causal_kernel(
 
 @triton.jit
 def _dkv_causal_kernel(
-    q_ptr, k_ptr, v_ptr, mask_ptr, do0_ptr, do1_ptr, o0_ptr, o1_ptr, den_ptr, rt_ptr,
+    k_ptr, v_ptr, phi_ptr, do0_ptr, do1_ptr, o0_ptr, o1_ptr, den_ptr, rt_ptr,
     dk_ptr, dv_ptr,
     H, T, D, DV, CPS, scale,
-    sqb, sqh, sqt, sqd, skb, skh, skt, skd, svb, svh, svt, svd,
+    skb, skh, skt, skd, svb, svh, svt, svd,
     sdob, sdoh, sdot, sdod, sob, soh, sot, sod,
-    sdkb, sdkh, sdkt, sdkd, sdvb, sdvh, sdvt, sdvd, smb, smt,
-    NM: tl.constexpr, PHI0: tl.constexpr, PHI1: tl.constexpr, HAS_MASK: tl.constexpr,
-    HAS_INIT: tl.constexpr, NORMALIZE: tl.constexpr,
+    sdkb, sdkh, sdkt, sdkd, sdvb, sdvh, sdvt, sdvd,
+    NM: tl.constexpr, PHI0: tl.constexpr, PHI1: tl.constexpr,
+    HAS_INIT: tl.constexpr, NORMALIZE: tl.constexpr, FAST: tl.constexpr,
     BT: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
     PREC: tl.constexpr, DOT_DTYPE: tl.constexpr, SLOT: tl.constexpr, ACC: tl.constexpr,
 ):  # fmt: skip
@@ -185,7 +192,8 @@ def _dkv_causal_kernel(
         db = v R^T + r + (tril(g v^T + s))^T a,   dv = b R + (tril(a b^T))^T g.
 
     rt: cumsum of the reversed-order reverse states; the state after segment pid_s (the sum of
-    every later segment) is at index n_seg - 2 - pid_s.
+    every later segment) is at index n_seg - 2 - pid_s. a and b come from the forward's feature
+    buffer.
     """
     pid_s = tl.program_id(0)
     pid_bh = tl.program_id(1).to(tl.int64)
@@ -193,12 +201,10 @@ def _dkv_causal_kernel(
     n_bh = tl.num_programs(1)
     bb = pid_bh // H
     hh = pid_bh % H
-    q_base = q_ptr + bb * sqb + hh * sqh
     k_base = k_ptr + bb * skb + hh * skh
     v_base = v_ptr + bb * svb + hh * svh
     dk_base = dk_ptr + bb * sdkb + hh * sdkh
     dv_base = dv_ptr + bb * sdvb + hh * sdvh
-    mask_base = mask_ptr + bb * smb
     offs_t = tl.arange(0, BT)
     offs_d = tl.arange(0, BD)
     offs_dv = tl.arange(0, BDV)
@@ -214,6 +220,8 @@ def _dkv_causal_kernel(
             o_base = o1_ptr + bb * sob + hh * soh
             tl.debug_barrier()  # map 0's dk, dv are stored before map 1 reads them back
         den_base = den_ptr + (m * n_bh + pid_bh) * T
+        a_base = _feature_base(phi_ptr, 0, m, NM, pid_bh, n_bh, T, D)
+        b_base = _feature_base(phi_ptr, 1, m, NM, pid_bh, n_bh, T, D)
         if HAS_INIT:
             R, r = _load_state_if(
                 rt_ptr, (pid_bh * n_seg + n_seg - 2 - pid_s) * NM + m, pid_s < n_seg - 1,
@@ -225,10 +233,7 @@ def _dkv_causal_kernel(
         for cc in range(0, CPS):
             c = CPS - 1 - cc
             t = t0 + c * BT + offs_t
-            kk = _load_tile(k_base, t, offs_d, T, D, skt, skd)
-            keep2 = _keep_keys(mask_base, t, offs_d, T, D, smt, HAS_MASK)
-            b, dphi_k = _phi_k(kk, keep2, m, PHI0, PHI1)
-            b = b.to(DOT_DTYPE)
+            b = _load_features(b_base, t, offs_d, T, D)
             vv = _load_tile(v_base, t, offs_dv, T, DV, svt, svd).to(DOT_DTYPE)
             g, s = _load_g_s(
                 do_base, o_base, den_base, t, offs_dv, T, DV, sdot, sdod, sot, sod, scale,
@@ -237,10 +242,8 @@ def _dkv_causal_kernel(
             g = g.to(DOT_DTYPE)
             db = tl.dot(vv, tl.trans(R.to(DOT_DTYPE)), input_precision=PREC) + r[None, :]
             dv = tl.dot(b, R.to(DOT_DTYPE), input_precision=PREC)
-            qq = _load_tile(q_base, t, offs_d, T, D, sqt, sqd)
-            a, _ = _phi_q(qq, t, offs_d, T, D, m, PHI0, PHI1)
-            r += tl.sum(a * s[:, None], axis=0)
-            a = a.to(DOT_DTYPE)
+            a = _load_features(a_base, t, offs_d, T, D)
+            r += tl.sum(a.to(tl.float32) * s[:, None], axis=0)
             Pt = tl.dot(vv, tl.trans(g), input_precision=PREC)
             Pt = tl.where(causal_mask_t, Pt + s[None, :], 0.0)
             db += tl.dot(Pt.to(DOT_DTYPE), a, input_precision=PREC)
@@ -248,7 +251,10 @@ def _dkv_causal_kernel(
             At = tl.where(causal_mask_t, At, 0.0)
             dv += tl.dot(At.to(DOT_DTYPE), g, input_precision=PREC)
             R += tl.dot(tl.trans(a), g, input_precision=PREC)
-            # dphi_k is 0 at padding, so padded keys get no gradient (b was 0 there too).
+            # dphi_k is 0 at padding (b is), so padded keys get no gradient.
+            dphi_k = _dphi_m(
+                b.to(tl.float32), k_base, t, offs_d, T, D, skt, skd, m, PHI0, PHI1, FAST
+            )
             if m == 0:
                 _store_tile(dk_base, t, offs_d, T, D, sdkt, sdkd, db * dphi_k, ACC)
                 _store_tile(dv_base, t, offs_dv, T, DV, sdvt, sdvd, dv, ACC)

@@ -8,25 +8,37 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .far_tiles import _keep_keys, _load_g_s, _load_tile, _phi_k, _phi_q, _store_state
+from .far_tiles import (
+    _feature_base,
+    _keep_keys,
+    _load_features,
+    _load_g_s,
+    _load_tile,
+    _phi_k,
+    _store_features,
+    _store_state,
+)
 
 
 @triton.jit
 def _state_fwd_kernel(
-    k_ptr, v_ptr, mask_ptr, seg_ptr,
+    k_ptr, v_ptr, mask_ptr, seg_ptr, phi_ptr,
     H, T, D, DV, CPS,
     skb, skh, skt, skd, svb, svh, svt, svd, smb, smt,
     NM: tl.constexpr, PHI0: tl.constexpr, PHI1: tl.constexpr, HAS_MASK: tl.constexpr,
+    STORE_PHI: tl.constexpr, FAST: tl.constexpr,
     BT: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
     PREC: tl.constexpr, DOT_DTYPE: tl.constexpr, SLOT: tl.constexpr,
 ):  # fmt: skip
-    """Per segment and map: S = sum_j b_j v_j^T, z = sum_j b_j into slot (bh, segment, map).
+    """Per segment and map: S = sum_j b_j v_j^T, z = sum_j b_j into slot (bh, segment, map);
+    with STORE_PHI also b = phi_m(k) into the feature buffer (side 1) for the backward.
 
     Grid (segments, batch * heads); both maps' states live in registers.
     """
     pid_s = tl.program_id(0)
     pid_bh = tl.program_id(1).to(tl.int64)
     n_seg = tl.num_programs(0)
+    n_bh = tl.num_programs(1)
     bb = pid_bh // H
     hh = pid_bh % H
     k_base = k_ptr + bb * skb + hh * skh
@@ -45,13 +57,20 @@ def _state_fwd_kernel(
         kk = _load_tile(k_base, t, offs_d, T, D, skt, skd)
         keep2 = _keep_keys(mask_base, t, offs_d, T, D, smt, HAS_MASK)
         vv = _load_tile(v_base, t, offs_dv, T, DV, svt, svd).to(DOT_DTYPE)
-        b, _ = _phi_k(kk, keep2, 0, PHI0, PHI1)
+        b = _phi_k(kk, keep2, 0, PHI0, PHI1, FAST)
         S0 += tl.dot(tl.trans(b.to(DOT_DTYPE)), vv, input_precision=PREC)
         z0 += tl.sum(b, axis=0)
+        if STORE_PHI:
+            _store_features(
+                _feature_base(phi_ptr, 1, 0, NM, pid_bh, n_bh, T, D), t, offs_d, T, D, b
+            )
         if NM == 2:
-            b, _ = _phi_k(kk, keep2, 1, PHI0, PHI1)
+            b = _phi_k(kk, keep2, 1, PHI0, PHI1, FAST)
             S1 += tl.dot(tl.trans(b.to(DOT_DTYPE)), vv, input_precision=PREC)
             z1 += tl.sum(b, axis=0)
+            if STORE_PHI:
+                base = _feature_base(phi_ptr, 1, 1, NM, pid_bh, n_bh, T, D)
+                _store_features(base, t, offs_d, T, D, b)
     slot = (pid_bh * n_seg + pid_s) * NM
     _store_state(seg_ptr, slot, S0, z0, offs_d, offs_dv, BD, BDV, SLOT)
     if NM == 2:
@@ -60,15 +79,15 @@ def _state_fwd_kernel(
 
 @triton.jit
 def _state_bwd_kernel(
-    q_ptr, do0_ptr, do1_ptr, o0_ptr, o1_ptr, den_ptr, seg_ptr,
+    phi_ptr, do0_ptr, do1_ptr, o0_ptr, o1_ptr, den_ptr, seg_ptr,
     H, T, D, DV, CPS, scale,
-    sqb, sqh, sqt, sqd, sdob, sdoh, sdot, sdod, sob, soh, sot, sod,
-    NM: tl.constexpr, PHI0: tl.constexpr, PHI1: tl.constexpr,
-    NORMALIZE: tl.constexpr, REVERSED: tl.constexpr,
+    sdob, sdoh, sdot, sdod, sob, soh, sot, sod,
+    NM: tl.constexpr, NORMALIZE: tl.constexpr, REVERSED: tl.constexpr,
     BT: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
     PREC: tl.constexpr, DOT_DTYPE: tl.constexpr, SLOT: tl.constexpr,
 ):  # fmt: skip
-    """Per segment and map: R = sum_i a_i g_i^T, r = sum_i s_i a_i. Grid (segments, bh).
+    """Per segment and map: R = sum_i a_i g_i^T, r = sum_i s_i a_i, with a = phi_m(q) read
+    from the feature buffer (side 0). Grid (segments, bh).
 
     REVERSED stores segment s at index n_seg - 1 - s, so that a cumsum over the index gives
     each segment the sum of itself and every later one.
@@ -79,7 +98,8 @@ def _state_bwd_kernel(
     n_bh = tl.num_programs(1)
     bb = pid_bh // H
     hh = pid_bh % H
-    q_base = q_ptr + bb * sqb + hh * sqh
+    a0_base = _feature_base(phi_ptr, 0, 0, NM, pid_bh, n_bh, T, D)
+    a1_base = _feature_base(phi_ptr, 0, NM - 1, NM, pid_bh, n_bh, T, D)
     do0_base = do0_ptr + bb * sdob + hh * sdoh
     do1_base = do1_ptr + bb * sdob + hh * sdoh
     o0_base = o0_ptr + bb * sob + hh * soh
@@ -96,22 +116,21 @@ def _state_bwd_kernel(
     t0 = pid_s * CPS * BT
     for c in range(0, CPS):
         t = t0 + c * BT + offs_t
-        qq = _load_tile(q_base, t, offs_d, T, D, sqt, sqd)
-        a, _ = _phi_q(qq, t, offs_d, T, D, 0, PHI0, PHI1)
+        a = _load_features(a0_base, t, offs_d, T, D)
         g, s = _load_g_s(
             do0_base, o0_base, den0_base, t, offs_dv, T, DV, sdot, sdod, sot, sod, scale,
             NORMALIZE,
         )  # fmt: skip
-        r0 += tl.sum(a * s[:, None], axis=0)
-        R0 += tl.dot(tl.trans(a.to(DOT_DTYPE)), g.to(DOT_DTYPE), input_precision=PREC)
+        r0 += tl.sum(a.to(tl.float32) * s[:, None], axis=0)
+        R0 += tl.dot(tl.trans(a), g.to(DOT_DTYPE), input_precision=PREC)
         if NM == 2:
-            a, _ = _phi_q(qq, t, offs_d, T, D, 1, PHI0, PHI1)
+            a = _load_features(a1_base, t, offs_d, T, D)
             g, s = _load_g_s(
                 do1_base, o1_base, den1_base, t, offs_dv, T, DV, sdot, sdod, sot, sod, scale,
                 NORMALIZE,
             )  # fmt: skip
-            r1 += tl.sum(a * s[:, None], axis=0)
-            R1 += tl.dot(tl.trans(a.to(DOT_DTYPE)), g.to(DOT_DTYPE), input_precision=PREC)
+            r1 += tl.sum(a.to(tl.float32) * s[:, None], axis=0)
+            R1 += tl.dot(tl.trans(a), g.to(DOT_DTYPE), input_precision=PREC)
     if REVERSED:
         slot = (pid_bh * n_seg + n_seg - 1 - pid_s) * NM
     else:

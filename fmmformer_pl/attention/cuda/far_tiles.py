@@ -1,8 +1,10 @@
 """Far field on the GPU, the Triton building blocks every far-field kernel shares: the feature
-maps in registers, tile and state loads and stores, the backward's per-position g and s.
+maps in registers, tile, feature and state loads and stores, the backward's per-position g and s.
 
 Shapes as in ``far.py``: a tile is (chunk x head_dim) of one (batch, head); a state slot is
-S (head_dim x head_dim_v, row-major) then z (head_dim), float32.
+S (head_dim x head_dim_v, row-major) then z (head_dim), float32; the feature buffer is
+(side, map, batch * heads, seq, head_dim), side 0 = phi(q), side 1 = phi(k), in the matrix
+products' dtype.
 """
 
 from __future__ import annotations
@@ -12,25 +14,40 @@ import triton.language as tl
 
 
 @triton.jit
-def _phi(x, PHI: tl.constexpr):
+def _exp(x, FAST: tl.constexpr):
+    """exp(x), float32. ``tl.exp`` is the MUFU's approximate ex2 of x log2(e) plus three
+    instructions per element that keep results below 2^-126 as denormals; FAST flushes those to
+    zero instead (``ex2.approx.ftz``), the same accuracy above. The Triton interpreter on the CPU
+    has no inline PTX: its tests run ``tl.exp``."""
+    if FAST:
+        return tl.inline_asm_elementwise(
+            "ex2.approx.ftz.f32 $0, $1;", "=r,r", [x * 1.4426950408889634],
+            dtype=tl.float32, is_pure=True, pack=1,
+        )  # fmt: skip
+    else:
+        return tl.exp(x)
+
+
+@triton.jit
+def _phi(x, PHI: tl.constexpr, FAST: tl.constexpr):
     """phi(x) and phi'(x), elementwise, float32 (same formulas as ``FEATURE_MAPS``)."""
     if PHI == 0:  # elu(x) + 1
-        e = tl.exp(tl.minimum(x, 0.0))
+        e = _exp(tl.minimum(x, 0.0), FAST)
         y = tl.where(x > 0, x + 1.0, e)
         dy = tl.where(x > 0, 1.0, e)
     elif PHI == 1:  # elu(-x) + 1
-        e = tl.exp(tl.minimum(-x, 0.0))
+        e = _exp(tl.minimum(-x, 0.0), FAST)
         y = tl.where(x < 0, 1.0 - x, e)
         dy = tl.where(x < 0, -1.0, -e)
     elif PHI == 2:  # tanh(x) + 1 = 2 sigmoid(2x)
-        sg = 1.0 / (1.0 + tl.exp(-2.0 * x))
+        sg = 1.0 / (1.0 + _exp(-2.0 * x, FAST))
         y = 2.0 * sg
         dy = 4.0 * sg * (1.0 - sg)
     elif PHI == 3:  # relu
         y = tl.maximum(x, 0.0)
         dy = tl.where(x > 0, 1.0, 0.0)
     else:  # softplus, with torch's threshold 20 (identity above it)
-        e = tl.exp(tl.minimum(x, 20.0))
+        e = _exp(tl.minimum(x, 20.0), FAST)
         # log(1 + e) loses e entirely below ~1e-7; there softplus(x) = e to float32 precision.
         y = tl.where(x > 20.0, x, tl.where(x < -15.0, e, tl.log(1.0 + e)))
         dy = e / (1.0 + e)
@@ -38,12 +55,66 @@ def _phi(x, PHI: tl.constexpr):
 
 
 @triton.jit
-def _phi_m(x, M: tl.constexpr, PHI0: tl.constexpr, PHI1: tl.constexpr):
+def _phi_m(x, M: tl.constexpr, PHI0: tl.constexpr, PHI1: tl.constexpr, FAST: tl.constexpr):
     """phi_M(x), phi_M'(x) for feature map M (0 or 1) of the call."""
     if M == 0:
-        return _phi(x, PHI0)
+        return _phi(x, PHI0, FAST)
     else:
-        return _phi(x, PHI1)
+        return _phi(x, PHI1, FAST)
+
+
+@triton.jit
+def _dphi(y, x_base, t, offs_d, T, D, sxt, sxd, PHI: tl.constexpr, FAST: tl.constexpr):
+    """phi'(x) of a tile from y = phi(x) as the forward stored it (0 at padding and outside).
+
+    elu + 1, elu(-x) + 1 and relu have derivatives that are functions of phi itself:
+    min(y, 1), -min(y, 1), [y > 0], all 0 where y = 0. tanh + 1 and softplus do not (from a
+    bf16 y, 2 - y would cancel), so their x is reloaded and the map recomputed; the computed
+    derivative of those maps is 0 wherever the computed phi is, so zeroing it where y = 0
+    keeps padded keys at zero gradient without the padding mask.
+    """
+    if PHI == 0:
+        return tl.minimum(y, 1.0)
+    elif PHI == 1:
+        return -tl.minimum(y, 1.0)
+    elif PHI == 3:
+        return tl.where(y > 0, 1.0, 0.0)
+    else:
+        _, dy = _phi(_load_tile(x_base, t, offs_d, T, D, sxt, sxd), PHI, FAST)
+        return tl.where(y != 0, dy, 0.0)
+
+
+@triton.jit
+def _dphi_m(
+    y, x_base, t, offs_d, T, D, sxt, sxd,
+    M: tl.constexpr, PHI0: tl.constexpr, PHI1: tl.constexpr, FAST: tl.constexpr,
+):  # fmt: skip
+    """``_dphi`` of feature map M (0 or 1) of the call."""
+    if M == 0:
+        return _dphi(y, x_base, t, offs_d, T, D, sxt, sxd, PHI0, FAST)
+    else:
+        return _dphi(y, x_base, t, offs_d, T, D, sxt, sxd, PHI1, FAST)
+
+
+@triton.jit
+def _feature_base(phi_ptr, side, m, NM: tl.constexpr, pid_bh, n_bh, T, D):
+    """Start of phi_m(q) (side 0) or phi_m(k) (side 1) of (batch * heads) row pid_bh (int64)
+    in the feature buffer (side, map, batch * heads, seq, head_dim)."""
+    return phi_ptr + ((side * NM + m) * n_bh + pid_bh) * T * D
+
+
+@triton.jit
+def _load_features(base, t, offs_d, T, D):
+    """A (chunk x head_dim) tile of the feature buffer, in its dtype, zero outside."""
+    mask = (t[:, None] < T) & (offs_d[None, :] < D)
+    return tl.load(base + t[:, None] * D + offs_d[None, :], mask=mask, other=0.0)
+
+
+@triton.jit
+def _store_features(base, t, offs_d, T, D, x):
+    """Store a (chunk x head_dim) tile into the feature buffer (cast to its dtype)."""
+    mask = (t[:, None] < T) & (offs_d[None, :] < D)
+    tl.store(base + t[:, None] * D + offs_d[None, :], x.to(base.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -76,18 +147,23 @@ def _keep_keys(mask_base, t, offs_d, T, D, smt, HAS_MASK: tl.constexpr):
 
 
 @triton.jit
-def _phi_k(kk, keep2, M: tl.constexpr, PHI0: tl.constexpr, PHI1: tl.constexpr):
-    """b = phi(k) and phi'(k), zeroed at padding, outside the sequence and outside head_dim."""
-    b, db = _phi_m(kk, M, PHI0, PHI1)
-    return tl.where(keep2, b, 0.0), tl.where(keep2, db, 0.0)
+def _phi_k(
+    kk, keep2, M: tl.constexpr, PHI0: tl.constexpr, PHI1: tl.constexpr, FAST: tl.constexpr
+):  # fmt: skip
+    """b = phi(k), zeroed at padding, outside the sequence and outside head_dim."""
+    b, _ = _phi_m(kk, M, PHI0, PHI1, FAST)
+    return tl.where(keep2, b, 0.0)
 
 
 @triton.jit
-def _phi_q(qq, t, offs_d, T, D, M: tl.constexpr, PHI0: tl.constexpr, PHI1: tl.constexpr):
-    """a = phi(q) and phi'(q), zeroed outside the sequence and head_dim (phi(0) != 0)."""
-    a, da = _phi_m(qq, M, PHI0, PHI1)
+def _phi_q(
+    qq, t, offs_d, T, D, M: tl.constexpr, PHI0: tl.constexpr, PHI1: tl.constexpr,
+    FAST: tl.constexpr,
+):  # fmt: skip
+    """a = phi(q), zeroed outside the sequence and head_dim (phi(0) != 0)."""
+    a, _ = _phi_m(qq, M, PHI0, PHI1, FAST)
     inside = (t[:, None] < T) & (offs_d[None, :] < D)
-    return tl.where(inside, a, 0.0), tl.where(inside, da, 0.0)
+    return tl.where(inside, a, 0.0)
 
 
 @triton.jit

@@ -13,7 +13,7 @@ compiler traces the whole model around them in one graph.
 Outputs may not alias inputs or each other, so a saved tensor that the Function path keeps as
 None or as a stand-in (no state for a one-segment causal pass, no denominators when
 normalize=False) is an empty tensor here. ``extras``: the near field's log-sum-exp, then per
-far-field group its denominators and its states (``far.py``). ``bandwidth`` < 0: no near field.
+far-field group its denominators, its states and its stored features (``far.py``). ``bandwidth`` < 0: no near field.
 The dropout seed is a one-element int64 tensor on the inputs' device, drawn in the traced code,
 so every step of a compiled model draws a new one; the near-field kernels read it from device
 memory (no host sync, and no CPU tensor in the graph, which would keep inductor from
@@ -45,9 +45,10 @@ def _extras(parts, q):
         if kind == "near":
             out.append(tensors[5])  # lse
         else:
-            den, state, outs = tensors[4], tensors[5], tensors[6:]
+            den, state, phi, outs = tensors[4], tensors[5], tensors[6], tensors[7:]
             out.append(q.new_empty(0) if den is outs[0] else den)
             out.append(q.new_empty(0) if state is None else state)
+            out.append(phi)
     return out
 
 
@@ -60,10 +61,10 @@ def _rebuild_parts(q, k, v, mask, fields, extras, bandwidth, dropout_p, seed, ca
         parts.append(("near", saved, 1))
     for group in map_groups(codes, causal):
         outs = [fields.pop(0) for _ in group]
-        den, state = extras.pop(0), extras.pop(0)
+        den, state, phi = extras.pop(0), extras.pop(0), extras.pop(0)
         den = outs[0] if den.numel() == 0 and not norm else den
         state = None if state.numel() == 0 else state
-        saved = far_saved(q, k, v, mask, den, state, outs, tuple(group), causal, norm)
+        saved = far_saved(q, k, v, mask, den, state, phi, outs, tuple(group), causal, norm)
         parts.append(("far", saved, len(outs)))
     return parts
 
@@ -109,6 +110,7 @@ def _(q, k, v, coeffs, mask, bandwidth, dropout_p, seed, causal, phi_codes, norm
             extras.append(q.new_empty(0))
         else:
             extras.append(q.new_empty(bh, nm, plan.slot, dtype=f32))
+        extras.append(plan.features(q, nm))
     return [torch.empty_like(fields[0]), *fields, *extras]
 
 
