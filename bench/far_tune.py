@@ -61,14 +61,14 @@ FAR_KNOBS = {
     "causal": {
         "plan:chunk_causal": [16, 32, 64],
         "plan:state_chunk": [16, 32, 64],
-        "plan:programs_per_sm": [2, 4, 8, 16, 32],
+        "plan:programs_per_sm": [2, 3, 4, 8, 16, 32],
         "plan:min_segment_chunks": [1, 2, 4, 16],
         "plan:single_segment_chunks": [0, 4, 16],
         "plan:maps_per_call_causal": [1, 2],
         "warps:state_fwd_causal,state_bwd_causal": [4, 8],
         "warps:fwd,dq,dkv": [4, 8],
         "stages:state_fwd_causal,state_bwd_causal,fwd,dq,dkv": [1, 2, 3],
-        "maxnreg:state_fwd_causal,state_bwd_causal,fwd,dq,dkv": [None, 128],
+        "maxnreg:state_fwd_causal,state_bwd_causal,fwd,dq,dkv": [None, 128, 168],
     },
 }
 BLEND_KNOBS = {

@@ -38,8 +38,10 @@ sum of everything after it). Causal da walks forward over a segment's chunks, db
 backward. The gradients of the two maps add up in dq, dk, dv.
 
 The forward stores a = phi(q) and b = phi(k) (zero at padding) in the products' dtype, and the
-backward reads them instead of recomputing the maps: the feature maps' exponentials and
-selects were most of the backward kernels' instructions (bench/kernel_sass.py). phi' comes
+backward reads them instead of recomputing the maps; the backward's state pass stores g (same
+dtype) and s, so the main backward kernels read neither dout, out nor den. The feature maps'
+exponentials and selects and the conversions of dout and out were most of the backward
+kernels' instructions (bench/kernel_sass.py). phi' comes
 from phi itself for elu + 1, elu(-x) + 1 and relu, and is recomputed from q or k for tanh + 1
 and softplus (``far_tiles._dphi``).
 
@@ -273,10 +275,9 @@ def far_forward(q, k, v, key_padding_mask, phi_codes, causal, normalize):
     state = None
     if not causal or plan.n_seg > 1:
         seg = plan.states(q, nm)  # (bh, n_seg, map, slot)
-        # Bidirectional: this pass stores phi(k); causal: the forward walk does.
         _state_fwd_kernel[(plan.n_seg, plan.bh)](
             k, v, mask, seg, phi, *sizes, plan.state_cps, *strides(k), *strides(v), smb, smt,
-            HAS_MASK=has_mask, STORE_PHI=not causal, **plan.state_constexprs,
+            HAS_MASK=has_mask, **plan.state_constexprs,
             **LAUNCH["state_fwd_causal" if causal else "state_fwd"],
         )  # fmt: skip
         if causal:
@@ -319,43 +320,40 @@ def far_backward(saved, douts, grads=None):
         grads = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     dq, dk, dv = grads
     cx = plan.constexprs
-    rstate = None
-    if not causal or plan.n_seg > 1:
-        rseg = plan.states(q, nm)
-        _state_bwd_kernel[(plan.n_seg, plan.bh)](
-            phi, douts[0], do1, outs[0], o1, den, rseg, *sizes, plan.state_cps, plan.scale,
-            *strides(douts[0]), *strides(outs[0]),
-            NORMALIZE=normalize, REVERSED=causal, **plan.state_bwd_constexprs,
-            **LAUNCH["state_bwd_causal" if causal else "state_bwd"],
-        )  # fmt: skip
-        if causal:
-            rstate = rseg.cumsum_(dim=1)  # reversed order: sums of this and later segments
-        else:
-            rstate = rseg[:, 0] if plan.n_seg == 1 else rseg.sum(dim=1)
+    # The state pass also stores g and s of every position (also for a one-segment causal
+    # call, whose reverse state goes unused), so the main kernels read neither dout, out nor den.
+    rseg = plan.states(q, nm)
+    g_buf = torch.empty(nm, plan.bh, plan.seq, plan.dim_v, device=q.device, dtype=phi.dtype)
+    s_buf = torch.empty(nm, plan.bh, plan.seq, device=q.device, dtype=torch.float32)
+    _state_bwd_kernel[(plan.n_seg, plan.bh)](
+        phi, douts[0], do1, outs[0], o1, den, rseg, g_buf, s_buf,
+        *sizes, plan.state_cps, plan.scale,
+        *strides(douts[0]), *strides(outs[0]),
+        NORMALIZE=normalize, REVERSED=causal, **plan.state_bwd_constexprs,
+        **LAUNCH["state_bwd_causal" if causal else "state_bwd"],
+    )  # fmt: skip
     if not causal:
+        rstate = rseg[:, 0] if plan.n_seg == 1 else rseg.sum(dim=1)
         _bwd_bidir_kernel[(plan.n_main, plan.bh, 2)](
-            q, k, v, phi, douts[0], do1, outs[0], o1, den, state, rstate, dq, dk, dv,
-            *sizes, plan.main_cps, plan.scale,
-            *strides(q), *strides(k), *strides(v), *strides(douts[0]), *strides(outs[0]),
-            *strides(dq), *strides(dk), *strides(dv),
-            NORMALIZE=normalize, ACC=accumulate, **cx,
+            q, k, v, phi, g_buf, s_buf, state, rstate, dq, dk, dv,
+            *sizes, plan.main_cps,
+            *strides(q), *strides(k), *strides(v), *strides(dq), *strides(dk), *strides(dv),
+            ACC=accumulate, **cx,
             **LAUNCH["bwd_bidir"],
         )  # fmt: skip
         return dq, dk, dv
     has_init = state is not None
+    rstate = rseg.cumsum_(dim=1) if has_init else None  # reversed: this and later segments
     _dq_causal_kernel[(plan.n_seg, plan.bh)](
-        q, v, phi, douts[0], do1, outs[0], o1, den, state if has_init else den, dq,
-        *sizes, plan.cps, plan.scale,
-        *strides(q), *strides(v), *strides(douts[0]), *strides(outs[0]), *strides(dq),
-        HAS_INIT=has_init, NORMALIZE=normalize, ACC=accumulate, **cx,
+        q, v, phi, g_buf, s_buf, state if has_init else s_buf, dq, *sizes, plan.cps,
+        *strides(q), *strides(v), *strides(dq),
+        HAS_INIT=has_init, ACC=accumulate, **cx,
         **LAUNCH["dq"],
     )  # fmt: skip
     _dkv_causal_kernel[(plan.n_seg, plan.bh)](
-        k, v, phi, douts[0], do1, outs[0], o1, den, rstate if has_init else den, dk, dv,
-        *sizes, plan.cps, plan.scale,
-        *strides(k), *strides(v), *strides(douts[0]), *strides(outs[0]),
-        *strides(dk), *strides(dv),
-        HAS_INIT=has_init, NORMALIZE=normalize, ACC=accumulate, **cx,
+        k, v, phi, g_buf, s_buf, rstate if has_init else s_buf, dk, dv, *sizes, plan.cps,
+        *strides(k), *strides(v), *strides(dk), *strides(dv),
+        HAS_INIT=has_init, ACC=accumulate, **cx,
         **LAUNCH["dkv"],
     )  # fmt: skip
     return dq, dk, dv

@@ -11,9 +11,10 @@ import triton.language as tl
 from .far_tiles import (
     _dphi_m,
     _feature_base,
+    _gs_bases,
     _load_features,
-    _load_g_s,
     _load_state,
+    _load_stored_g_s,
     _load_tile,
     _phi_q,
     _store_features,
@@ -78,10 +79,10 @@ def _fwd_bidir_kernel(
 
 @triton.jit
 def _dq_bidir_kernel(
-    q_ptr, phi_ptr, do0_ptr, do1_ptr, o0_ptr, o1_ptr, den_ptr, st_ptr, dq_ptr,
-    H, T, D, DV, CPS, scale,
-    sqb, sqh, sqt, sqd, sdob, sdoh, sdot, sdod, sob, soh, sot, sod, sdqb, sdqh, sdqt, sdqd,
-    NM: tl.constexpr, PHI0: tl.constexpr, PHI1: tl.constexpr, NORMALIZE: tl.constexpr,
+    q_ptr, phi_ptr, g_ptr, s_ptr, st_ptr, dq_ptr,
+    H, T, D, DV, CPS,
+    sqb, sqh, sqt, sqd, sdqb, sdqh, sdqt, sdqd,
+    NM: tl.constexpr, PHI0: tl.constexpr, PHI1: tl.constexpr,
     FAST: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
     PREC: tl.constexpr, DOT_DTYPE: tl.constexpr, SLOT: tl.constexpr, ACC: tl.constexpr,
 ):  # fmt: skip
@@ -111,18 +112,11 @@ def _dq_bidir_kernel(
         for m in tl.static_range(NM):
             if m == 0:
                 S, z = S0, z0
-                do_base = do0_ptr + bb * sdob + hh * sdoh
-                o_base = o0_ptr + bb * sob + hh * soh
             else:
                 S, z = S1, z1
-                do_base = do1_ptr + bb * sdob + hh * sdoh
-                o_base = o1_ptr + bb * sob + hh * soh
-            den_base = den_ptr + (m * n_bh + pid_bh) * T
-            g, s = _load_g_s(
-                do_base, o_base, den_base, t, offs_dv, T, DV, sdot, sdod, sot, sod, scale,
-                NORMALIZE,
-            )  # fmt: skip
-            da = tl.dot(g.to(DOT_DTYPE), tl.trans(S), input_precision=PREC)
+            g_base, s_base = _gs_bases(g_ptr, s_ptr, m, pid_bh, n_bh, T, DV)
+            g, s = _load_stored_g_s(g_base, s_base, t, offs_dv, T, DV)
+            da = tl.dot(g, tl.trans(S), input_precision=PREC)
             a_base = _feature_base(phi_ptr, 0, m, NM, pid_bh, n_bh, T, D)
             a = _load_features(a_base, t, offs_d, T, D).to(tl.float32)
             dphi_q = _dphi_m(a, q_base, t, offs_d, T, D, sqt, sqd, m, PHI0, PHI1, FAST)
@@ -188,25 +182,22 @@ def _dkv_bidir_kernel(
 
 @triton.jit
 def _bwd_bidir_kernel(
-    q_ptr, k_ptr, v_ptr, phi_ptr, do0_ptr, do1_ptr, o0_ptr, o1_ptr, den_ptr, st_ptr, rt_ptr,
-    dq_ptr, dk_ptr, dv_ptr,
-    H, T, D, DV, CPS, scale,
+    q_ptr, k_ptr, v_ptr, phi_ptr, g_ptr, s_ptr, st_ptr, rt_ptr, dq_ptr, dk_ptr, dv_ptr,
+    H, T, D, DV, CPS,
     sqb, sqh, sqt, sqd, skb, skh, skt, skd, svb, svh, svt, svd,
-    sdob, sdoh, sdot, sdod, sob, soh, sot, sod,
     sdqb, sdqh, sdqt, sdqd, sdkb, sdkh, sdkt, sdkd, sdvb, sdvh, sdvt, sdvd,
-    NM: tl.constexpr, PHI0: tl.constexpr, PHI1: tl.constexpr,
-    NORMALIZE: tl.constexpr, FAST: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
+    NM: tl.constexpr, PHI0: tl.constexpr, PHI1: tl.constexpr, FAST: tl.constexpr,
+    BT: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
     PREC: tl.constexpr, DOT_DTYPE: tl.constexpr, SLOT: tl.constexpr, ACC: tl.constexpr,
 ):  # fmt: skip
     """Both bidirectional backward passes in one launch (one launch less of host overhead):
     grid (programs, batch * heads, 2), axis 2 picks dq (0) or dk, dv (1)."""
     if tl.program_id(2) == 0:
         _dq_bidir_kernel(
-            q_ptr, phi_ptr, do0_ptr, do1_ptr, o0_ptr, o1_ptr, den_ptr, st_ptr, dq_ptr,
-            H, T, D, DV, CPS, scale,
-            sqb, sqh, sqt, sqd, sdob, sdoh, sdot, sdod, sob, soh, sot, sod,
-            sdqb, sdqh, sdqt, sdqd,
-            NM, PHI0, PHI1, NORMALIZE, FAST, BT, BD, BDV, PREC, DOT_DTYPE, SLOT, ACC,
+            q_ptr, phi_ptr, g_ptr, s_ptr, st_ptr, dq_ptr,
+            H, T, D, DV, CPS,
+            sqb, sqh, sqt, sqd, sdqb, sdqh, sdqt, sdqd,
+            NM, PHI0, PHI1, FAST, BT, BD, BDV, PREC, DOT_DTYPE, SLOT, ACC,
         )  # fmt: skip
     else:
         _dkv_bidir_kernel(

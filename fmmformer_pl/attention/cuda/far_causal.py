@@ -11,10 +11,11 @@ import triton.language as tl
 from .far_tiles import (
     _dphi_m,
     _feature_base,
+    _gs_bases,
     _keep_keys,
     _load_features,
-    _load_g_s,
     _load_state_if,
+    _load_stored_g_s,
     _load_tile,
     _phi_k,
     _phi_q,
@@ -38,7 +39,8 @@ def _fwd_causal_kernel(
     HAS_INIT: st holds the inclusive cumsum over segments of the state kernel's slots
     (bh, segment, map); this program (= segment pid_s) starts from slot pid_s - 1. The maps
     run one after the other, each walking the segment with its state in registers. a = phi_m(q)
-    and b = phi_m(k) go to the feature buffer for the backward.
+    goes to the feature buffer for the backward; b = phi_m(k) is read from it where the state
+    pass ran (HAS_INIT), else computed and stored.
     """
     pid_s = tl.program_id(0)
     pid_bh = tl.program_id(1).to(tl.int64)
@@ -79,12 +81,16 @@ def _fwd_causal_kernel(
             a = a.to(DOT_DTYPE)
             _store_features(a_base, t, offs_d, T, D, a)
             num = tl.dot(a, S.to(DOT_DTYPE), input_precision=PREC)
-            kk = _load_tile(k_base, t, offs_d, T, D, skt, skd)
-            keep2 = _keep_keys(mask_base, t, offs_d, T, D, smt, HAS_MASK)
-            b = _phi_k(kk, keep2, m, PHI0, PHI1, FAST)
-            z += tl.sum(b, axis=0)
-            b = b.to(DOT_DTYPE)
-            _store_features(b_base, t, offs_d, T, D, b)
+            if HAS_INIT:  # the state pass has stored b
+                b = _load_features(b_base, t, offs_d, T, D)
+                z += tl.sum(b.to(tl.float32), axis=0)
+            else:
+                kk = _load_tile(k_base, t, offs_d, T, D, skt, skd)
+                keep2 = _keep_keys(mask_base, t, offs_d, T, D, smt, HAS_MASK)
+                b = _phi_k(kk, keep2, m, PHI0, PHI1, FAST)
+                z += tl.sum(b, axis=0)
+                b = b.to(DOT_DTYPE)
+                _store_features(b_base, t, offs_d, T, D, b)
             vv = _load_tile(v_base, t, offs_dv, T, DV, svt, svd).to(DOT_DTYPE)
             A = tl.dot(a, tl.trans(b), input_precision=PREC)
             A = tl.where(causal_mask, A, 0.0)
@@ -102,20 +108,20 @@ def _fwd_causal_kernel(
 
 @triton.jit
 def _dq_causal_kernel(
-    q_ptr, v_ptr, phi_ptr, do0_ptr, do1_ptr, o0_ptr, o1_ptr, den_ptr, st_ptr, dq_ptr,
-    H, T, D, DV, CPS, scale,
-    sqb, sqh, sqt, sqd, svb, svh, svt, svd,
-    sdob, sdoh, sdot, sdod, sob, soh, sot, sod, sdqb, sdqh, sdqt, sdqd,
+    q_ptr, v_ptr, phi_ptr, g_ptr, s_ptr, st_ptr, dq_ptr,
+    H, T, D, DV, CPS,
+    sqb, sqh, sqt, sqd, svb, svh, svt, svd, sdqb, sdqh, sdqt, sdqd,
     NM: tl.constexpr, PHI0: tl.constexpr, PHI1: tl.constexpr,
-    HAS_INIT: tl.constexpr, NORMALIZE: tl.constexpr, FAST: tl.constexpr,
+    HAS_INIT: tl.constexpr, FAST: tl.constexpr,
     BT: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
     PREC: tl.constexpr, DOT_DTYPE: tl.constexpr, SLOT: tl.constexpr, ACC: tl.constexpr,
 ):  # fmt: skip
     """Causal dq, forward over a segment's chunks: da = (g S^T + s z^T) + tril(g v^T + s) b.
 
     st: the forward's inclusive cumsum of states (segment pid_s starts from slot pid_s - 1).
-    a and b come from the forward's feature buffer (zero at padding, so no mask is needed).
-    The maps run one after the other; the second adds to the first's dq.
+    a and b come from the forward's feature buffer (zero at padding, so no mask is needed), g
+    and s from the state pass. The maps run one after the other; the second adds to the
+    first's dq.
     """
     pid_s = tl.program_id(0)
     pid_bh = tl.program_id(1).to(tl.int64)
@@ -132,14 +138,9 @@ def _dq_causal_kernel(
     causal_mask = offs_t[:, None] >= offs_t[None, :]
     t0 = pid_s * CPS * BT
     for m in tl.static_range(NM):
-        if m == 0:
-            do_base = do0_ptr + bb * sdob + hh * sdoh
-            o_base = o0_ptr + bb * sob + hh * soh
-        else:
-            do_base = do1_ptr + bb * sdob + hh * sdoh
-            o_base = o1_ptr + bb * sob + hh * soh
+        if m == 1:
             tl.debug_barrier()  # map 0's dq is stored before map 1 reads it back
-        den_base = den_ptr + (m * n_bh + pid_bh) * T
+        g_base, s_base = _gs_bases(g_ptr, s_ptr, m, pid_bh, n_bh, T, DV)
         a_base = _feature_base(phi_ptr, 0, m, NM, pid_bh, n_bh, T, D)
         b_base = _feature_base(phi_ptr, 1, m, NM, pid_bh, n_bh, T, D)
         if HAS_INIT:
@@ -154,11 +155,7 @@ def _dq_causal_kernel(
             t = t0 + c * BT + offs_t
             b = _load_features(b_base, t, offs_d, T, D)
             vv = _load_tile(v_base, t, offs_dv, T, DV, svt, svd).to(DOT_DTYPE)
-            g, s = _load_g_s(
-                do_base, o_base, den_base, t, offs_dv, T, DV, sdot, sdod, sot, sod, scale,
-                NORMALIZE,
-            )  # fmt: skip
-            g = g.to(DOT_DTYPE)
+            g, s = _load_stored_g_s(g_base, s_base, t, offs_dv, T, DV)
             da = tl.dot(g, tl.trans(S.to(DOT_DTYPE)), input_precision=PREC)
             da += s[:, None] * z[None, :]
             P = tl.dot(g, tl.trans(vv), input_precision=PREC)
@@ -176,14 +173,12 @@ def _dq_causal_kernel(
 
 @triton.jit
 def _dkv_causal_kernel(
-    k_ptr, v_ptr, phi_ptr, do0_ptr, do1_ptr, o0_ptr, o1_ptr, den_ptr, rt_ptr,
-    dk_ptr, dv_ptr,
-    H, T, D, DV, CPS, scale,
+    k_ptr, v_ptr, phi_ptr, g_ptr, s_ptr, rt_ptr, dk_ptr, dv_ptr,
+    H, T, D, DV, CPS,
     skb, skh, skt, skd, svb, svh, svt, svd,
-    sdob, sdoh, sdot, sdod, sob, soh, sot, sod,
     sdkb, sdkh, sdkt, sdkd, sdvb, sdvh, sdvt, sdvd,
     NM: tl.constexpr, PHI0: tl.constexpr, PHI1: tl.constexpr,
-    HAS_INIT: tl.constexpr, NORMALIZE: tl.constexpr, FAST: tl.constexpr,
+    HAS_INIT: tl.constexpr, FAST: tl.constexpr,
     BT: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
     PREC: tl.constexpr, DOT_DTYPE: tl.constexpr, SLOT: tl.constexpr, ACC: tl.constexpr,
 ):  # fmt: skip
@@ -193,7 +188,7 @@ def _dkv_causal_kernel(
 
     rt: cumsum of the reversed-order reverse states; the state after segment pid_s (the sum of
     every later segment) is at index n_seg - 2 - pid_s. a and b come from the forward's feature
-    buffer.
+    buffer, g and s from the state pass.
     """
     pid_s = tl.program_id(0)
     pid_bh = tl.program_id(1).to(tl.int64)
@@ -212,14 +207,9 @@ def _dkv_causal_kernel(
     causal_mask_t = offs_t[None, :] >= offs_t[:, None]
     t0 = pid_s * CPS * BT
     for m in tl.static_range(NM):
-        if m == 0:
-            do_base = do0_ptr + bb * sdob + hh * sdoh
-            o_base = o0_ptr + bb * sob + hh * soh
-        else:
-            do_base = do1_ptr + bb * sdob + hh * sdoh
-            o_base = o1_ptr + bb * sob + hh * soh
+        if m == 1:
             tl.debug_barrier()  # map 0's dk, dv are stored before map 1 reads them back
-        den_base = den_ptr + (m * n_bh + pid_bh) * T
+        g_base, s_base = _gs_bases(g_ptr, s_ptr, m, pid_bh, n_bh, T, DV)
         a_base = _feature_base(phi_ptr, 0, m, NM, pid_bh, n_bh, T, D)
         b_base = _feature_base(phi_ptr, 1, m, NM, pid_bh, n_bh, T, D)
         if HAS_INIT:
@@ -235,11 +225,7 @@ def _dkv_causal_kernel(
             t = t0 + c * BT + offs_t
             b = _load_features(b_base, t, offs_d, T, D)
             vv = _load_tile(v_base, t, offs_dv, T, DV, svt, svd).to(DOT_DTYPE)
-            g, s = _load_g_s(
-                do_base, o_base, den_base, t, offs_dv, T, DV, sdot, sdod, sot, sod, scale,
-                NORMALIZE,
-            )  # fmt: skip
-            g = g.to(DOT_DTYPE)
+            g, s = _load_stored_g_s(g_base, s_base, t, offs_dv, T, DV)
             db = tl.dot(vv, tl.trans(R.to(DOT_DTYPE)), input_precision=PREC) + r[None, :]
             dv = tl.dot(b, R.to(DOT_DTYPE), input_precision=PREC)
             a = _load_features(a_base, t, offs_d, T, D)

@@ -10,12 +10,14 @@ import triton.language as tl
 
 from .far_tiles import (
     _feature_base,
+    _gs_bases,
     _keep_keys,
     _load_features,
     _load_g_s,
     _load_tile,
     _phi_k,
     _store_features,
+    _store_g_s,
     _store_state,
 )
 
@@ -26,12 +28,12 @@ def _state_fwd_kernel(
     H, T, D, DV, CPS,
     skb, skh, skt, skd, svb, svh, svt, svd, smb, smt,
     NM: tl.constexpr, PHI0: tl.constexpr, PHI1: tl.constexpr, HAS_MASK: tl.constexpr,
-    STORE_PHI: tl.constexpr, FAST: tl.constexpr,
+    FAST: tl.constexpr,
     BT: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
     PREC: tl.constexpr, DOT_DTYPE: tl.constexpr, SLOT: tl.constexpr,
 ):  # fmt: skip
-    """Per segment and map: S = sum_j b_j v_j^T, z = sum_j b_j into slot (bh, segment, map);
-    with STORE_PHI also b = phi_m(k) into the feature buffer (side 1) for the backward.
+    """Per segment and map: S = sum_j b_j v_j^T, z = sum_j b_j into slot (bh, segment, map),
+    and b = phi_m(k) into the feature buffer (side 1) for the main passes and the backward.
 
     Grid (segments, batch * heads); both maps' states live in registers.
     """
@@ -60,17 +62,13 @@ def _state_fwd_kernel(
         b = _phi_k(kk, keep2, 0, PHI0, PHI1, FAST)
         S0 += tl.dot(tl.trans(b.to(DOT_DTYPE)), vv, input_precision=PREC)
         z0 += tl.sum(b, axis=0)
-        if STORE_PHI:
-            _store_features(
-                _feature_base(phi_ptr, 1, 0, NM, pid_bh, n_bh, T, D), t, offs_d, T, D, b
-            )
+        _store_features(_feature_base(phi_ptr, 1, 0, NM, pid_bh, n_bh, T, D), t, offs_d, T, D, b)
         if NM == 2:
             b = _phi_k(kk, keep2, 1, PHI0, PHI1, FAST)
             S1 += tl.dot(tl.trans(b.to(DOT_DTYPE)), vv, input_precision=PREC)
             z1 += tl.sum(b, axis=0)
-            if STORE_PHI:
-                base = _feature_base(phi_ptr, 1, 1, NM, pid_bh, n_bh, T, D)
-                _store_features(base, t, offs_d, T, D, b)
+            base = _feature_base(phi_ptr, 1, 1, NM, pid_bh, n_bh, T, D)
+            _store_features(base, t, offs_d, T, D, b)
     slot = (pid_bh * n_seg + pid_s) * NM
     _store_state(seg_ptr, slot, S0, z0, offs_d, offs_dv, BD, BDV, SLOT)
     if NM == 2:
@@ -79,7 +77,7 @@ def _state_fwd_kernel(
 
 @triton.jit
 def _state_bwd_kernel(
-    phi_ptr, do0_ptr, do1_ptr, o0_ptr, o1_ptr, den_ptr, seg_ptr,
+    phi_ptr, do0_ptr, do1_ptr, o0_ptr, o1_ptr, den_ptr, seg_ptr, g_ptr, s_ptr,
     H, T, D, DV, CPS, scale,
     sdob, sdoh, sdot, sdod, sob, soh, sot, sod,
     NM: tl.constexpr, NORMALIZE: tl.constexpr, REVERSED: tl.constexpr,
@@ -87,7 +85,8 @@ def _state_bwd_kernel(
     PREC: tl.constexpr, DOT_DTYPE: tl.constexpr, SLOT: tl.constexpr,
 ):  # fmt: skip
     """Per segment and map: R = sum_i a_i g_i^T, r = sum_i s_i a_i, with a = phi_m(q) read
-    from the feature buffer (side 0). Grid (segments, bh).
+    from the feature buffer (side 0). Grid (segments, bh). Also stores g and s of every
+    position for the main backward kernels, which then need neither dout, out nor den.
 
     REVERSED stores segment s at index n_seg - 1 - s, so that a cumsum over the index gives
     each segment the sum of itself and every later one.
@@ -100,6 +99,8 @@ def _state_bwd_kernel(
     hh = pid_bh % H
     a0_base = _feature_base(phi_ptr, 0, 0, NM, pid_bh, n_bh, T, D)
     a1_base = _feature_base(phi_ptr, 0, NM - 1, NM, pid_bh, n_bh, T, D)
+    g0_base, s0_base = _gs_bases(g_ptr, s_ptr, 0, pid_bh, n_bh, T, DV)
+    g1_base, s1_base = _gs_bases(g_ptr, s_ptr, NM - 1, pid_bh, n_bh, T, DV)
     do0_base = do0_ptr + bb * sdob + hh * sdoh
     do1_base = do1_ptr + bb * sdob + hh * sdoh
     o0_base = o0_ptr + bb * sob + hh * soh
@@ -121,6 +122,7 @@ def _state_bwd_kernel(
             do0_base, o0_base, den0_base, t, offs_dv, T, DV, sdot, sdod, sot, sod, scale,
             NORMALIZE,
         )  # fmt: skip
+        _store_g_s(g0_base, s0_base, t, offs_dv, T, DV, g, s)
         r0 += tl.sum(a.to(tl.float32) * s[:, None], axis=0)
         R0 += tl.dot(tl.trans(a), g.to(DOT_DTYPE), input_precision=PREC)
         if NM == 2:
@@ -129,6 +131,7 @@ def _state_bwd_kernel(
                 do1_base, o1_base, den1_base, t, offs_dv, T, DV, sdot, sdod, sot, sod, scale,
                 NORMALIZE,
             )  # fmt: skip
+            _store_g_s(g1_base, s1_base, t, offs_dv, T, DV, g, s)
             r1 += tl.sum(a.to(tl.float32) * s[:, None], axis=0)
             R1 += tl.dot(tl.trans(a), g.to(DOT_DTYPE), input_precision=PREC)
     if REVERSED:

@@ -186,6 +186,31 @@ def _load_g_s(
 
 
 @triton.jit
+def _gs_bases(g_ptr, s_ptr, m, pid_bh, n_bh, T, DV):
+    """Starts of g_m and s_m of (batch * heads) row pid_bh (int64) in the buffers
+    (map, batch * heads, seq, head_dim_v) and (map, batch * heads, seq)."""
+    row = m * n_bh + pid_bh
+    return g_ptr + row * T * DV, s_ptr + row * T
+
+
+@triton.jit
+def _store_g_s(g_base, s_base, t, offs_dv, T, DV, g, s):
+    """Store g (cast to the buffer's dtype, the products' operand dtype) and s (float32)."""
+    mask = (t[:, None] < T) & (offs_dv[None, :] < DV)
+    ptrs = g_base + t[:, None] * DV + offs_dv[None, :]
+    tl.store(ptrs, g.to(g_base.dtype.element_ty), mask=mask)
+    tl.store(s_base + t, s, mask=t < T)
+
+
+@triton.jit
+def _load_stored_g_s(g_base, s_base, t, offs_dv, T, DV):
+    """g (in the buffer's dtype, ready for the products) and s (float32), zero outside."""
+    mask = (t[:, None] < T) & (offs_dv[None, :] < DV)
+    g = tl.load(g_base + t[:, None] * DV + offs_dv[None, :], mask=mask, other=0.0)
+    return g, tl.load(s_base + t, mask=t < T, other=0.0)
+
+
+@triton.jit
 def _load_state(
     ptr, slot, offs_d, offs_dv, BD: tl.constexpr, BDV: tl.constexpr, SLOT: tl.constexpr
 ):
