@@ -4,8 +4,9 @@
 
 Short sequences are host-bound: the GPU waits for Python to launch the kernels. This prints
 (1) what one launch costs on this host: an empty aten op, ``torch.empty``, and a Triton kernel
-with 40 arguments launched through ``JITFunction.__getitem__`` (Triton's usual path) and
-through the compiled kernel's own ``run`` (no argument binding); (2) the wall time per eager
+with 40 arguments launched through ``JITFunction.__getitem__`` (Triton's usual path),
+through the compiled kernel's own ``run`` (no argument binding) and through our
+``cuda/launch.py`` (a cached compiled kernel behind a key of the arguments); (2) the wall time per eager
 step of each variant, with the GPU synchronised once per ``--steps`` steps (host time when
 host-bound), with autograd's backward on its device thread (the default) and on the calling
 thread; (3) cProfile of the fmm steps: the functions that take the host time.
@@ -64,6 +65,11 @@ def launch_costs(n=2000):
     out["triton jit launch, 40 args"] = _per_call_us(lambda: _noop[(8, 8)](x, *ints, N=1), n)
     runner = kernel[(8, 8, 1)]
     out["triton compiled.run, 40 args"] = _per_call_us(lambda: runner(x, *ints, 1), n)
+    from fmmformer_pl.attention.cuda.launch import launch
+
+    out["cuda/launch.py launch(), 40 args"] = _per_call_us(
+        lambda: launch(_noop, (8, 8), x, *ints, N=1), n
+    )
     return out
 
 

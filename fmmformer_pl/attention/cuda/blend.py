@@ -21,6 +21,7 @@ import triton
 import triton.language as tl
 
 from ._common import block_dim, cdiv, offsets_fit
+from .launch import launch
 
 # Most fields one call takes (the near field and three far fields).
 MAX_FIELDS = 4
@@ -133,7 +134,8 @@ def blend_forward(fields, coeffs):
     ptrs = list(fields) + [f0] * (MAX_FIELDS - len(fields))  # unused slots: stand-ins
     y = torch.empty_like(f0)
     grid = (cdiv(seq, _BLOCK_T), batch * heads)
-    _blend_fwd_kernel[grid](
+    launch(
+        _blend_fwd_kernel, grid,
         *ptrs, coeffs, y, heads, seq, dim, *_strides(f0), *_strides(y),
         NF=len(fields), BT=_BLOCK_T, BD=block_dim(dim), **LAUNCH["fwd"],
     )  # fmt: skip
@@ -152,7 +154,8 @@ def blend_backward(fields, coeffs, dy):
     tiles = cdiv(seq, _BLOCK_T)
     per_program = min(_BWD_TILES, tiles)
     grid = (cdiv(tiles, per_program), batch * heads)
-    _blend_bwd_kernel[grid](
+    launch(
+        _blend_bwd_kernel, grid,
         *fields, *pad, *grads, *pad, coeffs, dy, dc, heads, seq, dim, per_program,
         *_strides(f0), *_strides(dy), NF=len(fields), BT=_BLOCK_T, BD=block_dim(dim),
         **LAUNCH["bwd"],

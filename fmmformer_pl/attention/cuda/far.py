@@ -80,6 +80,7 @@ from ._common import (
 from .far_bidir import _bwd_bidir_kernel, _fwd_bidir_kernel
 from .far_causal import _dkv_causal_kernel, _dq_causal_kernel, _fwd_causal_kernel
 from .far_states import _state_bwd_kernel, _state_fwd_kernel
+from .launch import launch
 
 # Feature maps the kernels compute in registers (names of ``FEATURE_MAPS``).
 PHI_CODES = {"elu": 0, "elu_flip": 1, "tanh": 2, "relu": 3, "softplus": 4}
@@ -275,7 +276,8 @@ def far_forward(q, k, v, key_padding_mask, phi_codes, causal, normalize):
     state = None
     if not causal or plan.n_seg > 1:
         seg = plan.states(q, nm)  # (bh, n_seg, map, slot)
-        _state_fwd_kernel[(plan.n_seg, plan.bh)](
+        launch(
+        _state_fwd_kernel, (plan.n_seg, plan.bh),
             k, v, mask, seg, phi, *sizes, plan.state_cps, *strides(k), *strides(v), smb, smt,
             HAS_MASK=has_mask, **plan.state_constexprs,
             **LAUNCH["state_fwd_causal" if causal else "state_fwd"],
@@ -285,7 +287,8 @@ def far_forward(q, k, v, key_padding_mask, phi_codes, causal, normalize):
         else:
             state = seg[:, 0] if plan.n_seg == 1 else seg.sum(dim=1)  # (bh, map, slot)
     if causal:
-        _fwd_causal_kernel[(plan.n_seg, plan.bh)](
+        launch(
+        _fwd_causal_kernel, (plan.n_seg, plan.bh),
             q, k, v, mask, state if state is not None else den, outs[0], o1, den, phi,
             *sizes, plan.cps, plan.scale,
             *strides(q), *strides(k), *strides(v), *strides(outs[0]), smb, smt,
@@ -293,7 +296,8 @@ def far_forward(q, k, v, key_padding_mask, phi_codes, causal, normalize):
             **plan.constexprs, **LAUNCH["fwd"],
         )  # fmt: skip
     else:
-        _fwd_bidir_kernel[(plan.n_main, plan.bh)](
+        launch(
+        _fwd_bidir_kernel, (plan.n_main, plan.bh),
             q, state, outs[0], o1, den, phi, *sizes, plan.main_cps, plan.scale,
             *strides(q), *strides(outs[0]),
             NORMALIZE=normalize, **plan.constexprs, **LAUNCH["fwd_bidir"],
@@ -325,7 +329,8 @@ def far_backward(saved, douts, grads=None):
     rseg = plan.states(q, nm)
     g_buf = torch.empty(nm, plan.bh, plan.seq, plan.dim_v, device=q.device, dtype=phi.dtype)
     s_buf = torch.empty(nm, plan.bh, plan.seq, device=q.device, dtype=torch.float32)
-    _state_bwd_kernel[(plan.n_seg, plan.bh)](
+    launch(
+        _state_bwd_kernel, (plan.n_seg, plan.bh),
         phi, douts[0], do1, outs[0], o1, den, rseg, g_buf, s_buf,
         *sizes, plan.state_cps, plan.scale,
         *strides(douts[0]), *strides(outs[0]),
@@ -334,7 +339,8 @@ def far_backward(saved, douts, grads=None):
     )  # fmt: skip
     if not causal:
         rstate = rseg[:, 0] if plan.n_seg == 1 else rseg.sum(dim=1)
-        _bwd_bidir_kernel[(plan.n_main, plan.bh, 2)](
+        launch(
+        _bwd_bidir_kernel, (plan.n_main, plan.bh, 2),
             q, k, v, phi, g_buf, s_buf, state, rstate, dq, dk, dv,
             *sizes, plan.main_cps,
             *strides(q), *strides(k), *strides(v), *strides(dq), *strides(dk), *strides(dv),
@@ -344,13 +350,15 @@ def far_backward(saved, douts, grads=None):
         return dq, dk, dv
     has_init = state is not None
     rstate = rseg.cumsum_(dim=1) if has_init else None  # reversed: this and later segments
-    _dq_causal_kernel[(plan.n_seg, plan.bh)](
+    launch(
+        _dq_causal_kernel, (plan.n_seg, plan.bh),
         q, v, phi, g_buf, s_buf, state if has_init else s_buf, dq, *sizes, plan.cps,
         *strides(q), *strides(v), *strides(dq),
         HAS_INIT=has_init, ACC=accumulate, **cx,
         **LAUNCH["dq"],
     )  # fmt: skip
-    _dkv_causal_kernel[(plan.n_seg, plan.bh)](
+    launch(
+        _dkv_causal_kernel, (plan.n_seg, plan.bh),
         k, v, phi, g_buf, s_buf, rstate if has_init else s_buf, dk, dv, *sizes, plan.cps,
         *strides(k), *strides(v), *strides(dk), *strides(dv),
         HAS_INIT=has_init, ACC=accumulate, **cx,

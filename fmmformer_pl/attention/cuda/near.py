@@ -40,6 +40,7 @@ from ._common import (
     strides,
     supported,
 )
+from .launch import launch
 
 _BLOCK_M = 64
 _BLOCK_N = 64
@@ -547,7 +548,8 @@ def near_forward(q, k, v, key_padding_mask, bandwidth, causal, dropout_p, seed):
     (_, _, _, mask, _, _), cfg, (_, smb, smt, _, _) = saved
     sm_scale = 1.0 / math.sqrt(dim)
     tiles, _ = _tiles(bandwidth)
-    _band_fwd_kernel[(cdiv(seq, tiles["BM"]), bh)](
+    launch(
+        _band_fwd_kernel, (cdiv(seq, tiles["BM"]), bh),
         q, k, v, mask, out, lse, heads, seq, bandwidth, dim, dim_v, sm_scale * _LOG2E, seed,
         dropout_p, *strides(q), *strides(k), *strides(v), *strides(out), smb, smt,
         **cfg, **tiles, **LAUNCH["fwd"],
@@ -571,13 +573,15 @@ def near_backward(saved, dout, grads=None):
     if not offsets_fit(dout):  # 32-bit offsets inside a (batch, head)
         dout = dout.contiguous()
     q_tiles, kv_tiles = _tiles(bandwidth)
-    _band_dq_kernel[(cdiv(seq, q_tiles["BM"]), bh)](
+    launch(
+        _band_dq_kernel, (cdiv(seq, q_tiles["BM"]), bh),
         q, k, v, mask, out, dout, lse, delta, dq, heads, seq, bandwidth, dim, dim_v,
         sm_scale * _LOG2E, sm_scale, seed, dropout_p,
         *strides(q), *strides(k), *strides(v), *strides(out), *strides(dout), *strides(dq),
         smb, smt, **cfg, **q_tiles, ACCUMULATE=accumulate, **LAUNCH["dq"],
     )  # fmt: skip
-    _band_dkv_kernel[(cdiv(seq, kv_tiles["BN"]), bh)](
+    launch(
+        _band_dkv_kernel, (cdiv(seq, kv_tiles["BN"]), bh),
         q, k, v, mask, dout, lse, delta, dk, dv, heads, seq, bandwidth, dim, dim_v,
         sm_scale * _LOG2E, sm_scale, seed, dropout_p,
         *strides(q), *strides(k), *strides(v), *strides(dout), *strides(dk), *strides(dv),
@@ -648,8 +652,16 @@ def dropout_keep_matrix(
     bandwidth = min(int(bandwidth), seq)
     out = torch.empty(seq, seq, device=device, dtype=torch.float32)
     grid = (cdiv(seq, _BLOCK_M), cdiv(seq, _BLOCK_N))
-    _dropout_keep_kernel[grid](
-        out, seed, seq, bandwidth, float(dropout_p), BM=_BLOCK_M, BN=_BLOCK_N
+    launch(
+        _dropout_keep_kernel,
+        grid,
+        out,
+        seed,
+        seq,
+        bandwidth,
+        float(dropout_p),
+        BM=_BLOCK_M,
+        BN=_BLOCK_N,
     )
     return out > 0.5
 

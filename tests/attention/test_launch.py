@@ -1,0 +1,103 @@
+"""``cuda/launch.py``: the cached launch path goes through Triton's ``kernel[grid]`` exactly when
+Triton would specialise differently, and otherwise hands the arguments, constexprs in signature
+order, to the compiled kernel (fake kernels here; the GPU tests run the real ones)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fmmformer_pl.attention.cuda import launch as launch_module
+from fmmformer_pl.attention.cuda.launch import _key, launch
+
+
+class _Compiled:
+    def __init__(self, log):
+        self.log = log
+
+    def __getitem__(self, grid):
+        return lambda *args: self.log.append(("compiled", grid, args))
+
+
+class _Kernel:
+    """A stand-in for a JITFunction with parameters (x_ptr, n, scale, A, B)."""
+
+    arg_names = ["x_ptr", "n", "scale", "A", "B"]
+
+    def __init__(self, compiles=True):
+        self.log, self.compiles = [], compiles
+
+    def __getitem__(self, grid):
+        def run(*args, **kwargs):
+            self.log.append(("jit", grid, args, kwargs))
+            return _Compiled(self.log) if self.compiles else None
+
+        return run
+
+
+@pytest.fixture(autouse=True)
+def _fake_compiled(monkeypatch):
+    monkeypatch.setattr(launch_module, "CompiledKernel", _Compiled)
+    monkeypatch.setattr(launch_module, "_CACHE", {})
+
+
+def test_second_call_uses_the_compiled_kernel_with_constexprs_in_signature_order():
+    k = _Kernel()
+    x = torch.zeros(8)
+    launch(k, (3, 2), x, 5, 0.5, B=7, A=2, num_warps=4)
+    launch(k, (3, 2), x, 21, 0.25, B=7, A=2, num_warps=4)
+    assert [e[0] for e in k.log] == ["jit", "compiled"]
+    assert k.log[0][1] == (3, 2) and k.log[0][3] == dict(B=7, A=2, num_warps=4)
+    # the compiled runner gets three grid axes and every parameter, A before B
+    assert k.log[1][1] == (3, 2, 1) and k.log[1][2] == (x, 21, 0.25, 2, 7)
+
+
+@pytest.mark.parametrize(
+    "first, second",
+    [
+        ((torch.zeros(8), 5), (torch.zeros(8, dtype=torch.float64), 5)),  # dtype
+        ((torch.zeros(8), 5), (torch.zeros(9)[1:], 5)),  # address no longer 16-byte aligned
+        ((torch.zeros(8), 5), (torch.zeros(8), 1)),  # an int that is 1
+        ((torch.zeros(8), 5), (torch.zeros(8), 32)),  # an int divisible by 16
+        ((torch.zeros(8), 5), (torch.zeros(8), 2**31)),  # a 64-bit int
+    ],
+)
+def test_a_change_triton_specialises_on_goes_through_triton(first, second):
+    k = _Kernel()
+    launch(k, (1,), *first, 0.5, A=1, B=2)
+    launch(k, (1,), *second, 0.5, A=1, B=2)
+    assert [e[0] for e in k.log] == ["jit", "jit"]
+
+
+def test_constexprs_and_options_are_part_of_the_key():
+    k = _Kernel()
+    x = torch.zeros(8)
+    launch(k, (1,), x, 5, 0.5, A=1, B=2, num_warps=4)
+    launch(k, (1,), x, 5, 0.5, A=1, B=3, num_warps=4)
+    launch(k, (1,), x, 5, 0.5, A=1, B=3, num_warps=8)
+    launch(k, (1,), x, 5, 0.5, A=1, B=3, num_warps=8)
+    assert [e[0] for e in k.log] == ["jit", "jit", "jit", "compiled"]
+
+
+def test_without_a_compiled_kernel_every_call_goes_through_triton():
+    """The Triton interpreter (the CPU tests) returns no compiled kernel."""
+    k = _Kernel(compiles=False)
+    x = torch.zeros(8)
+    for _ in range(3):
+        launch(k, (1,), x, 5, 0.5, A=1, B=2)
+    assert [e[0] for e in k.log] == ["jit"] * 3
+
+
+def test_key_follows_tritons_specialisation():
+    x = torch.zeros(8)
+
+    def same(a, b):
+        return _key([a]) == _key([b])
+
+    assert same(x, torch.ones(8)) and not same(x, torch.zeros(9)[1:])  # 16-byte alignment
+    assert not same(x, x.double())
+    assert same(3, 5) and not same(3, 1) and not same(3, 48) and same(48, 64)
+    assert not same(48, 2**40)  # 64-bit
+    assert not same(True, 1) and not same(True, False)  # a bool is not the int 1
+    assert same(0.5, 2.0) and not same(0.5, 1)
+    assert not same(None, 0)
