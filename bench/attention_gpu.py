@@ -281,6 +281,13 @@ def main(argv=None):
     p.add_argument("--tune-seq", type=int, default=65536)
     p.add_argument("--out-dir", type=Path, default=REPO / "docs")
     p.add_argument("--no-plot", action="store_true")
+    p.add_argument("--label", default="", help="prefix for the note column (e.g. the commit)")
+    p.add_argument(
+        "--merge-into",
+        type=Path,
+        help="an earlier attention_gpu.csv: write its rows with those measured now replaced "
+        "(and plot them all)",
+    )
     p.add_argument(
         "--backward-thread",
         choices=["autograd", "caller"],
@@ -311,8 +318,13 @@ def main(argv=None):
                     f"{row.get('tflops', '')!s:>7}TF/s {row.get('tbps', '')!s:>6}TB/s "
                     f"{row.get('bound', '')} {row.get('of_floor', '')} {row['note']}", flush=True,
                 )  # fmt: skip
+    if args.label:
+        for r in rows:
+            r["note"] = f"{args.label}; {r['note']}" if r["note"] else args.label
     args.out_dir.mkdir(parents=True, exist_ok=True)
     csv_path = args.out_dir / "attention_gpu.csv"
+    if args.merge_into:
+        rows = merge_rows(args.merge_into, rows)
     with open(csv_path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=FIELDS)
         writer.writeheader()
@@ -325,6 +337,19 @@ def main(argv=None):
             plot(rows, args.out_dir / "attention_gpu.png")
         except ImportError:
             print("matplotlib missing: no plot (the CSV has every number)")
+
+
+def merge_rows(path: Path, rows: list[dict]) -> list[dict]:
+    """The rows of an earlier CSV, those measured again replaced by ``rows`` (same variant,
+    seq and mask), in the earlier order; new ones appended."""
+    with open(path, newline="") as f:
+        old = list(csv.DictReader(f))
+    for r in old:  # the types bench_one gives (for the plot)
+        r["seq"], r["causal"] = int(r["seq"]), r["causal"] == "True"
+        r["ms"] = float(r["ms"]) if r["ms"] else ""
+    new = {(r["variant"], r["seq"], r["causal"]): r for r in rows}
+    merged = [new.pop((r["variant"], r["seq"], r["causal"]), r) for r in old]
+    return merged + list(new.values())
 
 
 def _summary(rows):

@@ -77,3 +77,45 @@ def test_host_python_cpu_runs_without_a_gpu(tmp_path):
     )  # fmt: skip
     assert run.returncode == 0, run.stderr[-2000:]
     assert "us of host per step" in run.stdout
+
+
+def test_attention_gpu_merge_replaces_the_rows_measured_again(tmp_path):
+    sys.path.insert(0, str(BENCH))
+    import attention_gpu
+
+    old = tmp_path / "attention_gpu.csv"
+    old.write_text(
+        "variant,seq,causal,ms,note\n"
+        "softmax,1024,False,0.25,\n"
+        "fmm_r2,1024,False,2.1,\n"
+        "fmm_r2,1024,True,,OOM\n"
+    )
+    new = [
+        dict(variant="fmm_r2", seq=1024, causal=False, ms=1.5, note="again"),
+        dict(variant="fmm_r2", seq=4096, causal=False, ms=1.6, note="new"),
+    ]
+    rows = attention_gpu.merge_rows(old, new)
+    assert [(r["variant"], r["seq"], r["causal"], r["ms"]) for r in rows] == [
+        ("softmax", 1024, False, 0.25),
+        ("fmm_r2", 1024, False, 1.5),
+        ("fmm_r2", 1024, True, ""),
+        ("fmm_r2", 4096, False, 1.6),
+    ]
+
+
+def test_kernel_sass_compiles_the_far_kernels_for_the_h200_without_a_gpu():
+    """bench/kernel_sass.py: every far-field kernel of a causal and a bidirectional step,
+    compiled for sm_90a with Triton's bundled ptxas, with registers and a main loop."""
+    pytest.importorskip("triton")
+    sys.path.insert(0, str(BENCH))
+    import kernel_sass
+
+    rows = kernel_sass.report(4096, [True, False], note="test")
+    kernels = {(r["mode"], r["kernel"]) for r in rows}
+    assert ("causal", "dkv_causal_kernel") in kernels
+    assert ("bidirectional", "bwd_bidir_kernel") in kernels
+    assert len(rows) == 9
+    for r in rows:
+        assert 0 < r["registers"] <= 255 and r["instructions"] > 100, r
+        if r["mode"] == "causal":  # every causal kernel walks its chunks
+            assert r["loop"] > 100 and r["mma"] > 0, r

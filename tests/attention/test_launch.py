@@ -38,7 +38,8 @@ class _Kernel:
 @pytest.fixture(autouse=True)
 def _fake_compiled(monkeypatch):
     monkeypatch.setattr(launch_module, "CompiledKernel", _Compiled)
-    monkeypatch.setattr(launch_module, "_CACHE", {})
+    for cache in ("_CACHE", "_EXACT", "_LEADING"):
+        monkeypatch.setattr(launch_module, cache, {})
 
 
 def test_second_call_uses_the_compiled_kernel_with_constexprs_in_signature_order():
@@ -64,9 +65,9 @@ def test_second_call_uses_the_compiled_kernel_with_constexprs_in_signature_order
 )
 def test_a_change_triton_specialises_on_goes_through_triton(first, second):
     k = _Kernel()
-    launch(k, (1,), *first, 0.5, A=1, B=2)
-    launch(k, (1,), *second, 0.5, A=1, B=2)
-    assert [e[0] for e in k.log] == ["jit", "jit"]
+    for args in (first, first, first, second, second, first):  # past both caches' first use
+        launch(k, (1,), *args, 0.5, A=1, B=2)
+    assert [e[0] for e in k.log] == ["jit", "compiled", "compiled", "jit", "compiled", "compiled"]
 
 
 def test_constexprs_and_options_are_part_of_the_key():
@@ -101,3 +102,55 @@ def test_key_follows_tritons_specialisation():
     assert not same(True, 1) and not same(True, False)  # a bool is not the int 1
     assert same(0.5, 2.0) and not same(0.5, 1)
     assert not same(None, 0)
+
+
+def _count_specialised_keys(monkeypatch):
+    calls = []
+    real = launch_module._key
+
+    def counting(args):
+        calls.append(args)
+        return real(args)
+
+    monkeypatch.setattr(launch_module, "_key", counting)
+    return calls
+
+
+def test_repeated_calls_hit_the_exact_cache(monkeypatch):
+    calls = _count_specialised_keys(monkeypatch)
+    k = _Kernel()
+    x = torch.zeros(8)
+    for _ in range(4):
+        launch(k, (1,), x, 5, 0.5, A=1, B=2)
+    assert len(calls) == 2  # the first call (compiles) and the second (fills the exact cache)
+    assert [e[0] for e in k.log] == ["jit", "compiled", "compiled", "compiled"]
+
+
+def test_a_value_that_changes_every_call_takes_the_specialised_key(monkeypatch):
+    """A dropout seed: every call misses the exact cache, none recompiles."""
+    calls = _count_specialised_keys(monkeypatch)
+    k = _Kernel()
+    x = torch.zeros(8)
+    for seed in (3, 5, 7, 9):
+        launch(k, (1,), x, seed, 0.5, A=1, B=2)
+    assert len(calls) == 4
+    assert [e[0] for e in k.log] == ["jit", "compiled", "compiled", "compiled"]
+    assert [e[2][1] for e in k.log[1:]] == [5, 7, 9]
+
+
+def test_a_tensor_past_the_leading_ones_stays_out_of_the_exact_cache():
+    k = _Kernel()
+    x = torch.zeros(8)
+    for _ in range(3):
+        launch(k, (1,), x, 5, torch.zeros(1), A=1, B=2)  # a seed tensor after an int
+    assert launch_module._EXACT == {}
+    assert [e[0] for e in k.log] == ["jit", "compiled", "compiled"]
+
+
+def test_the_exact_cache_is_bounded(monkeypatch):
+    monkeypatch.setattr(launch_module, "_EXACT_MAX", 3)
+    k = _Kernel()
+    x = torch.zeros(8)
+    for seed in range(3, 3 + 2 * 10, 2):
+        launch(k, (1,), x, seed, 0.5, A=1, B=2)
+    assert len(launch_module._EXACT) <= 3

@@ -1,21 +1,32 @@
 """Launching Triton kernels with less host work per call (plain Python and torch).
 
 ``kernel[grid](*args, **kwargs)`` binds and specialises every argument on every call (Triton's
-generated binder, the cache key, the launch metadata): ~33 µs of Python for a 40-argument
-kernel on the H200 machine's host, against ~11 µs for the compiled kernel's own launcher
+generated binder, the cache key, the launch metadata): ~36 µs of Python for a 40-argument
+kernel on the H200 machine's host, against ~14 µs for the compiled kernel's own launcher
 (``docs/host_profile.txt``). A step of the FMM layer makes 16 launches, and at 64K tokens that
-host work is as long as the GPU work (``docs/gpu.md``).
+host work is about as long as the GPU work (``docs/gpu.md``).
 
-``launch(kernel, grid, *args, **kwargs)`` does the same launch. Its cache key is what Triton's
-specialisation depends on, read off the arguments directly: per tensor its dtype and whether its
-address is 16-byte aligned; per int whether it is 1, divisible by 16 and 32-bit; per float,
-nothing; constexprs and launch options by value; the current device. The first call with a key
-goes through ``kernel[grid]`` (compiling as usual) and keeps the compiled kernel; later calls
-hand the arguments straight to its launcher. Under the Triton interpreter (CPU tests) there is
-no compiled kernel, and every call takes ``kernel[grid]``.
+``launch(kernel, grid, *args, **kwargs)`` does the same launch through two caches:
+
+* exact: the kernel, the device, each leading tensor argument's dtype and address modulo 16,
+  the other arguments by value (ints, floats), the keywords by value. Built from C-level maps
+  and one tuple hash, no Python loop over the arguments. Calls of one shape hit it every time;
+  an argument that changes every call (a dropout seed) misses it, and a tensor past the
+  leading ones keeps the call out of it.
+* specialised, on a miss: what Triton's specialisation depends on, read off the arguments:
+  per tensor its dtype and whether its address is 16-byte aligned; per int whether it is 1,
+  divisible by 16 and 32-bit; per float, nothing; keywords by value. The first call with such
+  a key goes through ``kernel[grid]`` (compiling as usual) and keeps the compiled kernel.
+
+A hit hands the arguments and the constexprs, in signature order, to the compiled kernel's
+launcher. Under the Triton interpreter (CPU tests) there is no compiled kernel, and every call
+takes ``kernel[grid]``.
 """
 
 from __future__ import annotations
+
+from itertools import repeat
+from operator import and_, attrgetter
 
 import torch
 from triton.compiler import CompiledKernel
@@ -23,6 +34,13 @@ from triton.compiler import CompiledKernel
 # key -> (compiled kernel, the constexpr and keyword-argument values in signature order), or
 # None where kernel[grid] returned no compiled kernel (the interpreter).
 _CACHE: dict[tuple, tuple[CompiledKernel, tuple] | None] = {}
+# exact key -> the same entries; cleared when it reaches _EXACT_MAX keys
+_EXACT: dict[tuple, tuple[CompiledKernel, tuple] | None] = {}
+_EXACT_MAX = 4096
+# kernel -> how many of its leading arguments were tensors on its first call
+_LEADING: dict = {}
+_dtype = attrgetter("dtype")
+_data_ptr = torch.Tensor.data_ptr
 
 
 def _key(args) -> tuple:
@@ -42,20 +60,47 @@ def _key(args) -> tuple:
     return tuple(out)
 
 
+def _exact_key(kernel, device, args, kwargs):
+    """The exact key (see the module doc), or None where the call cannot use it."""
+    n = _LEADING.get(kernel)
+    if n is None:
+        return None
+    tensors, rest = args[:n], args[n:]
+    if torch.Tensor in map(type, rest):  # a tensor past the leading ones (a seed tensor)
+        return None
+    try:
+        dtypes = tuple(map(_dtype, tensors))
+        offsets = tuple(map(and_, map(_data_ptr, tensors), repeat(15)))
+    except (AttributeError, TypeError):  # not a tensor where the first call had one
+        return None
+    return kernel, device, dtypes, offsets, rest, tuple(kwargs.items())
+
+
 def launch(kernel, grid, *args, **kwargs) -> None:
     """``kernel[grid](*args, **kwargs)``: positional runtime arguments, keyword constexprs and
     launch options (num_warps, num_stages, maxnreg)."""
     device = torch.cuda.current_device() if torch.cuda.is_initialized() else -1
-    key = (kernel, device, _key(args), tuple(kwargs.items()))
-    entry = _CACHE.get(key, False)
+    exact = _exact_key(kernel, device, args, kwargs)
+    entry = _EXACT.get(exact, False) if exact is not None else False
     if entry is False:
-        compiled = kernel[grid](*args, **kwargs)
-        entry = None
-        if isinstance(compiled, CompiledKernel):
-            names = kernel.arg_names[len(args) :]
-            entry = compiled, tuple(kwargs[name] for name in names)
-        _CACHE[key] = entry
-        return
+        key = (kernel, device, _key(args), tuple(kwargs.items()))
+        entry = _CACHE.get(key, False)
+        if entry is False:
+            compiled = kernel[grid](*args, **kwargs)
+            entry = None
+            if isinstance(compiled, CompiledKernel):
+                names = kernel.arg_names[len(args) :]
+                entry = compiled, tuple(kwargs[name] for name in names)
+            _CACHE[key] = entry
+            if kernel not in _LEADING:
+                _LEADING[kernel] = next(
+                    (i for i, a in enumerate(args) if not isinstance(a, torch.Tensor)), len(args)
+                )
+            return
+        if exact is not None and entry is not None:
+            if len(_EXACT) >= _EXACT_MAX:
+                _EXACT.clear()
+            _EXACT[exact] = entry
     if entry is None:
         kernel[grid](*args, **kwargs)
         return
