@@ -74,10 +74,9 @@ def _blend_bwd_kernel(
     f0, f1, f2, f3, g0, g1, g2, g3, c_ptr, dy_ptr, dc_ptr,
     H, T, D, TILES,
     sfb, sfh, sft, sfd, syb, syh, syt, syd,
-    NF: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr, GRADS: tl.constexpr,
+    NF: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr,
 ):  # fmt: skip
-    """dfield_f = c_f * dy (if GRADS) and the partial sums of dc_f = sum dy * field_f over
-    TILES tiles.
+    """dfield_f = c_f * dy and the partial sums of dc_f = sum dy * field_f over TILES tiles.
 
     Grid (groups of TILES seq tiles, batch * heads); dc (n_fields, heads, head_dim) float32
     receives one atomic add per program and field. The field gradients take the fields'
@@ -110,10 +109,8 @@ def _blend_bwd_kernel(
                 dc2 += partial
             else:
                 dc3 += partial
-            if GRADS:
-                g_ptr = _field_ptr(g0, g1, g2, g3, f)
-                y = (dy * c[None, :]).to(g_ptr.dtype.element_ty)
-                tl.store(g_ptr + offs_f, y, mask=inside)
+            g_ptr = _field_ptr(g0, g1, g2, g3, f)
+            tl.store(g_ptr + offs_f, (dy * c[None, :]).to(g_ptr.dtype.element_ty), mask=inside)
     for f in tl.static_range(NF):
         if f == 0:
             dc = dc0
@@ -145,16 +142,13 @@ def blend_forward(fields, coeffs):
     return y
 
 
-def blend_backward(fields, coeffs, dy, field_grads=True):
-    """(the fields' gradients, dcoeffs) of ``blend_forward`` for the output gradient dy.
-
-    ``field_grads=False``: (None, dcoeffs); the fused FMM backward scales dy inside the field
-    kernels instead of writing c_f * dy for every field."""
+def blend_backward(fields, coeffs, dy):
+    """(the fields' gradients, dcoeffs) of ``blend_forward`` for the output gradient dy."""
     f0 = fields[0]
     batch, heads, seq, dim = f0.shape
     if not offsets_fit(dy, _BLOCK_T):
         dy = dy.contiguous()
-    grads = [torch.empty_like(f) for f in fields] if field_grads else [f0] * len(fields)
+    grads = [torch.empty_like(f) for f in fields]
     dc = torch.zeros_like(coeffs)
     pad = [f0] * (MAX_FIELDS - len(fields))
     tiles = cdiv(seq, _BLOCK_T)
@@ -164,9 +158,9 @@ def blend_backward(fields, coeffs, dy, field_grads=True):
         _blend_bwd_kernel, grid,
         *fields, *pad, *grads, *pad, coeffs, dy, dc, heads, seq, dim, per_program,
         *_strides(f0), *_strides(dy), NF=len(fields), BT=_BLOCK_T, BD=block_dim(dim),
-        GRADS=field_grads, **LAUNCH["bwd"],
+        **LAUNCH["bwd"],
     )  # fmt: skip
-    return (grads if field_grads else None), dc
+    return grads, dc
 
 
 class _Blend(torch.autograd.Function):

@@ -305,11 +305,9 @@ def far_forward(q, k, v, key_padding_mask, phi_codes, causal, normalize):
     return outs, ((q, k, v, mask, den, state, phi, *outs), settings)
 
 
-def far_backward(saved, douts, grads=None, scales=None):
+def far_backward(saved, douts, grads=None):
     """dq, dk, dv of the far fields (``saved`` from ``far_forward``; a None in ``douts`` is a
-    zero gradient); with ``grads`` = (dq, dk, dv) the kernels add to those tensors; with
-    ``scales`` (map, heads, head_dim_v, float32) the output gradient of map m is
-    douts[m] * scales[m] (the fused FMM backward: every dout is the layer's dy)."""
+    zero gradient); with ``grads`` = (dq, dk, dv) the kernels add to those tensors."""
     (q, k, v, mask, den, state, phi, *outs), settings = saved
     # The forward's plan: the saved states are laid out by its segments. The padding mask is
     # not needed: phi(k) is 0 at padding.
@@ -334,10 +332,9 @@ def far_backward(saved, douts, grads=None, scales=None):
     launch(
         _state_bwd_kernel, (plan.n_seg, plan.bh),
         phi, douts[0], do1, outs[0], o1, den, rseg, g_buf, s_buf,
-        s_buf if scales is None else scales, *sizes, plan.state_cps, plan.scale,
+        *sizes, plan.state_cps, plan.scale,
         *strides(douts[0]), *strides(outs[0]),
-        NORMALIZE=normalize, REVERSED=causal, HAS_SCALE=scales is not None,
-        **plan.state_bwd_constexprs,
+        NORMALIZE=normalize, REVERSED=causal, **plan.state_bwd_constexprs,
         **LAUNCH["state_bwd_causal" if causal else "state_bwd"],
     )  # fmt: skip
     if not causal:

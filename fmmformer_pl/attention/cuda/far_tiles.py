@@ -168,14 +168,11 @@ def _phi_q(
 
 @triton.jit
 def _load_g_s(
-    do_base, o_base, den_base, c, t, offs_dv, T, DV, sdot, sdod, sot, sod, scale,
-    NORMALIZE: tl.constexpr, HAS_SCALE: tl.constexpr,
+    do_base, o_base, den_base, t, offs_dv, T, DV, sdot, sdod, sot, sod, scale,
+    NORMALIZE: tl.constexpr,
 ):  # fmt: skip
-    """g = dout / den and s = -(dout . out) / den (0 where den = 0); or g = dout * scale.
-    HAS_SCALE: dout is the stored tile times c (head_dim_v), the field's blend coefficients."""
+    """g = dout / den and s = -(dout . out) / den (0 where den = 0); or g = dout * scale."""
     do = _load_tile(do_base, t, offs_dv, T, DV, sdot, sdod)
-    if HAS_SCALE:
-        do = do * c[None, :]
     if NORMALIZE:
         o = _load_tile(o_base, t, offs_dv, T, DV, sot, sod)
         den = tl.load(den_base + t, mask=t < T, other=0.0)

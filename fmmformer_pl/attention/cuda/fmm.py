@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from ._common import offsets_fit, supported
+from ._common import supported
 from .blend import MAX_FIELDS, blend_backward, blend_forward
 from .far import PHI_CODES, far_backward, far_forward, map_groups
 from .near import near_arguments, near_backward, near_forward
@@ -44,18 +44,14 @@ def fmm_forward(q, k, v, coeffs, mask, near_args, causal, phi_codes, normalize):
 def fmm_backward(dy, coeffs, fields, parts):
     """``(dq, dk, dv, dcoeffs)`` for the output gradient dy (``fields``, ``parts`` from
     ``fmm_forward``)."""
-    # The field kernels read dy and scale it by their coefficients: no c_f * dy per field.
-    _, dc = blend_backward(fields, coeffs, dy, field_grads=False)
-    if not offsets_fit(dy):  # 32-bit offsets inside a (batch, head) in the field kernels
-        dy = dy.contiguous()
-    grads, first = None, 0
+    dfields, dc = blend_backward(fields, coeffs, dy)
+    grads = None
     for kind, saved, n_fields in parts:
-        scales = coeffs[first : first + n_fields]  # (fields, heads, head_dim) float32
+        dout, dfields = dfields[:n_fields], dfields[n_fields:]
         if kind == "near":
-            grads = near_backward(saved, dy, grads, scale=scales[0])
+            grads = near_backward(saved, dout[0], grads)
         else:
-            grads = far_backward(saved, [dy] * n_fields, grads, scales=scales)
-        first += n_fields
+            grads = far_backward(saved, dout, grads)
     dq, dk, dv = grads
     return dq, dk, dv, dc
 

@@ -246,7 +246,6 @@ def _band_dq_kernel(
     mask_ptr,
     o_ptr,
     do_ptr,
-    c_ptr,
     lse_ptr,
     delta_ptr,
     dq_ptr,
@@ -295,12 +294,8 @@ def _band_dq_kernel(
     BDV: tl.constexpr,
     PREC: tl.constexpr,
     ACCUMULATE: tl.constexpr,
-    HAS_SCALE: tl.constexpr,
 ):
-    """dq = sm_scale sum_j p_ij (dp_ij - delta_i) k_j for one query block; writes delta too.
-
-    HAS_SCALE: the output gradient is do * c, c (heads, head_dim_v) float32 (the blend's
-    coefficients of this field: the caller passes the layer's dy, not a scaled copy)."""
+    """dq = sm_scale sum_j p_ij (dp_ij - delta_i) k_j for one query block; writes delta too."""
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1).to(tl.int64)
     bb = pid_bh // H
@@ -327,9 +322,6 @@ def _band_dq_kernel(
     do = tl.load(
         do_base + offs_m[:, None] * sdot + offs_dv[None, :] * sdod, mask=dv_mask, other=0.0
     )
-    if HAS_SCALE:
-        c = tl.load(c_ptr + hh * DV + offs_dv, mask=offs_dv < DV, other=0.0)
-        do = do.to(tl.float32) * c[None, :]
     o = tl.load(o_base + offs_m[:, None] * sot + offs_dv[None, :] * sod, mask=dv_mask, other=0.0)
     delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), axis=1)
     tl.store(delta_ptr + pid_bh * T + offs_m, delta, mask=row_ok)
@@ -379,7 +371,6 @@ def _band_dkv_kernel(
     v_ptr,
     mask_ptr,
     do_ptr,
-    c_ptr,
     lse_ptr,
     delta_ptr,
     dk_ptr,
@@ -429,10 +420,8 @@ def _band_dkv_kernel(
     BDV: tl.constexpr,
     PREC: tl.constexpr,
     ACCUMULATE: tl.constexpr,
-    HAS_SCALE: tl.constexpr,
 ):
-    """dk, dv for one key block, over the query blocks whose band reaches it (transposed);
-    HAS_SCALE as in ``_band_dq_kernel``."""
+    """dk, dv for one key block, over the query blocks whose band reaches it (transposed)."""
     pid_n = tl.program_id(0)
     pid_bh = tl.program_id(1).to(tl.int64)
     bb = pid_bh // H
@@ -461,8 +450,6 @@ def _band_dkv_kernel(
         other=0.0,
     )
     keep = _key_keep(mask_base, offs_n, T, smt, HAS_MASK)
-    if HAS_SCALE:
-        c = tl.load(c_ptr + hh * DV + offs_dv, mask=offs_dv < DV, other=0.0)
 
     dk = tl.zeros([BN, BD], dtype=tl.float32)
     dv = tl.zeros([BN, BDV], dtype=tl.float32)
@@ -484,10 +471,7 @@ def _band_dkv_kernel(
             do_base + offs_m[:, None] * sdot + offs_dv[None, :] * sdod,
             mask=row_ok[:, None] & (offs_dv[None, :] < DV),
             other=0.0,
-        )
-        if HAS_SCALE:
-            do = do.to(tl.float32) * c[None, :]
-        do = do.to(k.dtype)
+        ).to(k.dtype)
         lse = tl.load(lse_ptr + pid_bh * T + offs_m, mask=row_ok, other=float("inf"))
         delta = tl.load(delta_ptr + pid_bh * T + offs_m, mask=row_ok, other=0.0)
         sT = tl.dot(k, tl.trans(q), input_precision=PREC) * qk_scale  # (keys, queries)
@@ -573,11 +557,9 @@ def near_forward(q, k, v, key_padding_mask, bandwidth, causal, dropout_p, seed):
     return out, saved
 
 
-def near_backward(saved, dout, grads=None, scale=None):
+def near_backward(saved, dout, grads=None):
     """dq, dk, dv of the near field (``saved`` from ``near_forward``); with ``grads`` = (dq,
-    dk, dv) the kernels add to those tensors instead, and with ``scale`` (heads, head_dim_v,
-    float32) the output gradient is dout * scale (the fused FMM backward: dout is the layer's
-    dy, scale the field's blend coefficients)."""
+    dk, dv) the kernels add to those tensors instead (the fused FMM backward)."""
     (q, k, v, mask, out, lse), cfg, (bandwidth, smb, smt, dropout_p, seed) = saved
     batch, heads, seq, dim = q.shape
     dim_v = v.shape[-1]
@@ -593,21 +575,17 @@ def near_backward(saved, dout, grads=None, scale=None):
     q_tiles, kv_tiles = _tiles(bandwidth)
     launch(
         _band_dq_kernel, (cdiv(seq, q_tiles["BM"]), bh),
-        q, k, v, mask, out, dout, lse if scale is None else scale, lse, delta, dq,
-        heads, seq, bandwidth, dim, dim_v,
+        q, k, v, mask, out, dout, lse, delta, dq, heads, seq, bandwidth, dim, dim_v,
         sm_scale * _LOG2E, sm_scale, seed, dropout_p,
         *strides(q), *strides(k), *strides(v), *strides(out), *strides(dout), *strides(dq),
-        smb, smt, **cfg, **q_tiles, ACCUMULATE=accumulate, HAS_SCALE=scale is not None,
-        **LAUNCH["dq"],
+        smb, smt, **cfg, **q_tiles, ACCUMULATE=accumulate, **LAUNCH["dq"],
     )  # fmt: skip
     launch(
         _band_dkv_kernel, (cdiv(seq, kv_tiles["BN"]), bh),
-        q, k, v, mask, dout, lse if scale is None else scale, lse, delta, dk, dv,
-        heads, seq, bandwidth, dim, dim_v,
+        q, k, v, mask, dout, lse, delta, dk, dv, heads, seq, bandwidth, dim, dim_v,
         sm_scale * _LOG2E, sm_scale, seed, dropout_p,
         *strides(q), *strides(k), *strides(v), *strides(dout), *strides(dk), *strides(dv),
-        smb, smt, **cfg, **kv_tiles, ACCUMULATE=accumulate, HAS_SCALE=scale is not None,
-        **LAUNCH["dkv"],
+        smb, smt, **cfg, **kv_tiles, ACCUMULATE=accumulate, **LAUNCH["dkv"],
     )  # fmt: skip
     return dq, dk, dv
 
