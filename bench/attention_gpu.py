@@ -341,7 +341,7 @@ def main(argv=None):
 
 def merge_rows(path: Path, rows: list[dict]) -> list[dict]:
     """The rows of an earlier CSV, those measured again replaced by ``rows`` (same variant,
-    seq and mask), in the earlier order; new ones appended."""
+    seq and ``causal``), in the earlier order; new ones appended."""
     with open(path, newline="") as f:
         old = list(csv.DictReader(f))
     for r in old:  # the types bench_one gives (for the plot)

@@ -99,7 +99,7 @@ def test_key_follows_tritons_specialisation():
     assert not same(x, x.double())
     assert same(3, 5) and not same(3, 1) and not same(3, 48) and same(48, 64)
     assert not same(48, 2**40)  # 64-bit
-    assert not same(True, 1) and not same(True, False)  # a bool is not the int 1
+    assert not same(True, 1) and same(True, False)  # a bool is not the int 1 (nor specialised)
     assert same(0.5, 2.0) and not same(0.5, 1)
     assert not same(None, 0)
 
@@ -154,3 +154,53 @@ def test_the_exact_cache_is_bounded(monkeypatch):
     for seed in range(3, 3 + 2 * 10, 2):
         launch(k, (1,), x, seed, 0.5, A=1, B=2)
     assert len(launch_module._EXACT) <= 3
+
+
+def test_equal_values_of_other_types_do_not_share_a_kernel():
+    """2 == 2.0 == True, but Triton compiles an i32, an fp32 and a u1 argument."""
+    k = _Kernel()
+    x = torch.zeros(8)
+    for value in (2, 2, 2, 2.0, 2.0, True):
+        launch(k, (1,), x, value, 0.5, A=1, B=2)
+    assert [e[0] for e in k.log] == ["jit", "compiled", "compiled", "jit", "compiled", "jit"]
+
+
+def test_key_classes_match_tritons_own_specialisation():
+    """Two arguments share a ``_key`` class exactly when Triton specialises them alike."""
+    triton = pytest.importorskip("triton")
+    from triton.backends import backends
+    from triton.backends.compiler import GPUTarget
+
+    native = pytest.importorskip("triton._C.libtriton").native_specialize_impl
+    backend = backends["nvidia"].compiler(GPUTarget("cuda", 90, 32))
+    ints = [0, 1, -1, 2, 15, 16, -16, 48, 2**31 - 16, 2**31, -(2**31), -(2**31) - 1, 2**40]
+    ints += [2**63 - 1, 2**63, 2**64 - 16]
+    values = ints + [True, False, None, 0.5, 2.0]
+    values += [torch.zeros(8), torch.zeros(9)[1:], torch.zeros(8, dtype=torch.bfloat16)]
+    assert triton is not None
+    for a in values:
+        for b in values:
+            same_key = _key([a]) == _key([b])
+            same_spec = native(backend, a, False, True, True) == native(
+                backend, b, False, True, True
+            )
+            assert same_key == same_spec, (a, b)
+
+
+class _Param:
+    def __init__(self, name, is_constexpr):
+        self.name, self.is_constexpr = name, is_constexpr
+
+
+def test_constexprs_must_be_keywords():
+    k = _Kernel()
+    k.params = [_Param("x_ptr", False), _Param("n", False), _Param("scale", False)]
+    k.params += [_Param("A", True), _Param("B", True)]
+    k.fn = launch  # a name for the message
+    x = torch.zeros(8)
+    with pytest.raises(TypeError, match="by keyword"):
+        launch(k, (1,), x, 5, 0.5, 1, B=2)  # A positionally
+    with pytest.raises(TypeError, match=r"\['B'\]"):
+        launch(k, (1,), x, 5, 0.5, A=1)  # B missing
+    launch(k, (1,), x, 5, 0.5, A=1, B=2)
+    assert [e[0] for e in k.log] == ["jit"]

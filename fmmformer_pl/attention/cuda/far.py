@@ -50,7 +50,8 @@ The kernels live in ``far_states.py`` (the state passes), ``far_bidir.py`` and `
 
 Nothing of size (seq x seq) or (seq x head_dim x head_dim) is allocated: the extra memory is
 one float32 per position and map (the denominators), 2 x head_dim numbers per position and
-map (the stored features) and one state per segment and map.
+map (the stored features) and one state per segment and map; while the backward runs, also
+head_dim_v values (g) and one float32 (s) per position and map.
 
 Every matrix product takes bf16 operands for bf16 or fp16 inputs (fp16 is widened to bf16 so
 that 1 / den cannot underflow; a state is rounded to bf16 where it is read, as in
@@ -102,8 +103,8 @@ PLAN = {
     # Segments: aim for this many programs per SM, and no segment under this many chunks.
     "programs_per_sm": 2,
     "min_segment_chunks": 4,
-    # Up to this many chunks a causal (batch, head) is one segment: no state pass, no cumsum
-    # (two launches fewer). Longer ones are split so that more programs run: at 1K tokens
+    # Up to this many chunks a causal (batch, head) is one segment: no forward state pass and no
+    # cumsums (three launches fewer; the backward state pass always runs). Longer ones are split so that more programs run: at 1K tokens
     # (16 chunks) one segment took 0.62 ms of GPU time, split 0.21 (docs/kernel_tune_1k.csv).
     "single_segment_chunks": 4,
     # Feature maps per call (1 or MAPS_PER_CALL). Two read the inputs once; one per call
@@ -163,10 +164,10 @@ def _dot_dtype(dtype: torch.dtype):
 
 
 def inline_ptx(device: torch.device) -> bool:
-    """Whether the kernels may use inline PTX (``far_tiles._exp``): on CUDA, not in the Triton
-    interpreter that runs the CPU tests. ``bench/kernel_sass.py`` compiles for the H200 from a
+    """Whether the kernels may use inline PTX (``far_tiles._exp``): on NVIDIA CUDA, not ROCm, and
+    not in the Triton interpreter that runs the CPU tests. ``bench/kernel_sass.py`` compiles for the H200 from a
     CPU machine and overrides this."""
-    return device.type == "cuda"
+    return device.type == "cuda" and torch.version.hip is None
 
 
 def _feature_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -174,7 +175,8 @@ def _feature_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype == torch.float32 else torch.bfloat16
 
 
-# Constexprs of the feature maps, which the kernels that read phi from the buffer do not take.
+# Constexprs of the feature maps, which the backward state pass (it reads only phi(q) from the
+# buffer) does not take.
 _MAP_CONSTEXPRS = ("PHI0", "PHI1", "FAST")
 
 
