@@ -17,6 +17,7 @@ from .far_tiles import (
     _load_stored_g_s,
     _load_tile,
     _phi_q,
+    _program,
     _store_features,
     _store_tile,
 )
@@ -38,11 +39,7 @@ def _fwd_bidir_kernel(
     product dtype) and then CPS chunks of q; nothing is carried between chunks. a = phi_m(q)
     goes to the feature buffer (side 0) for the backward.
     """
-    pid_p = tl.program_id(0)
-    pid_bh = tl.program_id(1).to(tl.int64)
-    n_bh = tl.num_programs(1)
-    bb = pid_bh // H
-    hh = pid_bh % H
+    pid_p, pid_bh, _, n_bh, bb, hh = _program(H)
     q_base = q_ptr + bb * sqb + hh * sqh
     o0_base = o0_ptr + bb * sob + hh * soh
     o1_base = o1_ptr + bb * sob + hh * soh
@@ -90,11 +87,7 @@ def _dq_bidir_kernel(
 
     Grid (programs, batch * heads); the states are read once per program.
     """
-    pid_p = tl.program_id(0)
-    pid_bh = tl.program_id(1).to(tl.int64)
-    n_bh = tl.num_programs(1)
-    bb = pid_bh // H
-    hh = pid_bh % H
+    pid_p, pid_bh, _, n_bh, bb, hh = _program(H)
     q_base = q_ptr + bb * sqb + hh * sqh
     dq_base = dq_ptr + bb * sdqb + hh * sdqh
     offs_t = tl.arange(0, BT)
@@ -139,11 +132,7 @@ def _dkv_bidir_kernel(
 
     Grid (programs, batch * heads); the states are read once per program.
     """
-    pid_p = tl.program_id(0)
-    pid_bh = tl.program_id(1).to(tl.int64)
-    n_bh = tl.num_programs(1)
-    bb = pid_bh // H
-    hh = pid_bh % H
+    pid_p, pid_bh, _, n_bh, bb, hh = _program(H)
     k_base = k_ptr + bb * skb + hh * skh
     v_base = v_ptr + bb * svb + hh * svh
     dk_base = dk_ptr + bb * sdkb + hh * sdkh

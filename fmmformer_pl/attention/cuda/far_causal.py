@@ -14,11 +14,12 @@ from .far_tiles import (
     _gs_bases,
     _keep_keys,
     _load_features,
-    _load_state_if,
     _load_stored_g_s,
     _load_tile,
     _phi_k,
     _phi_q,
+    _program,
+    _segment_state,
     _store_features,
     _store_tile,
 )
@@ -42,12 +43,7 @@ def _fwd_causal_kernel(
     goes to the feature buffer for the backward; b = phi_m(k) is read from it where the state
     pass ran (HAS_INIT), else computed and stored.
     """
-    pid_s = tl.program_id(0)
-    pid_bh = tl.program_id(1).to(tl.int64)
-    n_prog = tl.num_programs(0)
-    n_bh = tl.num_programs(1)
-    bb = pid_bh // H
-    hh = pid_bh % H
+    pid_s, pid_bh, n_prog, n_bh, bb, hh = _program(H)
     q_base = q_ptr + bb * sqb + hh * sqh
     k_base = k_ptr + bb * skb + hh * skh
     v_base = v_ptr + bb * svb + hh * svh
@@ -65,14 +61,10 @@ def _fwd_causal_kernel(
         den_base = den_ptr + (m * n_bh + pid_bh) * T
         a_base = _feature_base(phi_ptr, 0, m, NM, pid_bh, n_bh, T, D)
         b_base = _feature_base(phi_ptr, 1, m, NM, pid_bh, n_bh, T, D)
-        if HAS_INIT:
-            S, z = _load_state_if(
-                st_ptr, (pid_bh * n_prog + pid_s - 1) * NM + m, pid_s > 0,
-                offs_d, offs_dv, BD, BDV, SLOT,
-            )  # fmt: skip
-        else:
-            S = tl.zeros([BD, BDV], dtype=tl.float32)
-            z = tl.zeros([BD], dtype=tl.float32)
+        S, z = _segment_state(
+            st_ptr, (pid_bh * n_prog + pid_s - 1) * NM + m, pid_s > 0,
+            offs_d, offs_dv, BD, BDV, SLOT, HAS_INIT,
+        )  # fmt: skip
         for c in range(0, CPS):
             t = t0 + c * BT + offs_t
             qq = _load_tile(q_base, t, offs_d, T, D, sqt, sqd)
@@ -123,12 +115,7 @@ def _dq_causal_kernel(
     and s from the state pass. The maps run one after the other; the second adds to the
     first's dq.
     """
-    pid_s = tl.program_id(0)
-    pid_bh = tl.program_id(1).to(tl.int64)
-    n_seg = tl.num_programs(0)
-    n_bh = tl.num_programs(1)
-    bb = pid_bh // H
-    hh = pid_bh % H
+    pid_s, pid_bh, n_seg, n_bh, bb, hh = _program(H)
     q_base = q_ptr + bb * sqb + hh * sqh
     v_base = v_ptr + bb * svb + hh * svh
     dq_base = dq_ptr + bb * sdqb + hh * sdqh
@@ -143,14 +130,10 @@ def _dq_causal_kernel(
         g_base, s_base = _gs_bases(g_ptr, s_ptr, m, pid_bh, n_bh, T, DV)
         a_base = _feature_base(phi_ptr, 0, m, NM, pid_bh, n_bh, T, D)
         b_base = _feature_base(phi_ptr, 1, m, NM, pid_bh, n_bh, T, D)
-        if HAS_INIT:
-            S, z = _load_state_if(
-                st_ptr, (pid_bh * n_seg + pid_s - 1) * NM + m, pid_s > 0,
-                offs_d, offs_dv, BD, BDV, SLOT,
-            )  # fmt: skip
-        else:
-            S = tl.zeros([BD, BDV], dtype=tl.float32)
-            z = tl.zeros([BD], dtype=tl.float32)
+        S, z = _segment_state(
+            st_ptr, (pid_bh * n_seg + pid_s - 1) * NM + m, pid_s > 0,
+            offs_d, offs_dv, BD, BDV, SLOT, HAS_INIT,
+        )  # fmt: skip
         for c in range(0, CPS):
             t = t0 + c * BT + offs_t
             b = _load_features(b_base, t, offs_d, T, D)
@@ -190,12 +173,7 @@ def _dkv_causal_kernel(
     every later segment) is at index n_seg - 2 - pid_s. a and b come from the forward's feature
     buffer, g and s from the state pass.
     """
-    pid_s = tl.program_id(0)
-    pid_bh = tl.program_id(1).to(tl.int64)
-    n_seg = tl.num_programs(0)
-    n_bh = tl.num_programs(1)
-    bb = pid_bh // H
-    hh = pid_bh % H
+    pid_s, pid_bh, n_seg, n_bh, bb, hh = _program(H)
     k_base = k_ptr + bb * skb + hh * skh
     v_base = v_ptr + bb * svb + hh * svh
     dk_base = dk_ptr + bb * sdkb + hh * sdkh
@@ -212,14 +190,10 @@ def _dkv_causal_kernel(
         g_base, s_base = _gs_bases(g_ptr, s_ptr, m, pid_bh, n_bh, T, DV)
         a_base = _feature_base(phi_ptr, 0, m, NM, pid_bh, n_bh, T, D)
         b_base = _feature_base(phi_ptr, 1, m, NM, pid_bh, n_bh, T, D)
-        if HAS_INIT:
-            R, r = _load_state_if(
-                rt_ptr, (pid_bh * n_seg + n_seg - 2 - pid_s) * NM + m, pid_s < n_seg - 1,
-                offs_d, offs_dv, BD, BDV, SLOT,
-            )  # fmt: skip
-        else:
-            R = tl.zeros([BD, BDV], dtype=tl.float32)
-            r = tl.zeros([BD], dtype=tl.float32)
+        R, r = _segment_state(
+            rt_ptr, (pid_bh * n_seg + n_seg - 2 - pid_s) * NM + m, pid_s < n_seg - 1,
+            offs_d, offs_dv, BD, BDV, SLOT, HAS_INIT,
+        )  # fmt: skip
         for cc in range(0, CPS):
             c = CPS - 1 - cc
             t = t0 + c * BT + offs_t

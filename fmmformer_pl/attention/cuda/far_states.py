@@ -16,6 +16,7 @@ from .far_tiles import (
     _load_g_s,
     _load_tile,
     _phi_k,
+    _program,
     _store_features,
     _store_g_s,
     _store_state,
@@ -37,12 +38,7 @@ def _state_fwd_kernel(
 
     Grid (segments, batch * heads); both maps' states live in registers.
     """
-    pid_s = tl.program_id(0)
-    pid_bh = tl.program_id(1).to(tl.int64)
-    n_seg = tl.num_programs(0)
-    n_bh = tl.num_programs(1)
-    bb = pid_bh // H
-    hh = pid_bh % H
+    pid_s, pid_bh, n_seg, n_bh, bb, hh = _program(H)
     k_base = k_ptr + bb * skb + hh * skh
     v_base = v_ptr + bb * svb + hh * svh
     mask_base = mask_ptr + bb * smb
@@ -91,12 +87,7 @@ def _state_bwd_kernel(
     REVERSED stores segment s at index n_seg - 1 - s, so that a cumsum over the index gives
     each segment the sum of itself and every later one.
     """
-    pid_s = tl.program_id(0)
-    pid_bh = tl.program_id(1).to(tl.int64)
-    n_seg = tl.num_programs(0)
-    n_bh = tl.num_programs(1)
-    bb = pid_bh // H
-    hh = pid_bh % H
+    pid_s, pid_bh, n_seg, n_bh, bb, hh = _program(H)
     a0_base = _feature_base(phi_ptr, 0, 0, NM, pid_bh, n_bh, T, D)
     a1_base = _feature_base(phi_ptr, 0, NM - 1, NM, pid_bh, n_bh, T, D)
     g0_base, s0_base = _gs_bases(g_ptr, s_ptr, 0, pid_bh, n_bh, T, DV)

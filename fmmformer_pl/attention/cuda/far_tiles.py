@@ -118,6 +118,27 @@ def _store_features(base, t, offs_d, T, D, x):
 
 
 @triton.jit
+def _program(H):
+    """(index along grid axis 0, batch * heads row (int64), programs along axis 0, rows,
+    batch index, head index) of a program whose grid axis 1 is batch * heads."""
+    pid_bh = tl.program_id(1).to(tl.int64)
+    return tl.program_id(0), pid_bh, tl.num_programs(0), tl.num_programs(1), pid_bh // H, pid_bh % H
+
+
+@triton.jit
+def _segment_state(
+    ptr, slot, valid, offs_d, offs_dv,
+    BD: tl.constexpr, BDV: tl.constexpr, SLOT: tl.constexpr, HAS_INIT: tl.constexpr,
+):  # fmt: skip
+    """The state (S, z) a causal walk starts from: the slot where HAS_INIT (zeros where not
+    ``valid``), else zeros (a one-segment call has no state pass)."""
+    if HAS_INIT:
+        return _load_state_if(ptr, slot, valid, offs_d, offs_dv, BD, BDV, SLOT)
+    else:
+        return tl.zeros([BD, BDV], dtype=tl.float32), tl.zeros([BD], dtype=tl.float32)
+
+
+@triton.jit
 def _load_tile(base, t, offs_d, T, D, stride_t, stride_d):
     """A (chunk x dim) tile as float32, zero outside t < T, d < D."""
     ptrs = base + t[:, None] * stride_t + offs_d[None, :] * stride_d
