@@ -13,13 +13,13 @@ from .far_tiles import (
     _feature_base,
     _gs_bases,
     _load_features,
-    _load_state,
     _load_stored_g_s,
     _load_tile,
     _phi_q,
     _program,
     _store_features,
     _store_tile,
+    _total_states,
 )
 
 
@@ -46,11 +46,7 @@ def _fwd_bidir_kernel(
     offs_t = tl.arange(0, BT)
     offs_d = tl.arange(0, BD)
     offs_dv = tl.arange(0, BDV)
-    S0, z0 = _load_state(st_ptr, pid_bh * NM, offs_d, offs_dv, BD, BDV, SLOT)
-    S0 = S0.to(DOT_DTYPE)
-    if NM == 2:
-        S1, z1 = _load_state(st_ptr, pid_bh * NM + 1, offs_d, offs_dv, BD, BDV, SLOT)
-        S1 = S1.to(DOT_DTYPE)
+    S0, z0, S1, z1 = _total_states(st_ptr, pid_bh, offs_d, offs_dv, NM, BD, BDV, SLOT, DOT_DTYPE)
     t0 = pid_p * CPS * BT
     for c in range(0, CPS):
         t = t0 + c * BT + offs_t
@@ -93,11 +89,7 @@ def _dq_bidir_kernel(
     offs_t = tl.arange(0, BT)
     offs_d = tl.arange(0, BD)
     offs_dv = tl.arange(0, BDV)
-    S0, z0 = _load_state(st_ptr, pid_bh * NM, offs_d, offs_dv, BD, BDV, SLOT)
-    S0 = S0.to(DOT_DTYPE)
-    if NM == 2:
-        S1, z1 = _load_state(st_ptr, pid_bh * NM + 1, offs_d, offs_dv, BD, BDV, SLOT)
-        S1 = S1.to(DOT_DTYPE)
+    S0, z0, S1, z1 = _total_states(st_ptr, pid_bh, offs_d, offs_dv, NM, BD, BDV, SLOT, DOT_DTYPE)
     t0 = pid_p * CPS * BT
     for c in range(0, CPS):
         t = t0 + c * BT + offs_t
@@ -140,11 +132,7 @@ def _dkv_bidir_kernel(
     offs_t = tl.arange(0, BT)
     offs_d = tl.arange(0, BD)
     offs_dv = tl.arange(0, BDV)
-    R0, r0 = _load_state(rt_ptr, pid_bh * NM, offs_d, offs_dv, BD, BDV, SLOT)
-    R0 = R0.to(DOT_DTYPE)
-    if NM == 2:
-        R1, r1 = _load_state(rt_ptr, pid_bh * NM + 1, offs_d, offs_dv, BD, BDV, SLOT)
-        R1 = R1.to(DOT_DTYPE)
+    R0, r0, R1, r1 = _total_states(rt_ptr, pid_bh, offs_d, offs_dv, NM, BD, BDV, SLOT, DOT_DTYPE)
     t0 = pid_p * CPS * BT
     for c in range(0, CPS):
         t = t0 + c * BT + offs_t

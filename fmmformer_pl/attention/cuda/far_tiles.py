@@ -257,6 +257,22 @@ def _load_state_if(
 
 
 @triton.jit
+def _total_states(
+    ptr, pid_bh, offs_d, offs_dv, NM: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
+    SLOT: tl.constexpr, DOT_DTYPE: tl.constexpr,
+):  # fmt: skip
+    """(S0, z0, S1, z1): a bidirectional row's total states of both maps (bh, map), S rounded
+    to the products' dtype; with one map, S1, z1 repeat map 0's (and go unused)."""
+    S0, z0 = _load_state(ptr, pid_bh * NM, offs_d, offs_dv, BD, BDV, SLOT)
+    S0 = S0.to(DOT_DTYPE)
+    S1, z1 = S0, z0
+    if NM == 2:
+        S1, z1 = _load_state(ptr, pid_bh * NM + 1, offs_d, offs_dv, BD, BDV, SLOT)
+        S1 = S1.to(DOT_DTYPE)
+    return S0, z0, S1, z1
+
+
+@triton.jit
 def _store_state(
     ptr, slot, S, z, offs_d, offs_dv, BD: tl.constexpr, BDV: tl.constexpr, SLOT: tl.constexpr
 ):
