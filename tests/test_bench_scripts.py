@@ -36,6 +36,7 @@ BENCH = Path(__file__).resolve().parents[1] / "bench"
             ],
         ),
         ("attention_gpu.py", ["--seqs", "1024", "--backward-thread", "caller"]),
+        ("eager_timeline.py", ["--seqs", "1024", "--backward-thread", "caller"]),
     ],
 )
 def test_gpu_bench_exits_with_a_message_without_cuda(script, args, tmp_path):
@@ -127,3 +128,41 @@ def test_kernel_sass_compiles_the_far_kernels_for_the_h200_without_a_gpu(tmp_pat
         assert 0 < int(r["registers"]) <= 255 and int(r["instructions"]) > 100, r
         if r["mode"] == "causal":  # every causal kernel walks its chunks
             assert int(r["loop"]) > 100 and int(r["mma"]) > 0, r
+
+
+def _x(name, cat, ts, dur, **args):
+    return dict(ph="X", name=name, cat=cat, ts=ts, dur=dur, args=args)
+
+
+def test_eager_timeline_splits_a_step_into_lead_in_kernels_and_gaps():
+    """bench/eager_timeline.py's trace analysis on a hand-made two-step trace (µs)."""
+    sys.path.insert(0, str(BENCH))
+    from eager_timeline import step_timelines, summarise
+
+    def one_step(t0, handoff):
+        # forward mark 0..100, backward mark 100..400 (CPU); kernels launched inside them.
+        return [
+            _x("timeline:step", "user_annotation", t0, 400),
+            _x("timeline:forward", "user_annotation", t0, 100),
+            _x("timeline:backward", "user_annotation", t0 + 100, 300),
+            _x("timeline:step", "gpu_user_annotation", t0 + 30, 500),  # ignored: GPU side
+            _x("cuLaunchKernelEx", "cuda_driver", t0 + 20, 5, correlation=t0 + 1),
+            _x("cuLaunchKernelEx", "cuda_driver", t0 + 60, 5, correlation=t0 + 2),
+            _x("cudaLaunchKernel", "cuda_runtime", t0 + 100 + handoff, 5, correlation=t0 + 3),
+            _x("fwd_a", "kernel", t0 + 30, 50, correlation=t0 + 1),  # 30..80
+            _x("fwd_b", "kernel", t0 + 90, 40, correlation=t0 + 2),  # 90..130: 10 idle
+            _x("memset", "gpu_memset", t0 + 100 + handoff + 10, 20, correlation=t0 + 3),
+        ]
+
+    events = one_step(0, 100) + one_step(1000, 0) + [dict(ph="s", name="flow")]
+    first, second = step_timelines(events)
+    assert first["kernels"] == 3 and first["lead_in"] == 30
+    assert first["gap_fwd"] == 10 and first["busy"] == 110
+    assert first["gap_handoff"] == 80  # backward kernel at 210..230, forward done at 130
+    assert first["span"] == 230 and first["bwd_launch"] == 100
+    assert first["host_fwd"] == 100 and first["host_bwd"] == 300
+    assert second["gap_handoff"] == 0  # its backward kernel (110..130) overlaps the forward's
+    assert second["busy"] == 90 and second["span"] == 130  # the memset lies inside fwd_b
+    assert summarise([first, second])["gap_handoff"] == 40
+    with pytest.raises(ValueError, match="unmatched marks"):
+        step_timelines(events[1:])

@@ -165,8 +165,16 @@ def test_far_fields_several_maps_match_reference(dtype, causal, normalize, maps,
     )  # fmt: skip
 
 
-@pytest.mark.parametrize("causal", [False, True])
-def test_far_fields_long_sequence_many_segments(causal):
+@pytest.mark.parametrize(
+    "causal, paired", [(False, ()), (True, ()), (True, ("fwd", "dq", "dkv")), (True, None)]
+)
+def test_far_fields_long_sequence_many_segments(causal, paired, monkeypatch):
+    """Long sequences; causal walks of one map at a time, of both maps at once, and the plan's
+    mix (paired None)."""
+    from fmmformer_pl.attention.cuda import far
+
+    if paired is not None:
+        monkeypatch.setattr(far, "PLAN", {**far.PLAN, "pair_maps_causal": paired})
     q, k, v = _inputs(1, 2, 70_001, 64, 64, torch.bfloat16)
     kw = dict(causal=causal)
     maps = ("elu", "elu_flip")

@@ -84,15 +84,17 @@ def test_far_fields_kernels(maps, causal, normalize, shape):
     _check(fast, ref, (q, k, v))
 
 
-@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("causal, pair", [(False, True), (True, True), (True, False)])
 @pytest.mark.parametrize("normalize", [True, False])
-def test_far_fields_many_segments_and_short_state_steps(causal, normalize, monkeypatch):
-    """Many segments (the cumsum scans), several chunks per bidirectional program, and state
-    kernels stepping 16 positions inside 64-position chunks."""
+def test_far_fields_many_segments_and_short_state_steps(causal, pair, normalize, monkeypatch):
+    """Many segments (the cumsum scans), several chunks per bidirectional program, state
+    kernels stepping 16 positions inside 64-position chunks; causal walks for both maps at once
+    (pair) or one map after the other."""
     from fmmformer_pl.attention.cuda import far
 
     plan = dict(single_segment_chunks=2, min_segment_chunks=1, main_chunks_bidir=3)
-    monkeypatch.setattr(far, "PLAN", {**far.PLAN, **plan, "state_chunk": 16})
+    plan.update(state_chunk=16, pair_maps_causal=("fwd", "dq", "dkv") if pair else ())
+    monkeypatch.setattr(far, "PLAN", {**far.PLAN, **plan})
     q, k, v, mask = _inputs(2, 1, 1111, 24, 16, seed=7)
     maps = ("elu", "elu_flip")
     kw = dict(causal=causal, normalize=normalize, key_padding_mask=mask)
@@ -309,16 +311,18 @@ def test_layer_fused_path_incl_far_length(kind, maps, causal, monkeypatch):
     assert calls == ["fmm_attention_cuda", "fmm_attention_cuda"]
 
 
-@pytest.mark.parametrize("maps_per_call", [1, 2])
+@pytest.mark.parametrize("maps_per_call, pair", [(1, True), (2, True), (2, False)])
 @pytest.mark.parametrize("causal", [False, True])
-def test_layer_fused_path_many_segments(causal, maps_per_call, monkeypatch):
+def test_layer_fused_path_many_segments(causal, maps_per_call, pair, monkeypatch):
     """The fused node with many far-field segments (the gradient accumulation of the near
-    field and both maps over the cumsum-scanned states), the maps in one call or one each."""
+    field and both maps over the cumsum-scanned states), the maps in one call or one each,
+    causal walks for both maps at once (pair) or one after the other."""
     from fmmformer_pl.attention.cuda import far
 
     _interpreted_dispatch(monkeypatch)
     plan = dict(single_segment_chunks=2, min_segment_chunks=1, main_chunks_bidir=2)
     plan.update(maps_per_call_causal=maps_per_call, maps_per_call_bidir=maps_per_call)
+    plan.update(pair_maps_causal=("fwd", "dq", "dkv") if pair else ())
     monkeypatch.setattr(far, "PLAN", {**far.PLAN, **plan})
     fused, ref = _layer_pair("fmm", ["elu", "elu_flip"], causal)
     q, k, v, mask = _inputs(1, 2, 1100, 16, 16, seed=9)

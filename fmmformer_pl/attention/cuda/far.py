@@ -111,6 +111,9 @@ PLAN = {
     # keeps a causal walk's registers to one map's tiles.
     "maps_per_call_causal": 2,
     "maps_per_call_bidir": 2,
+    # The causal walks (of "fwd", "dq", "dkv") that take two maps in one walk (far_causal.py's
+    # PAIR: both states in registers); the others walk once per map.
+    "pair_maps_causal": ("fwd", "dq"),
 }
 # bench/far_tune.py --graph, H200, 64K tokens, r = 2 (docs/kernel_tune_graph.csv: kernel time
 # without launch overhead): a 128-register cap (two programs per SM) for the bidirectional
@@ -128,6 +131,10 @@ LAUNCH = {
     "fwd": dict(_CAUSAL),
     "dq": dict(_CAUSAL),
     "dkv": dict(_CAUSAL),
+    # The walks with both maps' states in registers (PLAN["pair_maps_causal"]).
+    "fwd_pair": dict(_CAUSAL),
+    "dq_pair": dict(_CAUSAL),
+    "dkv_pair": dict(_CAUSAL),
 }
 
 
@@ -202,6 +209,7 @@ class _Plan:
         if self.bt % self.state_bt:
             raise ValueError(f"PLAN: state_chunk {self.state_bt} must divide chunk {self.bt}")
         self.state_cps = self.cps * (self.bt // self.state_bt)
+        self.n_maps = n_maps
         self.constexprs = dict(
             NM=n_maps,
             PHI0=phi_codes[0],
@@ -221,6 +229,17 @@ class _Plan:
         builds a plan from a symbolic length, and math.sqrt there would pin the length (a
         recompile per sequence length under torch.compile)."""
         return 1.0 / math.sqrt(self.seq)
+
+    def pair(self, kernel: str) -> bool:
+        """Whether causal walk ``kernel`` takes both maps in one walk (far_causal.py's PAIR;
+        nothing to pair with one map)."""
+        return self.n_maps == 2 and kernel in PLAN["pair_maps_causal"]
+
+    def causal_launch(self, kernel: str) -> dict:
+        """The PAIR constexpr and launch settings of causal walk ``kernel``: ``LAUNCH[kernel]``
+        or, for a paired walk, ``LAUNCH[kernel + "_pair"]``."""
+        pair = self.pair(kernel)
+        return {"PAIR": pair, **LAUNCH[f"{kernel}_pair" if pair else kernel]}
 
     @property
     def state_constexprs(self):
@@ -295,7 +314,7 @@ def far_forward(q, k, v, key_padding_mask, phi_codes, causal, normalize):
             *sizes, plan.cps, plan.scale,
             *strides(q), *strides(k), *strides(v), *strides(outs[0]), smb, smt,
             HAS_MASK=has_mask, HAS_INIT=state is not None, NORMALIZE=normalize,
-            **plan.constexprs, **LAUNCH["fwd"],
+            **plan.constexprs, **plan.causal_launch("fwd"),
         )  # fmt: skip
     else:
         launch(
@@ -356,15 +375,13 @@ def far_backward(saved, douts, grads=None):
         _dq_causal_kernel, (plan.n_seg, plan.bh),
         q, v, phi, g_buf, s_buf, state if has_init else s_buf, dq, *sizes, plan.cps,
         *strides(q), *strides(v), *strides(dq),
-        HAS_INIT=has_init, ACC=accumulate, **cx,
-        **LAUNCH["dq"],
+        HAS_INIT=has_init, ACC=accumulate, **cx, **plan.causal_launch("dq"),
     )  # fmt: skip
     launch(
         _dkv_causal_kernel, (plan.n_seg, plan.bh),
         k, v, phi, g_buf, s_buf, rstate if has_init else s_buf, dk, dv, *sizes, plan.cps,
         *strides(k), *strides(v), *strides(dk), *strides(dv),
-        HAS_INIT=has_init, ACC=accumulate, **cx,
-        **LAUNCH["dkv"],
+        HAS_INIT=has_init, ACC=accumulate, **cx, **plan.causal_launch("dkv"),
     )  # fmt: skip
     return dq, dk, dv
 

@@ -1,6 +1,11 @@
 """Far field on the GPU: the causal kernels. One program per segment walks its chunks with the
 state in registers: forward (out, den), backward dq (forward walk) and dk, dv (backward walk).
 ``far.py`` explains the algorithm and launches these.
+
+Each walk's work on one chunk for one feature map is a ``_*_step`` helper. With two maps a
+kernel either walks the segment once per map (PAIR False: one map's state in registers at a
+time) or once for both (PAIR True: both states in registers, and the inputs and outputs the
+maps share, v, q and the gradients, read and written once per chunk instead of once per map).
 """
 
 from __future__ import annotations
@@ -26,22 +31,67 @@ from .far_tiles import (
 
 
 @triton.jit
+def _fwd_step(
+    qq, vv, t, S, z, a_base, b_base, k_base, mask_base, causal_mask, offs_d, T, D, skt, skd, smt,
+    M: tl.constexpr, PHI0: tl.constexpr, PHI1: tl.constexpr, HAS_MASK: tl.constexpr,
+    HAS_INIT: tl.constexpr, FAST: tl.constexpr, PREC: tl.constexpr, DOT_DTYPE: tl.constexpr,
+):  # fmt: skip
+    """(num, den, S, z) of map M on one chunk: num = a S + tril(a b^T) v, den = a z +
+    rowsum(tril(a b^T)); the state moves past the chunk. Stores a = phi_M(q), and b = phi_M(k)
+    where the state pass did not (not HAS_INIT)."""
+    a = _phi_q(qq, t, offs_d, T, D, M, PHI0, PHI1, FAST)
+    den = tl.sum(a * z[None, :], axis=1)
+    a = a.to(DOT_DTYPE)
+    _store_features(a_base, t, offs_d, T, D, a)
+    num = tl.dot(a, S.to(DOT_DTYPE), input_precision=PREC)
+    if HAS_INIT:  # the state pass has stored b
+        b = _load_features(b_base, t, offs_d, T, D)
+        z += tl.sum(b.to(tl.float32), axis=0)
+    else:
+        kk = _load_tile(k_base, t, offs_d, T, D, skt, skd)
+        keep2 = _keep_keys(mask_base, t, offs_d, T, D, smt, HAS_MASK)
+        b = _phi_k(kk, keep2, M, PHI0, PHI1, FAST)
+        z += tl.sum(b, axis=0)
+        b = b.to(DOT_DTYPE)
+        _store_features(b_base, t, offs_d, T, D, b)
+    A = tl.dot(a, tl.trans(b), input_precision=PREC)
+    A = tl.where(causal_mask, A, 0.0)
+    num += tl.dot(A.to(DOT_DTYPE), vv, input_precision=PREC)
+    den += tl.sum(A, axis=1)
+    S += tl.dot(tl.trans(b), vv, input_precision=PREC)
+    return num, den, S, z
+
+
+@triton.jit
+def _fwd_store(
+    o_base, den_base, t, offs_dv, T, DV, sot, sod, num, den, scale, NORMALIZE: tl.constexpr
+):
+    """out = num / den (0 where den = 0) and den, or num * scale without normalisation."""
+    if NORMALIZE:
+        pos = den > 0
+        out = tl.where(pos[:, None], num / tl.where(pos, den, 1.0)[:, None], 0.0)
+        tl.store(den_base + t, den, mask=t < T)
+    else:
+        out = num * scale
+    _store_tile(o_base, t, offs_dv, T, DV, sot, sod, out, False)
+
+
+@triton.jit
 def _fwd_causal_kernel(
     q_ptr, k_ptr, v_ptr, mask_ptr, st_ptr, o0_ptr, o1_ptr, den_ptr, phi_ptr,
     H, T, D, DV, CPS, scale,
     sqb, sqh, sqt, sqd, skb, skh, skt, skd, svb, svh, svt, svd, sob, soh, sot, sod, smb, smt,
     NM: tl.constexpr, PHI0: tl.constexpr, PHI1: tl.constexpr, HAS_MASK: tl.constexpr,
-    HAS_INIT: tl.constexpr, NORMALIZE: tl.constexpr, FAST: tl.constexpr,
+    HAS_INIT: tl.constexpr, NORMALIZE: tl.constexpr, FAST: tl.constexpr, PAIR: tl.constexpr,
     BT: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
     PREC: tl.constexpr, DOT_DTYPE: tl.constexpr, SLOT: tl.constexpr,
 ):  # fmt: skip
     """Causal out_m (and den_m) of one segment's chunks. Grid (segments, batch * heads).
 
     HAS_INIT: st holds the inclusive cumsum over segments of the state kernel's slots
-    (bh, segment, map); this program (= segment pid_s) starts from slot pid_s - 1. The maps
-    run one after the other, each walking the segment with its state in registers. a = phi_m(q)
+    (bh, segment, map); this program (= segment pid_s) starts from slot pid_s - 1. a = phi_m(q)
     goes to the feature buffer for the backward; b = phi_m(k) is read from it where the state
-    pass ran (HAS_INIT), else computed and stored.
+    pass ran (HAS_INIT), else computed and stored. PAIR: see the module doc.
     """
     pid_s, pid_bh, n_prog, n_bh, bb, hh = _program(H)
     q_base = q_ptr + bb * sqb + hh * sqh
@@ -53,49 +103,66 @@ def _fwd_causal_kernel(
     offs_dv = tl.arange(0, BDV)
     causal_mask = offs_t[:, None] >= offs_t[None, :]
     t0 = pid_s * CPS * BT
-    for m in tl.static_range(NM):
-        if m == 0:
-            o_base = o0_ptr + bb * sob + hh * soh
-        else:
-            o_base = o1_ptr + bb * sob + hh * soh
-        den_base = den_ptr + (m * n_bh + pid_bh) * T
-        a_base = _feature_base(phi_ptr, 0, m, NM, pid_bh, n_bh, T, D)
-        b_base = _feature_base(phi_ptr, 1, m, NM, pid_bh, n_bh, T, D)
-        S, z = _segment_state(
-            st_ptr, (pid_bh * n_prog + pid_s - 1) * NM + m, pid_s > 0,
-            offs_d, offs_dv, BD, BDV, SLOT, HAS_INIT,
+    slot = (pid_bh * n_prog + pid_s - 1) * NM
+    TWO: tl.constexpr = PAIR and NM == 2  # both maps in one walk
+    for m in tl.static_range(1 if TWO else NM):
+        S0, z0 = _segment_state(
+            st_ptr, slot + m, pid_s > 0, offs_d, offs_dv, BD, BDV, SLOT, HAS_INIT
+        )  # fmt: skip
+        S1, z1 = _segment_state(
+            st_ptr, slot + NM - 1, pid_s > 0, offs_d, offs_dv, BD, BDV, SLOT, HAS_INIT and TWO
         )  # fmt: skip
         for c in range(0, CPS):
             t = t0 + c * BT + offs_t
             qq = _load_tile(q_base, t, offs_d, T, D, sqt, sqd)
-            a = _phi_q(qq, t, offs_d, T, D, m, PHI0, PHI1, FAST)
-            den = tl.sum(a * z[None, :], axis=1)
-            a = a.to(DOT_DTYPE)
-            _store_features(a_base, t, offs_d, T, D, a)
-            num = tl.dot(a, S.to(DOT_DTYPE), input_precision=PREC)
-            if HAS_INIT:  # the state pass has stored b
-                b = _load_features(b_base, t, offs_d, T, D)
-                z += tl.sum(b.to(tl.float32), axis=0)
-            else:
-                kk = _load_tile(k_base, t, offs_d, T, D, skt, skd)
-                keep2 = _keep_keys(mask_base, t, offs_d, T, D, smt, HAS_MASK)
-                b = _phi_k(kk, keep2, m, PHI0, PHI1, FAST)
-                z += tl.sum(b, axis=0)
-                b = b.to(DOT_DTYPE)
-                _store_features(b_base, t, offs_d, T, D, b)
             vv = _load_tile(v_base, t, offs_dv, T, DV, svt, svd).to(DOT_DTYPE)
-            A = tl.dot(a, tl.trans(b), input_precision=PREC)
-            A = tl.where(causal_mask, A, 0.0)
-            num += tl.dot(A.to(DOT_DTYPE), vv, input_precision=PREC)
-            den += tl.sum(A, axis=1)
-            S += tl.dot(tl.trans(b), vv, input_precision=PREC)
-            if NORMALIZE:
-                pos = den > 0
-                out = tl.where(pos[:, None], num / tl.where(pos, den, 1.0)[:, None], 0.0)
-                tl.store(den_base + t, den, mask=t < T)
-            else:
-                out = num * scale
-            _store_tile(o_base, t, offs_dv, T, DV, sot, sod, out, False)
+            num, den, S0, z0 = _fwd_step(
+                qq, vv, t, S0, z0,
+                _feature_base(phi_ptr, 0, m, NM, pid_bh, n_bh, T, D),
+                _feature_base(phi_ptr, 1, m, NM, pid_bh, n_bh, T, D),
+                k_base, mask_base, causal_mask, offs_d, T, D, skt, skd, smt,
+                m, PHI0, PHI1, HAS_MASK, HAS_INIT, FAST, PREC, DOT_DTYPE,
+            )  # fmt: skip
+            _fwd_store(
+                (o0_ptr if m == 0 else o1_ptr) + bb * sob + hh * soh,
+                den_ptr + (m * n_bh + pid_bh) * T,
+                t, offs_dv, T, DV, sot, sod, num, den, scale, NORMALIZE,
+            )  # fmt: skip
+            if TWO:
+                num, den, S1, z1 = _fwd_step(
+                    qq, vv, t, S1, z1,
+                    _feature_base(phi_ptr, 0, 1, NM, pid_bh, n_bh, T, D),
+                    _feature_base(phi_ptr, 1, 1, NM, pid_bh, n_bh, T, D),
+                    k_base, mask_base, causal_mask, offs_d, T, D, skt, skd, smt,
+                    1, PHI0, PHI1, HAS_MASK, HAS_INIT, FAST, PREC, DOT_DTYPE,
+                )  # fmt: skip
+                _fwd_store(
+                    o1_ptr + bb * sob + hh * soh, den_ptr + (n_bh + pid_bh) * T,
+                    t, offs_dv, T, DV, sot, sod, num, den, scale, NORMALIZE,
+                )  # fmt: skip
+
+
+@triton.jit
+def _dq_step(
+    a_base, b_base, g_base, s_base, q_base, vv, t, S, z, causal_mask, offs_d, offs_dv,
+    T, D, DV, sqt, sqd,
+    M: tl.constexpr, PHI0: tl.constexpr, PHI1: tl.constexpr, FAST: tl.constexpr,
+    PREC: tl.constexpr, DOT_DTYPE: tl.constexpr,
+):  # fmt: skip
+    """(map M's share of dq, S, z) on one chunk: da = (g S^T + s z^T) + tril(g v^T + s) b,
+    times phi_M'(q); the state moves past the chunk."""
+    b = _load_features(b_base, t, offs_d, T, D)
+    g, s = _load_stored_g_s(g_base, s_base, t, offs_dv, T, DV)
+    da = tl.dot(g, tl.trans(S.to(DOT_DTYPE)), input_precision=PREC)
+    da += s[:, None] * z[None, :]
+    P = tl.dot(g, tl.trans(vv), input_precision=PREC)
+    P = tl.where(causal_mask, P + s[:, None], 0.0)
+    z += tl.sum(b.to(tl.float32), axis=0)
+    da += tl.dot(P.to(DOT_DTYPE), b, input_precision=PREC)
+    S += tl.dot(tl.trans(b), vv, input_precision=PREC)
+    a = _load_features(a_base, t, offs_d, T, D).to(tl.float32)
+    dphi_q = _dphi_m(a, q_base, t, offs_d, T, D, sqt, sqd, M, PHI0, PHI1, FAST)
+    return da * dphi_q, S, z
 
 
 @triton.jit
@@ -104,16 +171,16 @@ def _dq_causal_kernel(
     H, T, D, DV, CPS,
     sqb, sqh, sqt, sqd, svb, svh, svt, svd, sdqb, sdqh, sdqt, sdqd,
     NM: tl.constexpr, PHI0: tl.constexpr, PHI1: tl.constexpr,
-    HAS_INIT: tl.constexpr, FAST: tl.constexpr,
+    HAS_INIT: tl.constexpr, FAST: tl.constexpr, PAIR: tl.constexpr,
     BT: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
     PREC: tl.constexpr, DOT_DTYPE: tl.constexpr, SLOT: tl.constexpr, ACC: tl.constexpr,
 ):  # fmt: skip
-    """Causal dq, forward over a segment's chunks: da = (g S^T + s z^T) + tril(g v^T + s) b.
+    """Causal dq, forward over a segment's chunks (``_dq_step``).
 
     st: the forward's inclusive cumsum of states (segment pid_s starts from slot pid_s - 1).
     a and b come from the forward's feature buffer (zero at padding, so no mask is needed), g
-    and s from the state pass. The maps run one after the other; the second adds to the
-    first's dq.
+    and s from the state pass. Walking once per map, the second walk adds to the first's dq;
+    ACC: the first adds too (to another field's gradient, the fused FMM backward).
     """
     pid_s, pid_bh, n_seg, n_bh, bb, hh = _program(H)
     q_base = q_ptr + bb * sqb + hh * sqh
@@ -124,34 +191,71 @@ def _dq_causal_kernel(
     offs_dv = tl.arange(0, BDV)
     causal_mask = offs_t[:, None] >= offs_t[None, :]
     t0 = pid_s * CPS * BT
-    for m in tl.static_range(NM):
+    slot = (pid_bh * n_seg + pid_s - 1) * NM
+    TWO: tl.constexpr = PAIR and NM == 2
+    for m in tl.static_range(1 if TWO else NM):
         if m == 1:
             tl.debug_barrier()  # map 0's dq is stored before map 1 reads it back
         g_base, s_base = _gs_bases(g_ptr, s_ptr, m, pid_bh, n_bh, T, DV)
-        a_base = _feature_base(phi_ptr, 0, m, NM, pid_bh, n_bh, T, D)
-        b_base = _feature_base(phi_ptr, 1, m, NM, pid_bh, n_bh, T, D)
-        S, z = _segment_state(
-            st_ptr, (pid_bh * n_seg + pid_s - 1) * NM + m, pid_s > 0,
-            offs_d, offs_dv, BD, BDV, SLOT, HAS_INIT,
+        g1_base, s1_base = _gs_bases(g_ptr, s_ptr, 1, pid_bh, n_bh, T, DV)
+        S0, z0 = _segment_state(
+            st_ptr, slot + m, pid_s > 0, offs_d, offs_dv, BD, BDV, SLOT, HAS_INIT
+        )  # fmt: skip
+        S1, z1 = _segment_state(
+            st_ptr, slot + NM - 1, pid_s > 0, offs_d, offs_dv, BD, BDV, SLOT, HAS_INIT and TWO
         )  # fmt: skip
         for c in range(0, CPS):
             t = t0 + c * BT + offs_t
-            b = _load_features(b_base, t, offs_d, T, D)
             vv = _load_tile(v_base, t, offs_dv, T, DV, svt, svd).to(DOT_DTYPE)
-            g, s = _load_stored_g_s(g_base, s_base, t, offs_dv, T, DV)
-            da = tl.dot(g, tl.trans(S.to(DOT_DTYPE)), input_precision=PREC)
-            da += s[:, None] * z[None, :]
-            P = tl.dot(g, tl.trans(vv), input_precision=PREC)
-            P = tl.where(causal_mask, P + s[:, None], 0.0)
-            z += tl.sum(b.to(tl.float32), axis=0)
-            da += tl.dot(P.to(DOT_DTYPE), b, input_precision=PREC)
-            S += tl.dot(tl.trans(b), vv, input_precision=PREC)
-            a = _load_features(a_base, t, offs_d, T, D).to(tl.float32)
-            dphi_q = _dphi_m(a, q_base, t, offs_d, T, D, sqt, sqd, m, PHI0, PHI1, FAST)
-            if m == 0:  # ACC: add to another field's gradient (the fused FMM backward)
-                _store_tile(dq_base, t, offs_d, T, D, sdqt, sdqd, da * dphi_q, ACC)
+            dq, S0, z0 = _dq_step(
+                _feature_base(phi_ptr, 0, m, NM, pid_bh, n_bh, T, D),
+                _feature_base(phi_ptr, 1, m, NM, pid_bh, n_bh, T, D),
+                g_base, s_base, q_base, vv, t, S0, z0, causal_mask, offs_d, offs_dv,
+                T, D, DV, sqt, sqd, m, PHI0, PHI1, FAST, PREC, DOT_DTYPE,
+            )  # fmt: skip
+            if TWO:
+                dq1, S1, z1 = _dq_step(
+                    _feature_base(phi_ptr, 0, 1, NM, pid_bh, n_bh, T, D),
+                    _feature_base(phi_ptr, 1, 1, NM, pid_bh, n_bh, T, D),
+                    g1_base, s1_base, q_base, vv, t, S1, z1, causal_mask, offs_d, offs_dv,
+                    T, D, DV, sqt, sqd, 1, PHI0, PHI1, FAST, PREC, DOT_DTYPE,
+                )  # fmt: skip
+                dq += dq1
+            if m == 0:
+                _store_tile(dq_base, t, offs_d, T, D, sdqt, sdqd, dq, ACC)
             else:
-                _store_tile(dq_base, t, offs_d, T, D, sdqt, sdqd, da * dphi_q, True)
+                _store_tile(dq_base, t, offs_d, T, D, sdqt, sdqd, dq, True)
+
+
+@triton.jit
+def _dkv_step(
+    a_base, b_base, g_base, s_base, k_base, vv, t, R, r, causal_mask_t, offs_d, offs_dv,
+    T, D, DV, skt, skd,
+    M: tl.constexpr, PHI0: tl.constexpr, PHI1: tl.constexpr, FAST: tl.constexpr,
+    PREC: tl.constexpr, DOT_DTYPE: tl.constexpr,
+):  # fmt: skip
+    """(map M's shares of dk and dv, R, r) on one chunk, with the reverse state R, r of the
+    chunks after it:
+
+        db = v R^T + r + (tril(g v^T + s))^T a,   dv = b R + (tril(a b^T))^T g,
+
+    dk's share db * phi_M'(k); the reverse state moves back past the chunk."""
+    b = _load_features(b_base, t, offs_d, T, D)
+    g, s = _load_stored_g_s(g_base, s_base, t, offs_dv, T, DV)
+    db = tl.dot(vv, tl.trans(R.to(DOT_DTYPE)), input_precision=PREC) + r[None, :]
+    dv = tl.dot(b, R.to(DOT_DTYPE), input_precision=PREC)
+    a = _load_features(a_base, t, offs_d, T, D)
+    r += tl.sum(a.to(tl.float32) * s[:, None], axis=0)
+    Pt = tl.dot(vv, tl.trans(g), input_precision=PREC)
+    Pt = tl.where(causal_mask_t, Pt + s[None, :], 0.0)
+    db += tl.dot(Pt.to(DOT_DTYPE), a, input_precision=PREC)
+    At = tl.dot(b, tl.trans(a), input_precision=PREC)
+    At = tl.where(causal_mask_t, At, 0.0)
+    dv += tl.dot(At.to(DOT_DTYPE), g, input_precision=PREC)
+    R += tl.dot(tl.trans(a), g, input_precision=PREC)
+    # dphi_k is 0 at padding (b is), so padded keys get no gradient.
+    dphi_k = _dphi_m(b.to(tl.float32), k_base, t, offs_d, T, D, skt, skd, M, PHI0, PHI1, FAST)
+    return db * dphi_k, dv, R, r
 
 
 @triton.jit
@@ -161,17 +265,15 @@ def _dkv_causal_kernel(
     skb, skh, skt, skd, svb, svh, svt, svd,
     sdkb, sdkh, sdkt, sdkd, sdvb, sdvh, sdvt, sdvd,
     NM: tl.constexpr, PHI0: tl.constexpr, PHI1: tl.constexpr,
-    HAS_INIT: tl.constexpr, FAST: tl.constexpr,
+    HAS_INIT: tl.constexpr, FAST: tl.constexpr, PAIR: tl.constexpr,
     BT: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
     PREC: tl.constexpr, DOT_DTYPE: tl.constexpr, SLOT: tl.constexpr, ACC: tl.constexpr,
 ):  # fmt: skip
-    """Causal dk, dv, backward over a segment's chunks with the reverse state R, r:
-
-        db = v R^T + r + (tril(g v^T + s))^T a,   dv = b R + (tril(a b^T))^T g.
+    """Causal dk, dv, backward over a segment's chunks (``_dkv_step``).
 
     rt: cumsum of the reversed-order reverse states; the state after segment pid_s (the sum of
     every later segment) is at index n_seg - 2 - pid_s. a and b come from the forward's feature
-    buffer, g and s from the state pass.
+    buffer, g and s from the state pass. Accumulation as in ``_dq_causal_kernel``.
     """
     pid_s, pid_bh, n_seg, n_bh, bb, hh = _program(H)
     k_base = k_ptr + bb * skb + hh * skh
@@ -184,40 +286,41 @@ def _dkv_causal_kernel(
     # Row j (key), column i (query) of the transposed intra-chunk products: i >= j.
     causal_mask_t = offs_t[None, :] >= offs_t[:, None]
     t0 = pid_s * CPS * BT
-    for m in tl.static_range(NM):
+    slot = (pid_bh * n_seg + n_seg - 2 - pid_s) * NM
+    TWO: tl.constexpr = PAIR and NM == 2
+    for m in tl.static_range(1 if TWO else NM):
         if m == 1:
             tl.debug_barrier()  # map 0's dk, dv are stored before map 1 reads them back
         g_base, s_base = _gs_bases(g_ptr, s_ptr, m, pid_bh, n_bh, T, DV)
-        a_base = _feature_base(phi_ptr, 0, m, NM, pid_bh, n_bh, T, D)
-        b_base = _feature_base(phi_ptr, 1, m, NM, pid_bh, n_bh, T, D)
-        R, r = _segment_state(
-            rt_ptr, (pid_bh * n_seg + n_seg - 2 - pid_s) * NM + m, pid_s < n_seg - 1,
-            offs_d, offs_dv, BD, BDV, SLOT, HAS_INIT,
+        g1_base, s1_base = _gs_bases(g_ptr, s_ptr, 1, pid_bh, n_bh, T, DV)
+        later = pid_s < n_seg - 1
+        R0, r0 = _segment_state(
+            rt_ptr, slot + m, later, offs_d, offs_dv, BD, BDV, SLOT, HAS_INIT
+        )  # fmt: skip
+        R1, r1 = _segment_state(
+            rt_ptr, slot + NM - 1, later, offs_d, offs_dv, BD, BDV, SLOT, HAS_INIT and TWO
         )  # fmt: skip
         for cc in range(0, CPS):
-            c = CPS - 1 - cc
-            t = t0 + c * BT + offs_t
-            b = _load_features(b_base, t, offs_d, T, D)
+            t = t0 + (CPS - 1 - cc) * BT + offs_t
             vv = _load_tile(v_base, t, offs_dv, T, DV, svt, svd).to(DOT_DTYPE)
-            g, s = _load_stored_g_s(g_base, s_base, t, offs_dv, T, DV)
-            db = tl.dot(vv, tl.trans(R.to(DOT_DTYPE)), input_precision=PREC) + r[None, :]
-            dv = tl.dot(b, R.to(DOT_DTYPE), input_precision=PREC)
-            a = _load_features(a_base, t, offs_d, T, D)
-            r += tl.sum(a.to(tl.float32) * s[:, None], axis=0)
-            Pt = tl.dot(vv, tl.trans(g), input_precision=PREC)
-            Pt = tl.where(causal_mask_t, Pt + s[None, :], 0.0)
-            db += tl.dot(Pt.to(DOT_DTYPE), a, input_precision=PREC)
-            At = tl.dot(b, tl.trans(a), input_precision=PREC)
-            At = tl.where(causal_mask_t, At, 0.0)
-            dv += tl.dot(At.to(DOT_DTYPE), g, input_precision=PREC)
-            R += tl.dot(tl.trans(a), g, input_precision=PREC)
-            # dphi_k is 0 at padding (b is), so padded keys get no gradient.
-            dphi_k = _dphi_m(
-                b.to(tl.float32), k_base, t, offs_d, T, D, skt, skd, m, PHI0, PHI1, FAST
-            )
+            dk, dv, R0, r0 = _dkv_step(
+                _feature_base(phi_ptr, 0, m, NM, pid_bh, n_bh, T, D),
+                _feature_base(phi_ptr, 1, m, NM, pid_bh, n_bh, T, D),
+                g_base, s_base, k_base, vv, t, R0, r0, causal_mask_t, offs_d, offs_dv,
+                T, D, DV, skt, skd, m, PHI0, PHI1, FAST, PREC, DOT_DTYPE,
+            )  # fmt: skip
+            if TWO:
+                dk1, dv1, R1, r1 = _dkv_step(
+                    _feature_base(phi_ptr, 0, 1, NM, pid_bh, n_bh, T, D),
+                    _feature_base(phi_ptr, 1, 1, NM, pid_bh, n_bh, T, D),
+                    g1_base, s1_base, k_base, vv, t, R1, r1, causal_mask_t, offs_d, offs_dv,
+                    T, D, DV, skt, skd, 1, PHI0, PHI1, FAST, PREC, DOT_DTYPE,
+                )  # fmt: skip
+                dk += dk1
+                dv += dv1
             if m == 0:
-                _store_tile(dk_base, t, offs_d, T, D, sdkt, sdkd, db * dphi_k, ACC)
+                _store_tile(dk_base, t, offs_d, T, D, sdkt, sdkd, dk, ACC)
                 _store_tile(dv_base, t, offs_dv, T, DV, sdvt, sdvd, dv, ACC)
             else:
-                _store_tile(dk_base, t, offs_d, T, D, sdkt, sdkd, db * dphi_k, True)
+                _store_tile(dk_base, t, offs_d, T, D, sdkt, sdkd, dk, True)
                 _store_tile(dv_base, t, offs_dv, T, DV, sdvt, sdvd, dv, True)
