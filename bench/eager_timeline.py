@@ -20,7 +20,9 @@ Each step is timed as ``attention_gpu.py`` times it (start event, ``out = f(q, k
 A kernel belongs to the forward or the backward by the CPU time of its launch (the trace's
 correlation ids join a kernel to its launch). The profiler adds a few µs of host time per op,
 so host-side numbers here are upper bounds; the GPU-side ones are exact. The CSV holds the
-median over ``--repeats`` steps per case.
+median over ``--repeats`` steps per case; ``--detail`` writes, for the step of median span of
+each case, every kernel with its launch time on the CPU, its start and end on the GPU (µs from
+the step start) and the GPU's idle time before it.
 """
 
 from __future__ import annotations
@@ -86,6 +88,10 @@ def step_timelines(events):
     if not (len(steps) == len(fwds) == len(bwds)):
         raise ValueError(f"unmatched marks: {len(steps)} steps, {len(fwds)} fwd, {len(bwds)} bwd")
     out = []
+    names = {}
+    for e in events:
+        if e.get("ph") == "X" and e.get("cat", "") in GPU_CATS:
+            names[(float(e["ts"]), (e.get("args") or {}).get("correlation"))] = e.get("name", "")
     for i, (s0, _) in enumerate(steps):
         limit = steps[i + 1][0] if i + 1 < len(steps) else float("inf")
         bwd_start, bwd_end = bwds[i]
@@ -100,6 +106,22 @@ def step_timelines(events):
         both = fwd + bwd
         if not both:
             continue
+        detail, reach = [], s0
+        for start, end, corr in sorted(gpu):
+            launched = launches.get(corr)
+            if launched is None or not (s0 <= launched < limit):
+                continue
+            detail.append(
+                dict(
+                    kernel=names.get((start, corr), "")[:60],
+                    phase="backward" if launched >= bwd_start else "forward",
+                    launch=round(launched - s0, 1),
+                    start=round(start - s0, 1),
+                    end=round(end - s0, 1),
+                    idle_before=round(max(0.0, start - reach), 1),
+                )
+            )
+            reach = max(reach, end)
         first = min(s for s, _ in both)
         handoff = 0.0
         if fwd and bwd:
@@ -116,7 +138,8 @@ def step_timelines(events):
                 host_fwd=fwds[i][1] - fwds[i][0],
                 host_bwd=bwd_end - bwd_start,
                 bwd_launch=(min(bwd_launches) - bwd_start) if bwd_launches else float("nan"),
-            )  # fmt: skip
+                detail=detail,
+            )
         )
     return out
 
@@ -125,6 +148,11 @@ def summarise(timelines):
     """Median of each figure over the steps."""
     keys = [k for k in FIELDS if k in timelines[0]]
     return {k: round(statistics.median(t[k] for t in timelines), 1) for k in keys}
+
+
+def median_step(timelines):
+    """The step whose span is the median one."""
+    return sorted(timelines, key=lambda t: t["span"])[len(timelines) // 2]
 
 
 def profile_case(name, seq, causal, args):
@@ -165,7 +193,8 @@ def profile_case(name, seq, causal, args):
         prof.export_chrome_trace(str(path))
         events = json.loads(path.read_text())["traceEvents"]
     timelines = step_timelines(events)
-    return dict(variant=name, seq=seq, causal=causal, steps=len(timelines), **summarise(timelines))
+    row = dict(variant=name, seq=seq, causal=causal, steps=len(timelines), **summarise(timelines))
+    return row, median_step(timelines)["detail"]
 
 
 def main(argv=None):
@@ -182,6 +211,7 @@ def main(argv=None):
     p.add_argument("--note", default="")
     p.add_argument("--out", type=Path, default=REPO / "docs" / "eager_timeline.csv")
     p.add_argument("--append", action="store_true", help="add rows to an existing --out")
+    p.add_argument("--detail", type=Path, help="CSV of the median step's kernels per case")
     args = p.parse_args(argv)
     import torch
 
@@ -189,13 +219,16 @@ def main(argv=None):
         raise SystemExit("eager_timeline.py needs a CUDA device")
     if args.backward_thread == "caller":
         torch.autograd.set_multithreading_enabled(False)
-    rows = []
+    rows, details = [], []
     for mode in args.modes:
         for seq in args.seqs:
             for name in args.variants:
-                row = profile_case(name, seq, mode == "causal", args)
+                row, detail = profile_case(name, seq, mode == "causal", args)
                 row.update(backward_thread=args.backward_thread, note=args.note)
                 rows.append(row)
+                case = dict(variant=name, seq=seq, causal=mode == "causal")
+                case.update(backward_thread=args.backward_thread)
+                details += [{**case, **d} for d in detail]
                 print(
                     " ".join(f"{k}={row[k]}" for k in FIELDS if k in row and k != "note"),
                     flush=True,
@@ -208,6 +241,14 @@ def main(argv=None):
             writer.writeheader()
         writer.writerows(rows)
     print(f"wrote {args.out}")
+    if args.detail and details:
+        new = not (args.append and args.detail.exists())
+        with open(args.detail, "w" if new else "a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(details[0]))
+            if new:
+                writer.writeheader()
+            writer.writerows(details)
+        print(f"wrote {args.detail}")
 
 
 if __name__ == "__main__":

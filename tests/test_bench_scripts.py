@@ -164,5 +164,11 @@ def test_eager_timeline_splits_a_step_into_lead_in_kernels_and_gaps():
     assert second["gap_handoff"] == 0  # its backward kernel (110..130) overlaps the forward's
     assert second["busy"] == 90 and second["span"] == 130  # the memset lies inside fwd_b
     assert summarise([first, second])["gap_handoff"] == 40
+    assert [(d["kernel"], d["phase"], d["idle_before"]) for d in first["detail"]] == [
+        ("fwd_a", "forward", 30),
+        ("fwd_b", "forward", 10),
+        ("memset", "backward", 80),
+    ]
+    assert first["detail"][2]["launch"] == 200 and first["detail"][2]["start"] == 210
     with pytest.raises(ValueError, match="unmatched marks"):
         step_timelines(events[1:])

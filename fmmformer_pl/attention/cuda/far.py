@@ -326,14 +326,19 @@ def far_forward(q, k, v, key_padding_mask, phi_codes, causal, normalize):
     return outs, ((q, k, v, mask, den, state, phi, *outs), settings)
 
 
-def far_backward(saved, douts, grads=None):
+def far_backward(saved, douts, grads=None, scales=None):
     """dq, dk, dv of the far fields (``saved`` from ``far_forward``; a None in ``douts`` is a
-    zero gradient); with ``grads`` = (dq, dk, dv) the kernels add to those tensors."""
+    zero gradient); with ``grads`` = (dq, dk, dv) the kernels add to those tensors. With
+    ``scales`` (map, heads, head_dim_v) float32, ``douts`` is one tensor, the fused FMM layer's
+    dy, and map m's output gradient is dy * scales[m] (its blend coefficients): the blend
+    backward then writes no gradient per far field."""
     (q, k, v, mask, den, state, phi, *outs), settings = saved
     # The forward's plan: the saved states are laid out by its segments. The padding mask is
     # not needed: phi(k) is 0 at padding.
     phi_codes, causal, normalize, *_, plan = settings
     nm = len(phi_codes)
+    if scales is not None:
+        douts = list(douts) * nm
     douts = [torch.zeros_like(o) if g is None else g for g, o in zip(douts, outs, strict=True)]
     # The kernels take one layout for all douts, with 32-bit offsets inside a (batch, head).
     if any(g.stride() != douts[0].stride() for g in douts) or not offsets_fit(douts[0]):
@@ -353,9 +358,10 @@ def far_backward(saved, douts, grads=None):
     launch(
         _state_bwd_kernel, (plan.n_seg, plan.bh),
         phi, douts[0], do1, outs[0], o1, den, rseg, g_buf, s_buf,
-        *sizes, plan.state_cps, plan.scale,
+        s_buf if scales is None else scales, *sizes, plan.state_cps, plan.scale,
         *strides(douts[0]), *strides(outs[0]),
-        NORMALIZE=normalize, REVERSED=causal, **plan.state_bwd_constexprs,
+        NORMALIZE=normalize, REVERSED=causal, HAS_SCALE=scales is not None,
+        **plan.state_bwd_constexprs,
         **LAUNCH["state_bwd_causal" if causal else "state_bwd"],
     )  # fmt: skip
     if not causal:

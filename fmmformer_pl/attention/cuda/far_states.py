@@ -10,10 +10,10 @@ import triton.language as tl
 
 from .far_tiles import (
     _feature_base,
+    _g_s,
     _gs_bases,
     _keep_keys,
     _load_features,
-    _load_g_s,
     _load_tile,
     _phi_k,
     _program,
@@ -73,16 +73,18 @@ def _state_fwd_kernel(
 
 @triton.jit
 def _state_bwd_kernel(
-    phi_ptr, do0_ptr, do1_ptr, o0_ptr, o1_ptr, den_ptr, seg_ptr, g_ptr, s_ptr,
+    phi_ptr, do0_ptr, do1_ptr, o0_ptr, o1_ptr, den_ptr, seg_ptr, g_ptr, s_ptr, c_ptr,
     H, T, D, DV, CPS, scale,
     sdob, sdoh, sdot, sdod, sob, soh, sot, sod,
-    NM: tl.constexpr, NORMALIZE: tl.constexpr, REVERSED: tl.constexpr,
+    NM: tl.constexpr, NORMALIZE: tl.constexpr, REVERSED: tl.constexpr, HAS_SCALE: tl.constexpr,
     BT: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
     PREC: tl.constexpr, DOT_DTYPE: tl.constexpr, SLOT: tl.constexpr,
 ):  # fmt: skip
     """Per segment and map: R = sum_i a_i g_i^T, r = sum_i s_i a_i, with a = phi_m(q) read
     from the feature buffer (side 0). Grid (segments, bh). Also stores g and s of every
     position for the main backward kernels, which then need neither dout, out nor den.
+    HAS_SCALE: do0 is the fused FMM layer's dy and map m's dout is dy * c_m, with c (map, heads,
+    head_dim_v) float32 the far fields' blend coefficients (dy is read once for both maps).
 
     REVERSED stores segment s at index n_seg - 1 - s, so that a cumsum over the index gives
     each segment the sum of itself and every later one.
@@ -101,6 +103,9 @@ def _state_bwd_kernel(
     offs_t = tl.arange(0, BT)
     offs_d = tl.arange(0, BD)
     offs_dv = tl.arange(0, BDV)
+    if HAS_SCALE:
+        c0 = tl.load(c_ptr + hh * DV + offs_dv, mask=offs_dv < DV, other=0.0)
+        c1 = tl.load(c_ptr + ((NM - 1) * H + hh) * DV + offs_dv, mask=offs_dv < DV, other=0.0)
     R0 = tl.zeros([BD, BDV], dtype=tl.float32)
     r0 = tl.zeros([BD], dtype=tl.float32)
     R1 = tl.zeros([BD, BDV], dtype=tl.float32)
@@ -109,19 +114,22 @@ def _state_bwd_kernel(
     for c in range(0, CPS):
         t = t0 + c * BT + offs_t
         a = _load_features(a0_base, t, offs_d, T, D)
-        g, s = _load_g_s(
-            do0_base, o0_base, den0_base, t, offs_dv, T, DV, sdot, sdod, sot, sod, scale,
-            NORMALIZE,
-        )  # fmt: skip
+        do = _load_tile(do0_base, t, offs_dv, T, DV, sdot, sdod)
+        if HAS_SCALE:
+            do0 = do * c0[None, :]
+        else:
+            do0 = do
+        g, s = _g_s(do0, o0_base, den0_base, t, offs_dv, T, DV, sot, sod, scale, NORMALIZE)
         _store_g_s(g0_base, s0_base, t, offs_dv, T, DV, g, s)
         r0 += tl.sum(a.to(tl.float32) * s[:, None], axis=0)
         R0 += tl.dot(tl.trans(a), g.to(DOT_DTYPE), input_precision=PREC)
         if NM == 2:
             a = _load_features(a1_base, t, offs_d, T, D)
-            g, s = _load_g_s(
-                do1_base, o1_base, den1_base, t, offs_dv, T, DV, sdot, sdod, sot, sod, scale,
-                NORMALIZE,
-            )  # fmt: skip
+            if HAS_SCALE:
+                do1 = do * c1[None, :]
+            else:
+                do1 = _load_tile(do1_base, t, offs_dv, T, DV, sdot, sdod)
+            g, s = _g_s(do1, o1_base, den1_base, t, offs_dv, T, DV, sot, sod, scale, NORMALIZE)
             _store_g_s(g1_base, s1_base, t, offs_dv, T, DV, g, s)
             r1 += tl.sum(a.to(tl.float32) * s[:, None], axis=0)
             R1 += tl.dot(tl.trans(a), g.to(DOT_DTYPE), input_precision=PREC)

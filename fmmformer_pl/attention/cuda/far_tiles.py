@@ -188,12 +188,9 @@ def _phi_q(
 
 
 @triton.jit
-def _load_g_s(
-    do_base, o_base, den_base, t, offs_dv, T, DV, sdot, sdod, sot, sod, scale,
-    NORMALIZE: tl.constexpr,
-):  # fmt: skip
-    """g = dout / den and s = -(dout . out) / den (0 where den = 0); or g = dout * scale."""
-    do = _load_tile(do_base, t, offs_dv, T, DV, sdot, sdod)
+def _g_s(do, o_base, den_base, t, offs_dv, T, DV, sot, sod, scale, NORMALIZE: tl.constexpr):
+    """From a float32 dout tile: g = dout / den and s = -(dout . out) / den (0 where den = 0);
+    or g = dout * scale."""
     if NORMALIZE:
         o = _load_tile(o_base, t, offs_dv, T, DV, sot, sod)
         den = tl.load(den_base + t, mask=t < T, other=0.0)
