@@ -326,18 +326,23 @@ def far_forward(q, k, v, key_padding_mask, phi_codes, causal, normalize):
     return outs, ((q, k, v, mask, den, state, phi, *outs), settings)
 
 
-def far_backward(saved, douts, grads=None, scales=None):
+def far_backward(saved, douts, grads=None, scales=None, dscales=None):
     """dq, dk, dv of the far fields (``saved`` from ``far_forward``; a None in ``douts`` is a
-    zero gradient); with ``grads`` = (dq, dk, dv) the kernels add to those tensors. With
-    ``scales`` (map, heads, head_dim_v) float32, ``douts`` is one tensor, the fused FMM layer's
-    dy, and map m's output gradient is dy * scales[m] (its blend coefficients): the blend
-    backward then writes no gradient per far field."""
+    zero gradient); with ``grads`` = (dq, dk, dv) the kernels add to those tensors.
+
+    The fused FMM backward: with ``scales`` (map, heads, head_dim_v) float32, ``douts`` is one
+    tensor, the layer's dy, and map m's output gradient is dy * scales[m] (its blend
+    coefficients); the gradient of the scales, sum over batch and sequence of dy * out_m, is
+    added to ``dscales`` (same shape, float32). The blend backward then neither writes a
+    gradient per far field nor reads the far fields."""
     (q, k, v, mask, den, state, phi, *outs), settings = saved
     # The forward's plan: the saved states are laid out by its segments. The padding mask is
     # not needed: phi(k) is 0 at padding.
     phi_codes, causal, normalize, *_, plan = settings
     nm = len(phi_codes)
     if scales is not None:
+        if dscales is None or dscales.shape != scales.shape or not dscales.is_contiguous():
+            raise ValueError("far_backward: scales need a contiguous dscales of their shape")
         douts = list(douts) * nm
     douts = [torch.zeros_like(o) if g is None else g for g, o in zip(douts, outs, strict=True)]
     # The kernels take one layout for all douts, with 32-bit offsets inside a (batch, head).
@@ -358,7 +363,8 @@ def far_backward(saved, douts, grads=None, scales=None):
     launch(
         _state_bwd_kernel, (plan.n_seg, plan.bh),
         phi, douts[0], do1, outs[0], o1, den, rseg, g_buf, s_buf,
-        s_buf if scales is None else scales, *sizes, plan.state_cps, plan.scale,
+        s_buf if scales is None else scales, s_buf if dscales is None else dscales,
+        *sizes, plan.state_cps, plan.scale,
         *strides(douts[0]), *strides(outs[0]),
         NORMALIZE=normalize, REVERSED=causal, HAS_SCALE=scales is not None,
         **plan.state_bwd_constexprs,

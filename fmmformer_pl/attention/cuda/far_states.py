@@ -73,7 +73,7 @@ def _state_fwd_kernel(
 
 @triton.jit
 def _state_bwd_kernel(
-    phi_ptr, do0_ptr, do1_ptr, o0_ptr, o1_ptr, den_ptr, seg_ptr, g_ptr, s_ptr, c_ptr,
+    phi_ptr, do0_ptr, do1_ptr, o0_ptr, o1_ptr, den_ptr, seg_ptr, g_ptr, s_ptr, c_ptr, dc_ptr,
     H, T, D, DV, CPS, scale,
     sdob, sdoh, sdot, sdod, sob, soh, sot, sod,
     NM: tl.constexpr, NORMALIZE: tl.constexpr, REVERSED: tl.constexpr, HAS_SCALE: tl.constexpr,
@@ -84,7 +84,9 @@ def _state_bwd_kernel(
     from the feature buffer (side 0). Grid (segments, bh). Also stores g and s of every
     position for the main backward kernels, which then need neither dout, out nor den.
     HAS_SCALE: do0 is the fused FMM layer's dy and map m's dout is dy * c_m, with c (map, heads,
-    head_dim_v) float32 the far fields' blend coefficients (dy is read once for both maps).
+    head_dim_v) float32 the far fields' blend coefficients (dy is read once for both maps); the
+    kernel also adds the coefficients' gradient sum_t dy * out_m to dc (same shape, float32),
+    one atomic add per program and map.
 
     REVERSED stores segment s at index n_seg - 1 - s, so that a cumsum over the index gives
     each segment the sum of itself and every later one.
@@ -103,9 +105,13 @@ def _state_bwd_kernel(
     offs_t = tl.arange(0, BT)
     offs_d = tl.arange(0, BD)
     offs_dv = tl.arange(0, BDV)
+    row0 = hh * DV + offs_dv
+    row1 = ((NM - 1) * H + hh) * DV + offs_dv
     if HAS_SCALE:
-        c0 = tl.load(c_ptr + hh * DV + offs_dv, mask=offs_dv < DV, other=0.0)
-        c1 = tl.load(c_ptr + ((NM - 1) * H + hh) * DV + offs_dv, mask=offs_dv < DV, other=0.0)
+        c0 = tl.load(c_ptr + row0, mask=offs_dv < DV, other=0.0)
+        c1 = tl.load(c_ptr + row1, mask=offs_dv < DV, other=0.0)
+    dc0 = tl.zeros([BDV], dtype=tl.float32)
+    dc1 = tl.zeros([BDV], dtype=tl.float32)
     R0 = tl.zeros([BD, BDV], dtype=tl.float32)
     r0 = tl.zeros([BD], dtype=tl.float32)
     R1 = tl.zeros([BD, BDV], dtype=tl.float32)
@@ -115,21 +121,28 @@ def _state_bwd_kernel(
         t = t0 + c * BT + offs_t
         a = _load_features(a0_base, t, offs_d, T, D)
         do = _load_tile(do0_base, t, offs_dv, T, DV, sdot, sdod)
+        o = do  # a stand-in where out is not needed
+        if NORMALIZE or HAS_SCALE:
+            o = _load_tile(o0_base, t, offs_dv, T, DV, sot, sod)
         if HAS_SCALE:
+            dc0 += tl.sum(do * o, axis=0)
             do0 = do * c0[None, :]
         else:
             do0 = do
-        g, s = _g_s(do0, o0_base, den0_base, t, offs_dv, T, DV, sot, sod, scale, NORMALIZE)
+        g, s = _g_s(do0, o, den0_base, t, T, scale, NORMALIZE)
         _store_g_s(g0_base, s0_base, t, offs_dv, T, DV, g, s)
         r0 += tl.sum(a.to(tl.float32) * s[:, None], axis=0)
         R0 += tl.dot(tl.trans(a), g.to(DOT_DTYPE), input_precision=PREC)
         if NM == 2:
             a = _load_features(a1_base, t, offs_d, T, D)
+            if NORMALIZE or HAS_SCALE:
+                o = _load_tile(o1_base, t, offs_dv, T, DV, sot, sod)
             if HAS_SCALE:
+                dc1 += tl.sum(do * o, axis=0)
                 do1 = do * c1[None, :]
             else:
                 do1 = _load_tile(do1_base, t, offs_dv, T, DV, sdot, sdod)
-            g, s = _g_s(do1, o1_base, den1_base, t, offs_dv, T, DV, sot, sod, scale, NORMALIZE)
+            g, s = _g_s(do1, o, den1_base, t, T, scale, NORMALIZE)
             _store_g_s(g1_base, s1_base, t, offs_dv, T, DV, g, s)
             r1 += tl.sum(a.to(tl.float32) * s[:, None], axis=0)
             R1 += tl.dot(tl.trans(a), g.to(DOT_DTYPE), input_precision=PREC)
@@ -140,3 +153,7 @@ def _state_bwd_kernel(
     _store_state(seg_ptr, slot, R0, r0, offs_d, offs_dv, BD, BDV, SLOT)
     if NM == 2:
         _store_state(seg_ptr, slot + 1, R1, r1, offs_d, offs_dv, BD, BDV, SLOT)
+    if HAS_SCALE:
+        tl.atomic_add(dc_ptr + row0, dc0, mask=offs_dv < DV)
+        if NM == 2:
+            tl.atomic_add(dc_ptr + row1, dc1, mask=offs_dv < DV)

@@ -188,11 +188,10 @@ def _phi_q(
 
 
 @triton.jit
-def _g_s(do, o_base, den_base, t, offs_dv, T, DV, sot, sod, scale, NORMALIZE: tl.constexpr):
-    """From a float32 dout tile: g = dout / den and s = -(dout . out) / den (0 where den = 0);
-    or g = dout * scale."""
+def _g_s(do, o, den_base, t, T, scale, NORMALIZE: tl.constexpr):
+    """From float32 dout and out tiles: g = dout / den and s = -(dout . out) / den (0 where
+    den = 0); or g = dout * scale (out unused)."""
     if NORMALIZE:
-        o = _load_tile(o_base, t, offs_dv, T, DV, sot, sod)
         den = tl.load(den_base + t, mask=t < T, other=0.0)
         inv = tl.where(den > 0, 1.0 / tl.where(den > 0, den, 1.0), 0.0)
         g = do * inv[:, None]

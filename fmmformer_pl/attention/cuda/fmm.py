@@ -44,17 +44,18 @@ def fmm_forward(q, k, v, coeffs, mask, near_args, causal, phi_codes, normalize):
 def fmm_backward(dy, coeffs, fields, parts):
     """``(dq, dk, dv, dcoeffs)`` for the output gradient dy (``fields``, ``parts`` from
     ``fmm_forward``)."""
-    # The far fields' state pass reads dy and scales it by their coefficients (one read of dy
-    # for both maps, no c_f * dy written per far field); the near field's gradient is written.
-    has_near = parts[0][0] == "near"
-    dfields, dc = blend_backward(fields, coeffs, dy, n_grads=int(has_near))
+    # The far fields' state pass reads dy, scales it by their coefficients and sums their
+    # coefficients' gradients (one read of dy for both maps; no c_f * dy written per far field,
+    # no far field read back); the blend backward does the near field alone.
+    dc = torch.zeros_like(coeffs)
     grads, first = None, 0
     for kind, saved, n_fields in parts:
+        rows = slice(first, first + n_fields)
         if kind == "near":
-            grads = near_backward(saved, dfields[0], grads)
-        else:
-            scales = coeffs[first : first + n_fields]  # (maps, heads, head_dim) float32
-            grads = far_backward(saved, [dy], grads, scales=scales)
+            (dnear,), _ = blend_backward(fields[rows], coeffs[rows], dy, dc[rows])
+            grads = near_backward(saved, dnear, grads)
+        else:  # coeffs rows (maps, heads, head_dim) float32
+            grads = far_backward(saved, [dy], grads, scales=coeffs[rows], dscales=dc[rows])
         first += n_fields
     dq, dk, dv = grads
     return dq, dk, dv, dc
