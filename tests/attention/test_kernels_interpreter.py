@@ -335,6 +335,28 @@ def test_layer_fused_path_many_segments(causal, maps_per_call, pair, monkeypatch
     )
 
 
+@pytest.mark.parametrize("bandwidth", [5, None])
+@pytest.mark.parametrize("causal", [False, True])
+def test_fused_backward_sums_far_dcoeffs_in_either_kernel(causal, bandwidth, monkeypatch):
+    """The far fields' blend-coefficient gradients summed by the state pass or by the blend
+    backward (fmm.DC_IN_STATE_PASS, here the other way round from the plan), with and without
+    a near field."""
+    from fmmformer_pl.attention.cuda import fmm
+
+    _interpreted_dispatch(monkeypatch)
+    monkeypatch.setattr(fmm, "DC_IN_STATE_PASS", {"causal": False, "bidirectional": True})
+    kind = "fmm" if bandwidth else "linear"
+    fused, ref = _layer_pair(kind, ["elu", "elu_flip"], causal)
+    q, k, v, mask = _inputs(1, 2, 150, 16, 16, seed=11)
+    _check(
+        lambda q, k, v: fused._attend(q, k, v, mask),
+        lambda q, k, v: ref._attend(q, k, v, mask),
+        (q, k, v),
+        params=list(fused.blend.parameters()),
+        ref_params=list(ref.blend.parameters()),
+    )
+
+
 def test_layer_fused_path_validates_inputs(monkeypatch):
     """Bad masks and inputs are refused as on the reference path, not read as raw bytes."""
     _interpreted_dispatch(monkeypatch)

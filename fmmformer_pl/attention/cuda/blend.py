@@ -74,9 +74,10 @@ def _blend_bwd_kernel(
     f0, f1, f2, f3, g0, g1, g2, g3, c_ptr, dy_ptr, dc_ptr,
     H, T, D, TILES,
     sfb, sfh, sft, sfd, syb, syh, syt, syd,
-    NF: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr,
+    NF: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr, GRADS: tl.constexpr,
 ):  # fmt: skip
-    """dfield_f = c_f * dy and the partial sums of dc_f = sum dy * field_f over TILES tiles.
+    """dfield_f = c_f * dy for the first GRADS fields and the partial sums of
+    dc_f = sum dy * field_f over TILES tiles.
 
     Grid (groups of TILES seq tiles, batch * heads); dc (n_fields, heads, head_dim) float32
     receives one atomic add per program and field. The field gradients take the fields'
@@ -109,8 +110,10 @@ def _blend_bwd_kernel(
                 dc2 += partial
             else:
                 dc3 += partial
-            g_ptr = _field_ptr(g0, g1, g2, g3, f)
-            tl.store(g_ptr + offs_f, (dy * c[None, :]).to(g_ptr.dtype.element_ty), mask=inside)
+            if f < GRADS:
+                g_ptr = _field_ptr(g0, g1, g2, g3, f)
+                y = (dy * c[None, :]).to(g_ptr.dtype.element_ty)
+                tl.store(g_ptr + offs_f, y, mask=inside)
     for f in tl.static_range(NF):
         if f == 0:
             dc = dc0
@@ -142,26 +145,30 @@ def blend_forward(fields, coeffs):
     return y
 
 
-def blend_backward(fields, coeffs, dy, dc=None):
-    """(the fields' gradients, dcoeffs) of ``blend_forward`` for the output gradient dy; with
-    ``dc`` (zeros, like coeffs) the dcoeffs are added to it (the fused FMM backward passes the
-    near field alone and a view of its dcoeffs: the far fields' are summed in their kernels)."""
+def blend_backward(fields, coeffs, dy, dc=None, n_grads=None):
+    """(the fields' gradients, dcoeffs) of ``blend_forward`` for the output gradient dy.
+
+    For the fused FMM backward: with ``dc`` (zeros, like coeffs) the dcoeffs are added to it;
+    ``n_grads``: only the first n_grads fields' gradients are written and returned (the far
+    fields' kernels scale dy by their coefficients themselves)."""
     f0 = fields[0]
     batch, heads, seq, dim = f0.shape
     if not offsets_fit(dy, _BLOCK_T):
         dy = dy.contiguous()
-    grads = [torch.empty_like(f) for f in fields]
+    n_grads = len(fields) if n_grads is None else n_grads
+    grads = [torch.empty_like(f) for f in fields[:n_grads]]
     if dc is None:
         dc = torch.zeros_like(coeffs)
     pad = [f0] * (MAX_FIELDS - len(fields))
+    grad_ptrs = grads + [f0] * (MAX_FIELDS - len(grads))  # stand-ins where none is written
     tiles = cdiv(seq, _BLOCK_T)
     per_program = min(_BWD_TILES, tiles)
     grid = (cdiv(tiles, per_program), batch * heads)
     launch(
         _blend_bwd_kernel, grid,
-        *fields, *pad, *grads, *pad, coeffs, dy, dc, heads, seq, dim, per_program,
+        *fields, *pad, *grad_ptrs, coeffs, dy, dc, heads, seq, dim, per_program,
         *_strides(f0), *_strides(dy), NF=len(fields), BT=_BLOCK_T, BD=block_dim(dim),
-        **LAUNCH["bwd"],
+        GRADS=n_grads, **LAUNCH["bwd"],
     )  # fmt: skip
     return grads, dc
 

@@ -278,9 +278,22 @@ def far_saved(q, k, v, key_padding_mask, den, state, phi, outs, phi_codes, causa
     return (q, k, v, mask, den, state, phi, *outs), settings
 
 
-def far_forward(q, k, v, key_padding_mask, phi_codes, causal, normalize):
+def blend_fusable(phi_codes: Sequence[int], causal: bool) -> bool:
+    """Whether ``far_forward`` can also form the FMM blend (its ``blend`` argument): all maps
+    in one call, and, causal with two maps, in one walk."""
+    if len(map_groups(phi_codes, causal)) != 1:
+        return False
+    return not causal or len(phi_codes) == 1 or "fwd" in PLAN["pair_maps_causal"]
+
+
+def far_forward(q, k, v, key_padding_mask, phi_codes, causal, normalize, blend=None):
     """The far fields of one or two feature maps: ``(outs, saved)``; ``saved`` is what
-    ``far_backward`` needs (tensors first, then the settings)."""
+    ``far_backward`` needs (tensors first, then the settings).
+
+    ``blend`` = (y, near or None, coeffs), for the fused FMM forward where ``blend_fusable``:
+    the kernels also write y = coeffs[0] * near + sum_m coeffs[m + 1] * out_m (without a near
+    field, coeffs[m] * out_m); coeffs (fields, heads, head_dim_v) float32, y and near laid out
+    as ``empty_like_layout(q, head_dim_v)`` lays out the fields."""
     nm = len(phi_codes)
     mask, settings = _far_settings(q, v, key_padding_mask, phi_codes, causal, normalize)
     *_, smb, smt, has_mask, plan = settings
@@ -294,6 +307,15 @@ def far_forward(q, k, v, key_padding_mask, phi_codes, causal, normalize):
     )
     sizes = (plan.heads, plan.seq, plan.dim, plan.dim_v)
     phi = plan.features(q, nm)
+    if blend is not None:
+        y, near, coeffs = blend
+        fused = dict(BLEND=True, HAS_NEAR=near is not None)
+        blend_args = (y if near is None else near, coeffs, y)
+        if any(t is not None and t.stride() != outs[0].stride() for t in (y, near)):
+            raise ValueError("far_forward: the blended y and near must be laid out like the fields")
+    else:
+        fused = dict(BLEND=False, HAS_NEAR=False)
+        blend_args = (q, q, q)  # never read
     state = None
     if not causal or plan.n_seg > 1:
         seg = plan.states(q, nm)  # (bh, n_seg, map, slot)
@@ -311,17 +333,17 @@ def far_forward(q, k, v, key_padding_mask, phi_codes, causal, normalize):
         launch(
         _fwd_causal_kernel, (plan.n_seg, plan.bh),
             q, k, v, mask, state if state is not None else den, outs[0], o1, den, phi,
-            *sizes, plan.cps, plan.scale,
+            *blend_args, *sizes, plan.cps, plan.scale,
             *strides(q), *strides(k), *strides(v), *strides(outs[0]), smb, smt,
             HAS_MASK=has_mask, HAS_INIT=state is not None, NORMALIZE=normalize,
-            **plan.constexprs, **plan.causal_launch("fwd"),
+            **fused, **plan.constexprs, **plan.causal_launch("fwd"),
         )  # fmt: skip
     else:
         launch(
         _fwd_bidir_kernel, (plan.n_main, plan.bh),
-            q, state, outs[0], o1, den, phi, *sizes, plan.main_cps, plan.scale,
+            q, state, outs[0], o1, den, phi, *blend_args, *sizes, plan.main_cps, plan.scale,
             *strides(q), *strides(outs[0]),
-            NORMALIZE=normalize, **plan.constexprs, **LAUNCH["fwd_bidir"],
+            NORMALIZE=normalize, **fused, **plan.constexprs, **LAUNCH["fwd_bidir"],
         )  # fmt: skip
     return outs, ((q, k, v, mask, den, state, phi, *outs), settings)
 
@@ -332,17 +354,19 @@ def far_backward(saved, douts, grads=None, scales=None, dscales=None):
 
     The fused FMM backward: with ``scales`` (map, heads, head_dim_v) float32, ``douts`` is one
     tensor, the layer's dy, and map m's output gradient is dy * scales[m] (its blend
-    coefficients); the gradient of the scales, sum over batch and sequence of dy * out_m, is
-    added to ``dscales`` (same shape, float32). The blend backward then neither writes a
-    gradient per far field nor reads the far fields."""
+    coefficients): the blend backward writes no gradient per far field. With ``dscales`` (same
+    shape, float32) too, the gradient of the scales, sum over batch and sequence of
+    dy * out_m, is added to it: the blend backward then need not read the far fields."""
     (q, k, v, mask, den, state, phi, *outs), settings = saved
     # The forward's plan: the saved states are laid out by its segments. The padding mask is
     # not needed: phi(k) is 0 at padding.
     phi_codes, causal, normalize, *_, plan = settings
     nm = len(phi_codes)
+    if dscales is not None and (
+        scales is None or dscales.shape != scales.shape or not dscales.is_contiguous()
+    ):
+        raise ValueError("far_backward: dscales needs scales of its shape and to be contiguous")
     if scales is not None:
-        if dscales is None or dscales.shape != scales.shape or not dscales.is_contiguous():
-            raise ValueError("far_backward: scales need a contiguous dscales of their shape")
         douts = list(douts) * nm
     douts = [torch.zeros_like(o) if g is None else g for g, o in zip(douts, outs, strict=True)]
     # The kernels take one layout for all douts, with 32-bit offsets inside a (batch, head).
@@ -367,6 +391,7 @@ def far_backward(saved, douts, grads=None, scales=None, dscales=None):
         *sizes, plan.state_cps, plan.scale,
         *strides(douts[0]), *strides(outs[0]),
         NORMALIZE=normalize, REVERSED=causal, HAS_SCALE=scales is not None,
+        HAS_DC=dscales is not None,
         **plan.state_bwd_constexprs,
         **LAUNCH["state_bwd_causal" if causal else "state_bwd"],
     )  # fmt: skip

@@ -9,6 +9,8 @@ import triton
 import triton.language as tl
 
 from .far_tiles import (
+    _blend_add,
+    _blend_start,
     _dphi_m,
     _feature_base,
     _gs_bases,
@@ -25,11 +27,11 @@ from .far_tiles import (
 
 @triton.jit
 def _fwd_bidir_kernel(
-    q_ptr, st_ptr, o0_ptr, o1_ptr, den_ptr, phi_ptr,
+    q_ptr, st_ptr, o0_ptr, o1_ptr, den_ptr, phi_ptr, near_ptr, c_ptr, y_ptr,
     H, T, D, DV, CPS, scale,
     sqb, sqh, sqt, sqd, sob, soh, sot, sod,
     NM: tl.constexpr, PHI0: tl.constexpr, PHI1: tl.constexpr, NORMALIZE: tl.constexpr,
-    FAST: tl.constexpr,
+    FAST: tl.constexpr, BLEND: tl.constexpr, HAS_NEAR: tl.constexpr,
     BT: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
     PREC: tl.constexpr, DOT_DTYPE: tl.constexpr, SLOT: tl.constexpr,
 ):  # fmt: skip
@@ -37,7 +39,8 @@ def _fwd_bidir_kernel(
 
     Grid (programs, batch * heads): each program reads the states once (rounded to the
     product dtype) and then CPS chunks of q; nothing is carried between chunks. a = phi_m(q)
-    goes to the feature buffer (side 0) for the backward.
+    goes to the feature buffer (side 0) for the backward. BLEND (the fused FMM forward): also
+    y = c_near * near + sum_m c_m out_m (``far_tiles._blend_start``, ``_blend_add``).
     """
     pid_p, pid_bh, _, n_bh, bb, hh = _program(H)
     q_base = q_ptr + bb * sqb + hh * sqh
@@ -51,6 +54,11 @@ def _fwd_bidir_kernel(
     for c in range(0, CPS):
         t = t0 + c * BT + offs_t
         qq = _load_tile(q_base, t, offs_d, T, D, sqt, sqd)
+        if BLEND:
+            y = _blend_start(
+                near_ptr + bb * sob + hh * soh, c_ptr, hh, t, offs_dv, T, DV, sot, sod,
+                HAS_NEAR, BT, BDV,
+            )  # fmt: skip
         for m in tl.static_range(NM):
             if m == 0:
                 S, z, o_base = S0, z0, o0_base
@@ -68,6 +76,11 @@ def _fwd_bidir_kernel(
             else:
                 out = num * scale
             _store_tile(o_base, t, offs_dv, T, DV, sot, sod, out, False)
+            if BLEND:
+                row = (1 if HAS_NEAR else 0) + m
+                y = _blend_add(y, out, o_base, c_ptr, row, H, hh, offs_dv, DV)
+        if BLEND:
+            _store_tile(y_ptr + bb * sob + hh * soh, t, offs_dv, T, DV, sot, sod, y, False)
 
 
 @triton.jit

@@ -14,6 +14,8 @@ import triton
 import triton.language as tl
 
 from .far_tiles import (
+    _blend_add,
+    _blend_start,
     _dphi_m,
     _feature_base,
     _gs_bases,
@@ -66,7 +68,8 @@ def _fwd_step(
 def _fwd_store(
     o_base, den_base, t, offs_dv, T, DV, sot, sod, num, den, scale, NORMALIZE: tl.constexpr
 ):
-    """out = num / den (0 where den = 0) and den, or num * scale without normalisation."""
+    """Store out = num / den (0 where den = 0) and den, or num * scale without normalisation;
+    returns out (float32)."""
     if NORMALIZE:
         pos = den > 0
         out = tl.where(pos[:, None], num / tl.where(pos, den, 1.0)[:, None], 0.0)
@@ -74,19 +77,25 @@ def _fwd_store(
     else:
         out = num * scale
     _store_tile(o_base, t, offs_dv, T, DV, sot, sod, out, False)
+    return out
 
 
 @triton.jit
 def _fwd_causal_kernel(
     q_ptr, k_ptr, v_ptr, mask_ptr, st_ptr, o0_ptr, o1_ptr, den_ptr, phi_ptr,
+    near_ptr, c_ptr, y_ptr,
     H, T, D, DV, CPS, scale,
     sqb, sqh, sqt, sqd, skb, skh, skt, skd, svb, svh, svt, svd, sob, soh, sot, sod, smb, smt,
     NM: tl.constexpr, PHI0: tl.constexpr, PHI1: tl.constexpr, HAS_MASK: tl.constexpr,
     HAS_INIT: tl.constexpr, NORMALIZE: tl.constexpr, FAST: tl.constexpr, PAIR: tl.constexpr,
+    BLEND: tl.constexpr, HAS_NEAR: tl.constexpr,
     BT: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
     PREC: tl.constexpr, DOT_DTYPE: tl.constexpr, SLOT: tl.constexpr,
 ):  # fmt: skip
     """Causal out_m (and den_m) of one segment's chunks. Grid (segments, batch * heads).
+
+    BLEND (the fused FMM forward; one walk over every map): also y = c_near * near +
+    sum_m c_m out_m (``far_tiles._blend_start``, ``_blend_add``; near, y laid out like out).
 
     HAS_INIT: st holds the inclusive cumsum over segments of the state kernel's slots
     (bh, segment, map); this program (= segment pid_s) starts from slot pid_s - 1. a = phi_m(q)
@@ -105,6 +114,10 @@ def _fwd_causal_kernel(
     t0 = pid_s * CPS * BT
     slot = (pid_bh * n_prog + pid_s - 1) * NM
     TWO: tl.constexpr = PAIR and NM == 2  # both maps in one walk
+    tl.static_assert(not BLEND or TWO or NM == 1, "the fused blend needs one walk for all maps")
+    FIRST: tl.constexpr = 1 if HAS_NEAR else 0  # coefficient row of map 0
+    o0_base = o0_ptr + bb * sob + hh * soh
+    o1_base = o1_ptr + bb * sob + hh * soh
     for m in tl.static_range(1 if TWO else NM):
         S0, z0 = _segment_state(
             st_ptr, slot + m, pid_s > 0, offs_d, offs_dv, BD, BDV, SLOT, HAS_INIT
@@ -123,11 +136,16 @@ def _fwd_causal_kernel(
                 k_base, mask_base, causal_mask, offs_d, T, D, skt, skd, smt,
                 m, PHI0, PHI1, HAS_MASK, HAS_INIT, FAST, PREC, DOT_DTYPE,
             )  # fmt: skip
-            _fwd_store(
-                (o0_ptr if m == 0 else o1_ptr) + bb * sob + hh * soh,
-                den_ptr + (m * n_bh + pid_bh) * T,
+            out = _fwd_store(
+                o0_base if m == 0 else o1_base, den_ptr + (m * n_bh + pid_bh) * T,
                 t, offs_dv, T, DV, sot, sod, num, den, scale, NORMALIZE,
             )  # fmt: skip
+            if BLEND:
+                y = _blend_start(
+                    near_ptr + bb * sob + hh * soh, c_ptr, hh, t, offs_dv, T, DV, sot, sod,
+                    HAS_NEAR, BT, BDV,
+                )  # fmt: skip
+                y = _blend_add(y, out, o0_base, c_ptr, FIRST, H, hh, offs_dv, DV)
             if TWO:
                 num, den, S1, z1 = _fwd_step(
                     qq, vv, t, S1, z1,
@@ -136,10 +154,14 @@ def _fwd_causal_kernel(
                     k_base, mask_base, causal_mask, offs_d, T, D, skt, skd, smt,
                     1, PHI0, PHI1, HAS_MASK, HAS_INIT, FAST, PREC, DOT_DTYPE,
                 )  # fmt: skip
-                _fwd_store(
-                    o1_ptr + bb * sob + hh * soh, den_ptr + (n_bh + pid_bh) * T,
+                out = _fwd_store(
+                    o1_base, den_ptr + (n_bh + pid_bh) * T,
                     t, offs_dv, T, DV, sot, sod, num, den, scale, NORMALIZE,
                 )  # fmt: skip
+                if BLEND:
+                    y = _blend_add(y, out, o1_base, c_ptr, FIRST + 1, H, hh, offs_dv, DV)
+            if BLEND:
+                _store_tile(y_ptr + bb * sob + hh * soh, t, offs_dv, T, DV, sot, sod, y, False)
 
 
 @triton.jit

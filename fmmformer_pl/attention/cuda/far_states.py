@@ -77,6 +77,7 @@ def _state_bwd_kernel(
     H, T, D, DV, CPS, scale,
     sdob, sdoh, sdot, sdod, sob, soh, sot, sod,
     NM: tl.constexpr, NORMALIZE: tl.constexpr, REVERSED: tl.constexpr, HAS_SCALE: tl.constexpr,
+    HAS_DC: tl.constexpr,
     BT: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
     PREC: tl.constexpr, DOT_DTYPE: tl.constexpr, SLOT: tl.constexpr,
 ):  # fmt: skip
@@ -84,9 +85,9 @@ def _state_bwd_kernel(
     from the feature buffer (side 0). Grid (segments, bh). Also stores g and s of every
     position for the main backward kernels, which then need neither dout, out nor den.
     HAS_SCALE: do0 is the fused FMM layer's dy and map m's dout is dy * c_m, with c (map, heads,
-    head_dim_v) float32 the far fields' blend coefficients (dy is read once for both maps); the
-    kernel also adds the coefficients' gradient sum_t dy * out_m to dc (same shape, float32),
-    one atomic add per program and map.
+    head_dim_v) float32 the far fields' blend coefficients (dy is read once for both maps).
+    HAS_DC (with HAS_SCALE): the kernel also adds the coefficients' gradient sum_t dy * out_m
+    to dc (same shape, float32), one atomic add per program and map.
 
     REVERSED stores segment s at index n_seg - 1 - s, so that a cumsum over the index gives
     each segment the sum of itself and every later one.
@@ -122,10 +123,11 @@ def _state_bwd_kernel(
         a = _load_features(a0_base, t, offs_d, T, D)
         do = _load_tile(do0_base, t, offs_dv, T, DV, sdot, sdod)
         o = do  # a stand-in where out is not needed
-        if NORMALIZE or HAS_SCALE:
+        if NORMALIZE or HAS_DC:
             o = _load_tile(o0_base, t, offs_dv, T, DV, sot, sod)
-        if HAS_SCALE:
+        if HAS_DC:
             dc0 += tl.sum(do * o, axis=0)
+        if HAS_SCALE:
             do0 = do * c0[None, :]
         else:
             do0 = do
@@ -135,10 +137,11 @@ def _state_bwd_kernel(
         R0 += tl.dot(tl.trans(a), g.to(DOT_DTYPE), input_precision=PREC)
         if NM == 2:
             a = _load_features(a1_base, t, offs_d, T, D)
-            if NORMALIZE or HAS_SCALE:
+            if NORMALIZE or HAS_DC:
                 o = _load_tile(o1_base, t, offs_dv, T, DV, sot, sod)
-            if HAS_SCALE:
+            if HAS_DC:
                 dc1 += tl.sum(do * o, axis=0)
+            if HAS_SCALE:
                 do1 = do * c1[None, :]
             else:
                 do1 = _load_tile(do1_base, t, offs_dv, T, DV, sdot, sdod)
@@ -153,7 +156,7 @@ def _state_bwd_kernel(
     _store_state(seg_ptr, slot, R0, r0, offs_d, offs_dv, BD, BDV, SLOT)
     if NM == 2:
         _store_state(seg_ptr, slot + 1, R1, r1, offs_d, offs_dv, BD, BDV, SLOT)
-    if HAS_SCALE:
+    if HAS_DC:
         tl.atomic_add(dc_ptr + row0, dc0, mask=offs_dv < DV)
         if NM == 2:
             tl.atomic_add(dc_ptr + row1, dc1, mask=offs_dv < DV)

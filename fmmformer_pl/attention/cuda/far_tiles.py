@@ -203,6 +203,28 @@ def _g_s(do, o, den_base, t, T, scale, NORMALIZE: tl.constexpr):
 
 
 @triton.jit
+def _blend_start(
+    near_base, c_ptr, hh, t, offs_dv, T, DV, sot, sod,
+    HAS_NEAR: tl.constexpr, BT: tl.constexpr, BDV: tl.constexpr,
+):  # fmt: skip
+    """A chunk's fused blend before the far fields: c_near * near (float32; the coefficients c
+    (fields, heads, head_dim_v) float32, near first), or zeros without a near field."""
+    if HAS_NEAR:
+        c = tl.load(c_ptr + hh * DV + offs_dv, mask=offs_dv < DV, other=0.0)
+        return _load_tile(near_base, t, offs_dv, T, DV, sot, sod) * c[None, :]
+    else:
+        return tl.zeros([BT, BDV], dtype=tl.float32)
+
+
+@triton.jit
+def _blend_add(y, out, o_base, c_ptr, row, H, hh, offs_dv, DV):
+    """y + c_row * out, with out rounded to its field's dtype first: the sum ``blend.py``
+    forms from the stored fields, term for term."""
+    c = tl.load(c_ptr + (row * H + hh) * DV + offs_dv, mask=offs_dv < DV, other=0.0)
+    return y + out.to(o_base.dtype.element_ty).to(tl.float32) * c[None, :]
+
+
+@triton.jit
 def _gs_bases(g_ptr, s_ptr, m, pid_bh, n_bh, T, DV):
     """Starts of g_m and s_m of (batch * heads) row pid_bh (int64) in the buffers
     (map, batch * heads, seq, head_dim_v) and (map, batch * heads, seq)."""

@@ -19,21 +19,33 @@ from __future__ import annotations
 
 import torch
 
-from ._common import supported
+from ._common import empty_like_layout, supported
 from .blend import MAX_FIELDS, blend_backward, blend_forward
-from .far import PHI_CODES, far_backward, far_forward, map_groups
+from .far import PHI_CODES, blend_fusable, far_backward, far_forward, map_groups
 from .near import near_arguments, near_backward, near_forward
 
 
 def fmm_forward(q, k, v, coeffs, mask, near_args, causal, phi_codes, normalize):
     """``(y, fields, parts)``: the blended output, the fields (near first), and per field
-    group ``(kind, saved, n_fields)`` with ``saved`` what its backward needs."""
-    fields, parts = [], []
+    group ``(kind, saved, n_fields)`` with ``saved`` what its backward needs.
+
+    Where the far kernels can form the blend themselves (``far.blend_fusable``: the paper's
+    r <= 2), they do, from their outputs in registers and the near field, which runs first:
+    the fields are still stored (the backward needs them) but not read back, and the blend
+    kernel is not launched."""
+    fields, parts, near = [], [], None
     if near_args is not None:
         bandwidth, dropout_p, seed = near_args
         near, saved = near_forward(q, k, v, mask, bandwidth, causal, dropout_p, seed)
         fields.append(near)
         parts.append(("near", saved, 1))
+    y = None
+    if blend_fusable(phi_codes, causal):
+        y = empty_like_layout(q, v.shape[-1])
+        outs, saved = far_forward(q, k, v, mask, phi_codes, causal, normalize, (y, near, coeffs))
+        fields.extend(outs)
+        parts.append(("far", saved, len(outs)))
+        return y, fields, parts
     for group in map_groups(phi_codes, causal):
         outs, saved = far_forward(q, k, v, mask, group, causal, normalize)
         fields.extend(outs)
@@ -41,21 +53,42 @@ def fmm_forward(q, k, v, coeffs, mask, near_args, causal, phi_codes, normalize):
     return blend_forward(fields, coeffs), fields, parts
 
 
+# Where the far fields' blend-coefficient gradients (sum dy * out_m) are summed, per mode:
+# in the far state pass, which holds dy and out_m already (the blend backward then reads dy and
+# the near field only), or in the blend backward, which then reads every field. Measured on the
+# H200 at 64K (docs/gpu.md): causal 1.774 against 1.808 ms per fwd+bwd step (state pass; its
+# 4-warp kernel sums a column per chunk cheaply); bidirectional 1.631 against 1.672 ms (blend:
+# the bidirectional state kernel's 128-register cap makes the column sums spill).
+DC_IN_STATE_PASS = {"causal": True, "bidirectional": False}
+
+
 def fmm_backward(dy, coeffs, fields, parts):
     """``(dq, dk, dv, dcoeffs)`` for the output gradient dy (``fields``, ``parts`` from
-    ``fmm_forward``)."""
-    # The far fields' state pass reads dy, scales it by their coefficients and sums their
-    # coefficients' gradients (one read of dy for both maps; no c_f * dy written per far field,
-    # no far field read back); the blend backward does the near field alone.
+    ``fmm_forward``).
+
+    The far fields' state pass reads dy and scales it by their coefficients (one read of dy
+    for both maps, no c_f * dy written per far field); the blend backward writes only the near
+    field's gradient, and sums the far fields' dcoeffs where they are not summed in the state
+    pass (``DC_IN_STATE_PASS``)."""
+    causal = next(saved[1][1] for kind, saved, _ in parts if kind == "far")
+    in_state = DC_IN_STATE_PASS["causal" if causal else "bidirectional"]
+    has_near = parts[0][0] == "near"
     dc = torch.zeros_like(coeffs)
+    blended = slice(0, int(has_near) if in_state else len(fields))
+    dnear = None
+    if blended.stop:
+        grads, _ = blend_backward(
+            fields[blended], coeffs[blended], dy, dc[blended], n_grads=int(has_near)
+        )
+        dnear = grads[0] if has_near else None
     grads, first = None, 0
     for kind, saved, n_fields in parts:
         rows = slice(first, first + n_fields)
         if kind == "near":
-            (dnear,), _ = blend_backward(fields[rows], coeffs[rows], dy, dc[rows])
             grads = near_backward(saved, dnear, grads)
         else:  # coeffs rows (maps, heads, head_dim) float32
-            grads = far_backward(saved, [dy], grads, scales=coeffs[rows], dscales=dc[rows])
+            dscales = dc[rows] if in_state else None
+            grads = far_backward(saved, [dy], grads, scales=coeffs[rows], dscales=dscales)
         first += n_fields
     dq, dk, dv = grads
     return dq, dk, dv, dc
