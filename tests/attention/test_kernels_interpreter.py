@@ -337,13 +337,15 @@ def test_layer_fused_path_many_segments(causal, maps_per_call, pair, monkeypatch
 
 @pytest.mark.parametrize("bandwidth", [5, None])
 @pytest.mark.parametrize("causal", [False, True])
-def test_fused_backward_sums_far_dcoeffs_in_either_kernel(causal, bandwidth, monkeypatch):
-    """The far fields' blend-coefficient gradients summed by the state pass or by the blend
-    backward (fmm.DC_IN_STATE_PASS, here the other way round from the plan), with and without
-    a near field."""
+def test_fused_layer_with_the_per_mode_choices_flipped(causal, bandwidth, monkeypatch):
+    """The blend formed by the far forward kernels or by the blend kernel, the far fields'
+    blend-coefficient gradients summed by the state pass or by the blend backward
+    (fmm.BLEND_IN_FAR_FORWARD, fmm.DC_IN_STATE_PASS, here the other way round from the plan),
+    with and without a near field."""
     from fmmformer_pl.attention.cuda import fmm
 
     _interpreted_dispatch(monkeypatch)
+    monkeypatch.setattr(fmm, "BLEND_IN_FAR_FORWARD", {"causal": True, "bidirectional": False})
     monkeypatch.setattr(fmm, "DC_IN_STATE_PASS", {"causal": False, "bidirectional": True})
     kind = "fmm" if bandwidth else "linear"
     fused, ref = _layer_pair(kind, ["elu", "elu_flip"], causal)

@@ -24,23 +24,39 @@ from .blend import MAX_FIELDS, blend_backward, blend_forward
 from .far import PHI_CODES, blend_fusable, far_backward, far_forward, map_groups
 from .near import near_arguments, near_backward, near_forward
 
+# Per mode, whether the far-field forward kernels form the blend (``fmm_forward``), and
+# where the far fields' blend-coefficient gradients (sum dy * out_m) are summed: in the far
+# state pass, which holds dy and out_m already (the blend backward then reads dy and the near
+# field only), or in the blend backward, which then reads every field. Measured on the H200,
+# fmm r = 2 at 64K, fwd+bwd as CUDA-graph replays (docs/gpu.md): the blend in the bidirectional
+# forward kernel, 1.578 against 1.631 ms; in the causal walk it spills (100 bytes, +20%
+# instructions per chunk at sm_90a: bench/kernel_sass.py) and the walk took 0.297 against
+# 0.201 ms. The dcoeffs in the causal state pass (4 warps): 1.774 against 1.808 ms; in the
+# bidirectional one (8 warps, a 128-register cap) the column sums spill 192 bytes per chunk:
+# 1.672 against 1.631 ms.
+BLEND_IN_FAR_FORWARD = {"causal": False, "bidirectional": True}
+DC_IN_STATE_PASS = {"causal": True, "bidirectional": False}
+
+
+def _mode(causal) -> str:
+    return "causal" if causal else "bidirectional"
+
 
 def fmm_forward(q, k, v, coeffs, mask, near_args, causal, phi_codes, normalize):
     """``(y, fields, parts)``: the blended output, the fields (near first), and per field
     group ``(kind, saved, n_fields)`` with ``saved`` what its backward needs.
 
     Where the far kernels can form the blend themselves (``far.blend_fusable``: the paper's
-    r <= 2), they do, from their outputs in registers and the near field, which runs first:
-    the fields are still stored (the backward needs them) but not read back, and the blend
-    kernel is not launched."""
+    r <= 2) and it pays (``BLEND_IN_FAR_FORWARD``), they do, from their outputs in registers
+    and the near field, which runs first: the fields are still stored (the backward needs
+    them) but not read back, and the blend kernel is not launched."""
     fields, parts, near = [], [], None
     if near_args is not None:
         bandwidth, dropout_p, seed = near_args
         near, saved = near_forward(q, k, v, mask, bandwidth, causal, dropout_p, seed)
         fields.append(near)
         parts.append(("near", saved, 1))
-    y = None
-    if blend_fusable(phi_codes, causal):
+    if BLEND_IN_FAR_FORWARD[_mode(causal)] and blend_fusable(phi_codes, causal):
         y = empty_like_layout(q, v.shape[-1])
         outs, saved = far_forward(q, k, v, mask, phi_codes, causal, normalize, (y, near, coeffs))
         fields.extend(outs)
@@ -53,15 +69,6 @@ def fmm_forward(q, k, v, coeffs, mask, near_args, causal, phi_codes, normalize):
     return blend_forward(fields, coeffs), fields, parts
 
 
-# Where the far fields' blend-coefficient gradients (sum dy * out_m) are summed, per mode:
-# in the far state pass, which holds dy and out_m already (the blend backward then reads dy and
-# the near field only), or in the blend backward, which then reads every field. Measured on the
-# H200 at 64K (docs/gpu.md): causal 1.774 against 1.808 ms per fwd+bwd step (state pass; its
-# 4-warp kernel sums a column per chunk cheaply); bidirectional 1.631 against 1.672 ms (blend:
-# the bidirectional state kernel's 128-register cap makes the column sums spill).
-DC_IN_STATE_PASS = {"causal": True, "bidirectional": False}
-
-
 def fmm_backward(dy, coeffs, fields, parts):
     """``(dq, dk, dv, dcoeffs)`` for the output gradient dy (``fields``, ``parts`` from
     ``fmm_forward``).
@@ -71,7 +78,7 @@ def fmm_backward(dy, coeffs, fields, parts):
     field's gradient, and sums the far fields' dcoeffs where they are not summed in the state
     pass (``DC_IN_STATE_PASS``)."""
     causal = next(saved[1][1] for kind, saved, _ in parts if kind == "far")
-    in_state = DC_IN_STATE_PASS["causal" if causal else "bidirectional"]
+    in_state = DC_IN_STATE_PASS[_mode(causal)]
     has_near = parts[0][0] == "near"
     dc = torch.zeros_like(coeffs)
     blended = slice(0, int(has_near) if in_state else len(fields))
