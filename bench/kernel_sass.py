@@ -13,8 +13,11 @@ Why: the causal far-field kernels are latency-bound at two 4-warp programs per S
 (``docs/ncu_far_causal_64k.txt``), so their time follows the instructions each warp issues per
 chunk and the registers that cap the programs per SM. Both can be read off the compiled code
 here, before any GPU time is spent. The loop is the kernel's longest backward branch (the walk
-over chunks); ``loop`` counts its SASS instructions, issued once per chunk by every warp (a
-causal walk's loop is one feature map's: the maps walk one after the other), by category.
+over chunks); ``loop`` counts its SASS instructions, issued once per chunk by every warp, by
+category: for both feature maps where a causal walk takes them together (``far.PLAN
+["pair_maps_causal"]``: the forward and dq walks), else for one (they walk one after the other).
+The far field is compiled as ``far_forward``/``far_backward`` run it alone (without the fused
+FMM layer's blend in the forward or dy scaling in the backward).
 ``instructions`` counts the whole kernel: the bidirectional main kernels do one chunk per
 program and have no loop.
 """
