@@ -107,6 +107,22 @@ def make_variant(name, heads, head_dim, band, causal):
     raise ValueError(f"unknown variant {name!r}")
 
 
+def step_case(name, seq, causal, args):
+    """(fn, (q, k, v), inputs, grad_out) of one timed step, for the scripts that time it
+    another way (``attention_profile.py``, ``eager_timeline.py``): ``make_variant``'s function,
+    bf16 q, k, v laid out as a model makes them, the tensors whose gradients the step takes
+    (q, k, v and the blend weights) and an output gradient."""
+    fn, params = make_variant(name, args.heads, args.head_dim, args.band, causal)
+    gen = torch.Generator(device="cuda").manual_seed(seq)
+
+    def make():
+        t = torch.randn(1, seq, args.heads, args.head_dim, device="cuda", generator=gen)
+        return t.to(torch.bfloat16).transpose(1, 2).requires_grad_(True)
+
+    q, k, v = make(), make(), make()
+    return fn, (q, k, v), [q, k, v, *params], torch.randn_like(fn(q, k, v))
+
+
 def work(name, seq, heads, head_dim, band, causal):
     """(useful flops, floor bytes) of forward + backward."""
     n, h, d = seq, heads, head_dim

@@ -23,21 +23,12 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from attention_gpu import make_variant  # noqa: E402
+from attention_gpu import step_case  # noqa: E402
 from cuda_timing import graphed, median_ms  # noqa: E402
 
 
 def profile_one(name, seq, causal, args):
-    fn, params = make_variant(name, args.heads, args.head_dim, args.band, causal)
-    gen = torch.Generator(device="cuda").manual_seed(seq)
-
-    def make():
-        t = torch.randn(1, seq, args.heads, args.head_dim, device="cuda", generator=gen)
-        return t.to(torch.bfloat16).transpose(1, 2).requires_grad_(True)
-
-    q, k, v = make(), make(), make()
-    inputs = [q, k, v, *params]
-    grad_out = torch.randn_like(fn(q, k, v))
+    fn, (q, k, v), inputs, grad_out = step_case(name, seq, causal, args)
 
     def step():
         return torch.autograd.grad(fn(q, k, v), inputs, grad_out)

@@ -157,19 +157,10 @@ def median_step(timelines):
 
 def profile_case(name, seq, causal, args):
     import torch
-    from attention_gpu import make_variant
+    from attention_gpu import step_case
     from torch.profiler import ProfilerActivity, profile, record_function
 
-    fn, params = make_variant(name, args.heads, args.head_dim, args.band, causal)
-    gen = torch.Generator(device="cuda").manual_seed(seq)
-
-    def make():
-        t = torch.randn(1, seq, args.heads, args.head_dim, device="cuda", generator=gen)
-        return t.to(torch.bfloat16).transpose(1, 2).requires_grad_(True)
-
-    q, k, v = make(), make(), make()
-    inputs = [q, k, v, *params]
-    grad_out = torch.randn_like(fn(q, k, v))
+    fn, (q, k, v), inputs, grad_out = step_case(name, seq, causal, args)
 
     def step():
         with record_function("timeline:step"):

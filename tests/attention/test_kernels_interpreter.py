@@ -271,6 +271,18 @@ def _interpreted_dispatch(monkeypatch, calls=None):
         monkeypatch.setattr(module, "_fast_path", dispatch)
 
 
+def _check_layers(fused, ref, q, k, v, mask):
+    """The fused layer's ``_attend`` against the reference layer's: output and the gradients
+    of q, k, v and the blend weights."""
+    _check(
+        lambda q, k, v: fused._attend(q, k, v, mask),
+        lambda q, k, v: ref._attend(q, k, v, mask),
+        (q, k, v),
+        params=list(fused.blend.parameters()),
+        ref_params=list(ref.blend.parameters()),
+    )
+
+
 def _layer_pair(kind, maps, causal, normalize=True, bandwidth=5, dropout=0.0, heads=2, dim=16):
     cfg = dict(
         kind=kind, bandwidth=bandwidth, feature_maps=maps, far_normalize=normalize,
@@ -326,13 +338,7 @@ def test_layer_fused_path_many_segments(causal, maps_per_call, pair, monkeypatch
     monkeypatch.setattr(far, "PLAN", {**far.PLAN, **plan})
     fused, ref = _layer_pair("fmm", ["elu", "elu_flip"], causal)
     q, k, v, mask = _inputs(1, 2, 1100, 16, 16, seed=9)
-    _check(
-        lambda q, k, v: fused._attend(q, k, v, mask),
-        lambda q, k, v: ref._attend(q, k, v, mask),
-        (q, k, v),
-        params=list(fused.blend.parameters()),
-        ref_params=list(ref.blend.parameters()),
-    )
+    _check_layers(fused, ref, q, k, v, mask)
 
 
 @pytest.mark.parametrize("bandwidth", [5, None])
@@ -350,13 +356,7 @@ def test_fused_layer_with_the_per_mode_choices_flipped(causal, bandwidth, monkey
     kind = "fmm" if bandwidth else "linear"
     fused, ref = _layer_pair(kind, ["elu", "elu_flip"], causal)
     q, k, v, mask = _inputs(1, 2, 150, 16, 16, seed=11)
-    _check(
-        lambda q, k, v: fused._attend(q, k, v, mask),
-        lambda q, k, v: ref._attend(q, k, v, mask),
-        (q, k, v),
-        params=list(fused.blend.parameters()),
-        ref_params=list(ref.blend.parameters()),
-    )
+    _check_layers(fused, ref, q, k, v, mask)
 
 
 def test_layer_fused_path_validates_inputs(monkeypatch):

@@ -34,13 +34,17 @@ from .far_tiles import (
 
 @triton.jit
 def _fwd_step(
-    qq, vv, t, S, z, a_base, b_base, k_base, mask_base, causal_mask, offs_d, T, D, skt, skd, smt,
-    M: tl.constexpr, PHI0: tl.constexpr, PHI1: tl.constexpr, HAS_MASK: tl.constexpr,
-    HAS_INIT: tl.constexpr, FAST: tl.constexpr, PREC: tl.constexpr, DOT_DTYPE: tl.constexpr,
+    qq, vv, t, S, z, phi_ptr, pid_bh, n_bh, k_base, mask_base, causal_mask, offs_d,
+    T, D, skt, skd, smt,
+    M: tl.constexpr, NM: tl.constexpr, PHI0: tl.constexpr, PHI1: tl.constexpr,
+    HAS_MASK: tl.constexpr, HAS_INIT: tl.constexpr, FAST: tl.constexpr, PREC: tl.constexpr,
+    DOT_DTYPE: tl.constexpr,
 ):  # fmt: skip
     """(num, den, S, z) of map M on one chunk: num = a S + tril(a b^T) v, den = a z +
     rowsum(tril(a b^T)); the state moves past the chunk. Stores a = phi_M(q), and b = phi_M(k)
     where the state pass did not (not HAS_INIT)."""
+    a_base = _feature_base(phi_ptr, 0, M, NM, pid_bh, n_bh, T, D)
+    b_base = _feature_base(phi_ptr, 1, M, NM, pid_bh, n_bh, T, D)
     a = _phi_q(qq, t, offs_d, T, D, M, PHI0, PHI1, FAST)
     den = tl.sum(a * z[None, :], axis=1)
     a = a.to(DOT_DTYPE)
@@ -130,11 +134,8 @@ def _fwd_causal_kernel(
             qq = _load_tile(q_base, t, offs_d, T, D, sqt, sqd)
             vv = _load_tile(v_base, t, offs_dv, T, DV, svt, svd).to(DOT_DTYPE)
             num, den, S0, z0 = _fwd_step(
-                qq, vv, t, S0, z0,
-                _feature_base(phi_ptr, 0, m, NM, pid_bh, n_bh, T, D),
-                _feature_base(phi_ptr, 1, m, NM, pid_bh, n_bh, T, D),
-                k_base, mask_base, causal_mask, offs_d, T, D, skt, skd, smt,
-                m, PHI0, PHI1, HAS_MASK, HAS_INIT, FAST, PREC, DOT_DTYPE,
+                qq, vv, t, S0, z0, phi_ptr, pid_bh, n_bh, k_base, mask_base, causal_mask, offs_d,
+                T, D, skt, skd, smt, m, NM, PHI0, PHI1, HAS_MASK, HAS_INIT, FAST, PREC, DOT_DTYPE,
             )  # fmt: skip
             out = _fwd_store(
                 o0_base if m == 0 else o1_base, den_ptr + (m * n_bh + pid_bh) * T,
@@ -148,11 +149,9 @@ def _fwd_causal_kernel(
                 y = _blend_add(y, out, o0_base, c_ptr, FIRST, H, hh, offs_dv, DV)
             if TWO:
                 num, den, S1, z1 = _fwd_step(
-                    qq, vv, t, S1, z1,
-                    _feature_base(phi_ptr, 0, 1, NM, pid_bh, n_bh, T, D),
-                    _feature_base(phi_ptr, 1, 1, NM, pid_bh, n_bh, T, D),
-                    k_base, mask_base, causal_mask, offs_d, T, D, skt, skd, smt,
-                    1, PHI0, PHI1, HAS_MASK, HAS_INIT, FAST, PREC, DOT_DTYPE,
+                    qq, vv, t, S1, z1, phi_ptr, pid_bh, n_bh, k_base, mask_base, causal_mask,
+                    offs_d, T, D, skt, skd, smt, 1, NM, PHI0, PHI1, HAS_MASK, HAS_INIT, FAST,
+                    PREC, DOT_DTYPE,
                 )  # fmt: skip
                 out = _fwd_store(
                     o1_base, den_ptr + (n_bh + pid_bh) * T,
@@ -166,13 +165,16 @@ def _fwd_causal_kernel(
 
 @triton.jit
 def _dq_step(
-    a_base, b_base, g_base, s_base, q_base, vv, t, S, z, causal_mask, offs_d, offs_dv,
+    phi_ptr, g_ptr, s_ptr, pid_bh, n_bh, q_base, vv, t, S, z, causal_mask, offs_d, offs_dv,
     T, D, DV, sqt, sqd,
-    M: tl.constexpr, PHI0: tl.constexpr, PHI1: tl.constexpr, FAST: tl.constexpr,
-    PREC: tl.constexpr, DOT_DTYPE: tl.constexpr,
+    M: tl.constexpr, NM: tl.constexpr, PHI0: tl.constexpr, PHI1: tl.constexpr,
+    FAST: tl.constexpr, PREC: tl.constexpr, DOT_DTYPE: tl.constexpr,
 ):  # fmt: skip
     """(map M's share of dq, S, z) on one chunk: da = (g S^T + s z^T) + tril(g v^T + s) b,
     times phi_M'(q); the state moves past the chunk."""
+    a_base = _feature_base(phi_ptr, 0, M, NM, pid_bh, n_bh, T, D)
+    b_base = _feature_base(phi_ptr, 1, M, NM, pid_bh, n_bh, T, D)
+    g_base, s_base = _gs_bases(g_ptr, s_ptr, M, pid_bh, n_bh, T, DV)
     b = _load_features(b_base, t, offs_d, T, D)
     g, s = _load_stored_g_s(g_base, s_base, t, offs_dv, T, DV)
     da = tl.dot(g, tl.trans(S.to(DOT_DTYPE)), input_precision=PREC)
@@ -218,8 +220,6 @@ def _dq_causal_kernel(
     for m in tl.static_range(1 if TWO else NM):
         if m == 1:
             tl.debug_barrier()  # map 0's dq is stored before map 1 reads it back
-        g_base, s_base = _gs_bases(g_ptr, s_ptr, m, pid_bh, n_bh, T, DV)
-        g1_base, s1_base = _gs_bases(g_ptr, s_ptr, 1, pid_bh, n_bh, T, DV)
         S0, z0 = _segment_state(
             st_ptr, slot + m, pid_s > 0, offs_d, offs_dv, BD, BDV, SLOT, HAS_INIT
         )  # fmt: skip
@@ -230,17 +230,13 @@ def _dq_causal_kernel(
             t = t0 + c * BT + offs_t
             vv = _load_tile(v_base, t, offs_dv, T, DV, svt, svd).to(DOT_DTYPE)
             dq, S0, z0 = _dq_step(
-                _feature_base(phi_ptr, 0, m, NM, pid_bh, n_bh, T, D),
-                _feature_base(phi_ptr, 1, m, NM, pid_bh, n_bh, T, D),
-                g_base, s_base, q_base, vv, t, S0, z0, causal_mask, offs_d, offs_dv,
-                T, D, DV, sqt, sqd, m, PHI0, PHI1, FAST, PREC, DOT_DTYPE,
+                phi_ptr, g_ptr, s_ptr, pid_bh, n_bh, q_base, vv, t, S0, z0, causal_mask, offs_d,
+                offs_dv, T, D, DV, sqt, sqd, m, NM, PHI0, PHI1, FAST, PREC, DOT_DTYPE,
             )  # fmt: skip
             if TWO:
                 dq1, S1, z1 = _dq_step(
-                    _feature_base(phi_ptr, 0, 1, NM, pid_bh, n_bh, T, D),
-                    _feature_base(phi_ptr, 1, 1, NM, pid_bh, n_bh, T, D),
-                    g1_base, s1_base, q_base, vv, t, S1, z1, causal_mask, offs_d, offs_dv,
-                    T, D, DV, sqt, sqd, 1, PHI0, PHI1, FAST, PREC, DOT_DTYPE,
+                    phi_ptr, g_ptr, s_ptr, pid_bh, n_bh, q_base, vv, t, S1, z1, causal_mask,
+                    offs_d, offs_dv, T, D, DV, sqt, sqd, 1, NM, PHI0, PHI1, FAST, PREC, DOT_DTYPE,
                 )  # fmt: skip
                 dq += dq1
             if m == 0:
@@ -251,10 +247,10 @@ def _dq_causal_kernel(
 
 @triton.jit
 def _dkv_step(
-    a_base, b_base, g_base, s_base, k_base, vv, t, R, r, causal_mask_t, offs_d, offs_dv,
+    phi_ptr, g_ptr, s_ptr, pid_bh, n_bh, k_base, vv, t, R, r, causal_mask_t, offs_d, offs_dv,
     T, D, DV, skt, skd,
-    M: tl.constexpr, PHI0: tl.constexpr, PHI1: tl.constexpr, FAST: tl.constexpr,
-    PREC: tl.constexpr, DOT_DTYPE: tl.constexpr,
+    M: tl.constexpr, NM: tl.constexpr, PHI0: tl.constexpr, PHI1: tl.constexpr,
+    FAST: tl.constexpr, PREC: tl.constexpr, DOT_DTYPE: tl.constexpr,
 ):  # fmt: skip
     """(map M's shares of dk and dv, R, r) on one chunk, with the reverse state R, r of the
     chunks after it:
@@ -262,6 +258,9 @@ def _dkv_step(
         db = v R^T + r + (tril(g v^T + s))^T a,   dv = b R + (tril(a b^T))^T g,
 
     dk's share db * phi_M'(k); the reverse state moves back past the chunk."""
+    a_base = _feature_base(phi_ptr, 0, M, NM, pid_bh, n_bh, T, D)
+    b_base = _feature_base(phi_ptr, 1, M, NM, pid_bh, n_bh, T, D)
+    g_base, s_base = _gs_bases(g_ptr, s_ptr, M, pid_bh, n_bh, T, DV)
     b = _load_features(b_base, t, offs_d, T, D)
     g, s = _load_stored_g_s(g_base, s_base, t, offs_dv, T, DV)
     db = tl.dot(vv, tl.trans(R.to(DOT_DTYPE)), input_precision=PREC) + r[None, :]
@@ -313,8 +312,6 @@ def _dkv_causal_kernel(
     for m in tl.static_range(1 if TWO else NM):
         if m == 1:
             tl.debug_barrier()  # map 0's dk, dv are stored before map 1 reads them back
-        g_base, s_base = _gs_bases(g_ptr, s_ptr, m, pid_bh, n_bh, T, DV)
-        g1_base, s1_base = _gs_bases(g_ptr, s_ptr, 1, pid_bh, n_bh, T, DV)
         later = pid_s < n_seg - 1
         R0, r0 = _segment_state(
             rt_ptr, slot + m, later, offs_d, offs_dv, BD, BDV, SLOT, HAS_INIT
@@ -326,17 +323,13 @@ def _dkv_causal_kernel(
             t = t0 + (CPS - 1 - cc) * BT + offs_t
             vv = _load_tile(v_base, t, offs_dv, T, DV, svt, svd).to(DOT_DTYPE)
             dk, dv, R0, r0 = _dkv_step(
-                _feature_base(phi_ptr, 0, m, NM, pid_bh, n_bh, T, D),
-                _feature_base(phi_ptr, 1, m, NM, pid_bh, n_bh, T, D),
-                g_base, s_base, k_base, vv, t, R0, r0, causal_mask_t, offs_d, offs_dv,
-                T, D, DV, skt, skd, m, PHI0, PHI1, FAST, PREC, DOT_DTYPE,
+                phi_ptr, g_ptr, s_ptr, pid_bh, n_bh, k_base, vv, t, R0, r0, causal_mask_t,
+                offs_d, offs_dv, T, D, DV, skt, skd, m, NM, PHI0, PHI1, FAST, PREC, DOT_DTYPE,
             )  # fmt: skip
             if TWO:
                 dk1, dv1, R1, r1 = _dkv_step(
-                    _feature_base(phi_ptr, 0, 1, NM, pid_bh, n_bh, T, D),
-                    _feature_base(phi_ptr, 1, 1, NM, pid_bh, n_bh, T, D),
-                    g1_base, s1_base, k_base, vv, t, R1, r1, causal_mask_t, offs_d, offs_dv,
-                    T, D, DV, skt, skd, 1, PHI0, PHI1, FAST, PREC, DOT_DTYPE,
+                    phi_ptr, g_ptr, s_ptr, pid_bh, n_bh, k_base, vv, t, R1, r1, causal_mask_t,
+                    offs_d, offs_dv, T, D, DV, skt, skd, 1, NM, PHI0, PHI1, FAST, PREC, DOT_DTYPE,
                 )  # fmt: skip
                 dk += dk1
                 dv += dv1
