@@ -28,11 +28,37 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 
-class _NoLaunch:
-    """Stands in for a JITFunction: ``kernel[grid](*args)`` does nothing."""
+def _no_op(*args, **kwargs):
+    return None
+
+
+class _NoKernel:
+    """Stands in for a compiled kernel: ``launch``'s cache keeps it (it is a CompiledKernel to
+    ``isinstance``), and ``compiled[grid](*args)`` does nothing. So repeated calls take
+    ``launch``'s cache-hit path, as they do on the GPU."""
 
     def __getitem__(self, grid):
-        return lambda *args, **kwargs: None
+        return _no_op
+
+
+class _NoLaunch:
+    """Stands in for a JITFunction: ``kernel[grid](*args)`` does nothing and returns a
+    ``_NoKernel``, which ``launch`` caches like a compiled kernel."""
+
+    def __init__(self, fn):
+        self.arg_names = list(fn.arg_names)
+        self.params = fn.params
+        self.fn = fn.fn
+
+    def __getitem__(self, grid):
+        return lambda *args, **kwargs: _compiled()
+
+
+def _compiled():
+    from triton.compiler import CompiledKernel
+
+    kind = type("_NoCompiledKernel", (_NoKernel, CompiledKernel), {})
+    return object.__new__(kind)
 
 
 def stub_kernels():
@@ -43,7 +69,7 @@ def stub_kernels():
     for module in (near, far, blend):
         for name in dir(module):
             if isinstance(getattr(module, name), triton.runtime.jit.JITFunction):
-                setattr(module, name, _NoLaunch())
+                setattr(module, name, _NoLaunch(getattr(module, name)))
 
 
 def main(argv=None):
