@@ -359,6 +359,31 @@ def test_fused_layer_with_the_per_mode_choices_flipped(causal, bandwidth, monkey
     _check_layers(fused, ref, q, k, v, mask)
 
 
+def test_far_kernels_refuse_malformed_fused_arguments(monkeypatch):
+    """far_forward's blend and far_backward's scales are read as contiguous float32 rows by
+    the kernels: anything else is refused, as is a blend the walks cannot form."""
+    from fmmformer_pl.attention.cuda import far
+    from fmmformer_pl.attention.cuda._common import empty_like_layout
+
+    q, k, v, _ = _inputs(1, 2, 70, 16, 16, seed=1)
+    y = empty_like_layout(q, 16)
+    good = torch.zeros(3, 2, 16)
+    for coeffs in (good[:2], good.double(), good.transpose(1, 2).contiguous().transpose(1, 2)):
+        with pytest.raises(ValueError, match="blend coeffs"):
+            far.far_forward(q, k, v, None, (0, 1), False, True, (y, y, coeffs))
+    monkeypatch.setattr(far, "PLAN", {**far.PLAN, "pair_maps_causal": ()})
+    with pytest.raises(ValueError, match="blend_fusable"):
+        far.far_forward(q, k, v, None, (0, 1), True, True, (y, y, good))
+    outs, saved = far.far_forward(q, k, v, None, (0, 1), False, True)
+    dy = torch.ones_like(outs[0])
+    with pytest.raises(ValueError, match="dscales needs scales"):
+        far.far_backward(saved, [dy], dscales=torch.zeros(2, 2, 16))
+    with pytest.raises(ValueError, match="scales must be contiguous float32"):
+        far.far_backward(saved, [dy], scales=torch.zeros(3, 2, 16))
+    with pytest.raises(ValueError, match="dscales must be contiguous float32"):
+        far.far_backward(saved, [dy], scales=torch.zeros(2, 2, 16), dscales=torch.zeros(2, 2, 8))
+
+
 def test_layer_fused_path_validates_inputs(monkeypatch):
     """Bad masks and inputs are refused as on the reference path, not read as raw bytes."""
     _interpreted_dispatch(monkeypatch)

@@ -308,7 +308,16 @@ def far_forward(q, k, v, key_padding_mask, phi_codes, causal, normalize, blend=N
     sizes = (plan.heads, plan.seq, plan.dim, plan.dim_v)
     phi = plan.features(q, nm)
     if blend is not None:
+        if not blend_fusable(phi_codes, causal):
+            raise ValueError("far_forward: blend needs every map in one walk (blend_fusable)")
         y, near, coeffs = blend
+        expected = (nm + (near is not None), plan.heads, plan.dim_v)
+        if (
+            tuple(coeffs.shape) != expected
+            or coeffs.dtype != torch.float32
+            or not coeffs.is_contiguous()
+        ):
+            raise ValueError(f"far_forward: blend coeffs must be contiguous float32 {expected}")
         fused = dict(BLEND=True, HAS_NEAR=near is not None)
         blend_args = (y if near is None else near, coeffs, y)
         if any(t is not None and t.stride() != outs[0].stride() for t in (y, near)):
@@ -362,12 +371,18 @@ def far_backward(saved, douts, grads=None, scales=None, dscales=None):
     # not needed: phi(k) is 0 at padding.
     phi_codes, causal, normalize, *_, plan = settings
     nm = len(phi_codes)
-    if dscales is not None and (
-        scales is None or dscales.shape != scales.shape or not dscales.is_contiguous()
-    ):
-        raise ValueError("far_backward: dscales needs scales of its shape and to be contiguous")
+    if dscales is not None and scales is None:
+        raise ValueError("far_backward: dscales needs scales")
     if scales is not None:
-        douts = list(douts) * nm
+        # The kernels read (map, heads, head_dim_v) float32 rows, and dy once for every map.
+        expected = (nm, plan.heads, plan.dim_v)
+        for name, t in (("scales", scales), ("dscales", dscales)):
+            if t is not None and (
+                tuple(t.shape) != expected or t.dtype != torch.float32 or not t.is_contiguous()
+            ):
+                raise ValueError(f"far_backward: {name} must be contiguous float32 {expected}")
+        (dy,) = douts
+        douts = [dy if offsets_fit(dy) else dy.contiguous()] * nm
     douts = [torch.zeros_like(o) if g is None else g for g, o in zip(douts, outs, strict=True)]
     # The kernels take one layout for all douts, with 32-bit offsets inside a (batch, head).
     if any(g.stride() != douts[0].stride() for g in douts) or not offsets_fit(douts[0]):
