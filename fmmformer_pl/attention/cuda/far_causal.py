@@ -26,9 +26,9 @@ from .far_tiles import (
     _phi_k,
     _phi_q,
     _program,
-    _segment_state,
     _store_features,
     _store_tile,
+    _walk_states,
 )
 
 
@@ -123,11 +123,8 @@ def _fwd_causal_kernel(
     o0_base = o0_ptr + bb * sob + hh * soh
     o1_base = o1_ptr + bb * sob + hh * soh
     for m in tl.static_range(1 if TWO else NM):
-        S0, z0 = _segment_state(
-            st_ptr, slot + m, pid_s > 0, offs_d, offs_dv, BD, BDV, SLOT, HAS_INIT
-        )  # fmt: skip
-        S1, z1 = _segment_state(
-            st_ptr, slot + NM - 1, pid_s > 0, offs_d, offs_dv, BD, BDV, SLOT, HAS_INIT and TWO
+        S0, z0, S1, z1 = _walk_states(
+            st_ptr, slot, m, pid_s > 0, offs_d, offs_dv, NM, BD, BDV, SLOT, HAS_INIT, TWO
         )  # fmt: skip
         for c in range(0, CPS):
             t = t0 + c * BT + offs_t
@@ -220,11 +217,8 @@ def _dq_causal_kernel(
     for m in tl.static_range(1 if TWO else NM):
         if m == 1:
             tl.debug_barrier()  # map 0's dq is stored before map 1 reads it back
-        S0, z0 = _segment_state(
-            st_ptr, slot + m, pid_s > 0, offs_d, offs_dv, BD, BDV, SLOT, HAS_INIT
-        )  # fmt: skip
-        S1, z1 = _segment_state(
-            st_ptr, slot + NM - 1, pid_s > 0, offs_d, offs_dv, BD, BDV, SLOT, HAS_INIT and TWO
+        S0, z0, S1, z1 = _walk_states(
+            st_ptr, slot, m, pid_s > 0, offs_d, offs_dv, NM, BD, BDV, SLOT, HAS_INIT, TWO
         )  # fmt: skip
         for c in range(0, CPS):
             t = t0 + c * BT + offs_t
@@ -313,11 +307,8 @@ def _dkv_causal_kernel(
         if m == 1:
             tl.debug_barrier()  # map 0's dk, dv are stored before map 1 reads them back
         later = pid_s < n_seg - 1
-        R0, r0 = _segment_state(
-            rt_ptr, slot + m, later, offs_d, offs_dv, BD, BDV, SLOT, HAS_INIT
-        )  # fmt: skip
-        R1, r1 = _segment_state(
-            rt_ptr, slot + NM - 1, later, offs_d, offs_dv, BD, BDV, SLOT, HAS_INIT and TWO
+        R0, r0, R1, r1 = _walk_states(
+            rt_ptr, slot, m, later, offs_d, offs_dv, NM, BD, BDV, SLOT, HAS_INIT, TWO
         )  # fmt: skip
         for cc in range(0, CPS):
             t = t0 + (CPS - 1 - cc) * BT + offs_t

@@ -139,6 +139,22 @@ def _segment_state(
 
 
 @triton.jit
+def _walk_states(
+    ptr, slot, m, valid, offs_d, offs_dv, NM: tl.constexpr,
+    BD: tl.constexpr, BDV: tl.constexpr, SLOT: tl.constexpr, HAS_INIT: tl.constexpr,
+    TWO: tl.constexpr,
+):  # fmt: skip
+    """(S0, z0, S1, z1): the states a causal walk over map m starts from (``_segment_state``
+    of slot + m), and where it walks both maps (TWO) map 1's (slot + 1); else S1, z1 are zeros
+    and go unused."""
+    S0, z0 = _segment_state(ptr, slot + m, valid, offs_d, offs_dv, BD, BDV, SLOT, HAS_INIT)
+    S1, z1 = _segment_state(
+        ptr, slot + NM - 1, valid, offs_d, offs_dv, BD, BDV, SLOT, HAS_INIT and TWO
+    )  # fmt: skip
+    return S0, z0, S1, z1
+
+
+@triton.jit
 def _load_tile(base, t, offs_d, T, D, stride_t, stride_d):
     """A (chunk x dim) tile as float32, zero outside t < T, d < D."""
     ptrs = base + t[:, None] * stride_t + offs_d[None, :] * stride_d
