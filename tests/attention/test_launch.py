@@ -204,3 +204,87 @@ def test_constexprs_must_be_keywords():
         launch(k, (1,), x, 5, 0.5, A=1)  # B missing
     launch(k, (1,), x, 5, 0.5, A=1, B=2)
     assert [e[0] for e in k.log] == ["jit"]
+
+
+# ---------------------------------------------------------------- the direct launch
+
+
+class _Launcher:
+    """A stand-in for Triton 3.6's ``CudaLauncher``: its C ``launch`` and what it reads."""
+
+    def __init__(self, log, scratch=0):
+        self.log = log
+        self.global_scratch_size, self.profile_scratch_size = scratch, 0
+        self.launch_cooperative_grid, self.launch_pdl = False, True
+
+    def launch(self, *args):
+        self.log.append(("direct", args))
+
+
+class _LoadedCompiled(_Compiled):
+    def __init__(self, log, scratch=0):
+        super().__init__(log)
+        self.run = _Launcher(log, scratch)
+        self.function, self.packed_metadata = 777, (4, 1, 0)
+
+
+class _LoadedKernel(_Kernel):
+    def __init__(self, scratch=0):
+        super().__init__()
+        self.scratch = scratch
+
+    def __getitem__(self, grid):
+        def run(*args, **kwargs):
+            self.log.append(("jit", grid, args, kwargs))
+            return _LoadedCompiled(self.log, self.scratch)
+
+        return run
+
+
+@pytest.fixture
+def _on_gpu(monkeypatch):
+    """CPU tensors taken for GPU ones, and a fixed stream."""
+    monkeypatch.setattr(launch_module, "_is_cuda", lambda t: True)
+    monkeypatch.setattr(launch_module, "_raw_stream", lambda device: 4242)
+
+
+def test_an_exact_hit_goes_straight_to_the_c_launcher(_on_gpu):
+    k = _LoadedKernel()
+    k.arg_names = ["x_ptr", "y_ptr", "n", "scale", "A", "B"]
+    x, y = torch.zeros(8), torch.zeros(4)
+    for _ in range(3):
+        launch(k, (3, 2), x, y, 5, 0.5, B=7, A=2, num_warps=4)
+    assert [e[0] for e in k.log] == ["jit", "compiled", "direct"]
+    # grid, stream, function, cooperative, pdl, no scratch, packed metadata, no launch
+    # metadata nor hooks, the tensors as their addresses, the rest, constexprs A then B
+    expected = (3, 2, 1, 4242, 777, False, True, None, None, (4, 1, 0), None, None, None)
+    expected += (x.data_ptr(), y.data_ptr(), 5, 0.5, 2, 7)
+    assert k.log[2][1] == expected
+
+
+def test_kernels_with_scratch_memory_keep_tritons_runner(_on_gpu):
+    k = _LoadedKernel(scratch=256)
+    x = torch.zeros(8)
+    for _ in range(3):
+        launch(k, (1,), x, 5, 0.5, A=1, B=2)
+    assert [e[0] for e in k.log] == ["jit", "compiled", "compiled"]
+
+
+def test_an_installed_launch_hook_keeps_tritons_runner(_on_gpu, monkeypatch):
+    chain = type(launch_module._RUNTIME.launch_enter_hook)()
+    chain.add(lambda metadata: None)
+    monkeypatch.setattr(launch_module._RUNTIME, "launch_enter_hook", chain)
+    k = _LoadedKernel()
+    x = torch.zeros(8)
+    for _ in range(3):
+        launch(k, (1,), x, 5, 0.5, A=1, B=2)
+    assert [e[0] for e in k.log] == ["jit", "compiled", "compiled"]
+
+
+def test_tensors_off_the_gpu_keep_tritons_runner():
+    """Only the runner's launcher checks that an address is a device one."""
+    k = _LoadedKernel()
+    x = torch.zeros(8)
+    for _ in range(3):
+        launch(k, (1,), x, 5, 0.5, A=1, B=2)
+    assert [e[0] for e in k.log] == ["jit", "compiled", "compiled"]

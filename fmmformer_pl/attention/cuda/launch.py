@@ -27,6 +27,15 @@ launcher. Under the Triton interpreter (CPU tests) there is no compiled kernel, 
 takes ``kernel[grid]``. Constexprs must be passed by keyword (checked on a cache miss). What a
 hit skips of ``JITFunction.run``: its check that the kernel's global values are unchanged, its
 pre-run hooks, and a recompile after ``triton.knobs`` debug or instrumentation settings change.
+
+An exact hit whose leading tensors are all on the GPU goes one step further, straight to the
+compiled kernel's C launcher (``_direct``), with the tensors' addresses as ints (already read
+for the key). What that skips of ``compiled[grid](*args)``, all per call in Triton 3.6: the
+runner closure, the device and stream lookups through Triton's driver proxy, the launch
+metadata (a ``LazyDict`` built on every call, as Triton's hook chains are never None), the
+launcher's scratch allocator calls, two calls of empty hook chains, and one
+``cuPointerGetAttribute`` per tensor. Kernels that need scratch memory, and every launch while
+a Triton launch hook is installed (a profiler such as proton), keep Triton's runner.
 """
 
 from __future__ import annotations
@@ -35,10 +44,12 @@ from itertools import repeat
 from operator import and_, attrgetter
 
 import torch
+from triton import knobs
 from triton.compiler import CompiledKernel
 
-# key -> (compiled kernel, the constexpr and keyword-argument values in signature order), or
-# None where kernel[grid] returned no compiled kernel (the interpreter).
+# key -> (compiled kernel, the constexpr and keyword-argument values in signature order, its
+# direct launch or None: ``_direct``), or None where kernel[grid] returned no compiled kernel
+# (the interpreter).
 _CACHE: dict[tuple, tuple[CompiledKernel, tuple] | None] = {}
 # exact key -> the same entries; cleared when it reaches _EXACT_MAX keys
 _EXACT: dict[tuple, tuple[CompiledKernel, tuple] | None] = {}
@@ -47,7 +58,13 @@ _EXACT_MAX = 4096
 _LEADING: dict = {}
 _PLAIN = frozenset((int, float, bool, type(None)))
 _dtype = attrgetter("dtype")
+_is_cuda = attrgetter("is_cuda")
 _data_ptr = torch.Tensor.data_ptr
+_RUNTIME = knobs.runtime
+try:
+    _raw_stream = torch._C._cuda_getCurrentRawStream  # what Triton's driver calls
+except AttributeError:  # a torch built without CUDA: no compiled kernels either
+    _raw_stream = None
 
 
 def _key(args) -> tuple:
@@ -68,20 +85,50 @@ def _key(args) -> tuple:
 
 
 def _exact_key(kernel, device, args, kwargs):
-    """The exact key (see the module doc), or None where the call cannot use it."""
+    """``(exact key, the leading tensors' addresses or None)`` (see the module doc), or
+    ``(None, None)`` where the call cannot use the key. The addresses are given only when
+    every leading tensor is on the GPU (the direct launch passes them as ints, which no
+    launcher checks)."""
     n = _LEADING.get(kernel)
     if n is None:
-        return None
+        return None, None
     tensors, rest = args[:n], args[n:]
     types = tuple(map(type, rest))
     if not _PLAIN.issuperset(types):  # e.g. a (seed) tensor past the leading ones
-        return None
+        return None, None
     try:
         dtypes = tuple(map(_dtype, tensors))
-        offsets = tuple(map(and_, map(_data_ptr, tensors), repeat(15)))
+        ptrs = tuple(map(_data_ptr, tensors))
+        on_gpu = all(map(_is_cuda, tensors))
     except (AttributeError, TypeError):  # not a tensor where the first call had one
+        return None, None
+    offsets = tuple(map(and_, ptrs, repeat(15)))
+    key = kernel, device, dtypes, offsets, types, rest, tuple(kwargs.items())
+    return key, (ptrs if on_gpu else None)
+
+
+def _direct(compiled):
+    """``(C launcher, function handle, cooperative grid, PDL, packed metadata)`` of a compiled
+    kernel, what ``CudaLauncher.__call__`` passes before the kernel's arguments; None where
+    its runner must launch it (scratch memory to allocate per launch, no CUDA launcher: a
+    test's stand-in, another backend, another Triton)."""
+    try:
+        run = compiled.run  # loads the kernel if it is not loaded yet
+        if run.global_scratch_size or run.profile_scratch_size:
+            return None
+        return (
+            run.launch, compiled.function, run.launch_cooperative_grid, run.launch_pdl,
+            compiled.packed_metadata,
+        )  # fmt: skip
+    except AttributeError:
         return None
-    return kernel, device, dtypes, offsets, types, rest, tuple(kwargs.items())
+
+
+def _hooked() -> bool:
+    """Whether a Triton launch hook is installed (Triton 3.6: non-empty hook chains; before,
+    a function or None)."""
+    enter, exit_ = _RUNTIME.launch_enter_hook, _RUNTIME.launch_exit_hook
+    return bool(getattr(enter, "calls", enter) or getattr(exit_, "calls", exit_))
 
 
 def _check_signature(kernel, args, kwargs) -> None:
@@ -100,9 +147,10 @@ def launch(kernel, grid, *args, **kwargs) -> None:
     """``kernel[grid](*args, **kwargs)``: positional runtime arguments, keyword constexprs and
     launch options (num_warps, num_stages, maxnreg)."""
     device = torch.cuda.current_device() if torch.cuda.is_initialized() else -1
-    exact = _exact_key(kernel, device, args, kwargs)
+    exact, ptrs = _exact_key(kernel, device, args, kwargs)
     entry = _EXACT.get(exact, False) if exact is not None else False
     if entry is False:
+        ptrs = None  # only an exact hit launches directly
         key = (kernel, device, _key(args), tuple(kwargs.items()))
         entry = _CACHE.get(key, False)
         if entry is False:
@@ -111,7 +159,7 @@ def launch(kernel, grid, *args, **kwargs) -> None:
             entry = None
             if isinstance(compiled, CompiledKernel):
                 names = kernel.arg_names[len(args) :]
-                entry = compiled, tuple(kwargs[name] for name in names)
+                entry = compiled, tuple(kwargs[name] for name in names), _direct(compiled)
             _CACHE[key] = entry
             if kernel not in _LEADING:
                 _LEADING[kernel] = next(
@@ -125,5 +173,15 @@ def launch(kernel, grid, *args, **kwargs) -> None:
     if entry is None:
         kernel[grid](*args, **kwargs)
         return
-    compiled, constexprs = entry
-    compiled[(*grid, 1, 1)[:3]](*args, *constexprs)  # its runner indexes three grid axes
+    compiled, constexprs, direct = entry
+    grid = (*grid, 1, 1)[:3]
+    if ptrs is None or direct is None or _hooked():
+        compiled[grid](*args, *constexprs)  # its runner indexes three grid axes
+        return
+    c_launch, function, cooperative, pdl, packed = direct
+    # CudaLauncher.__call__'s call: grid, stream, function, flags, no scratch, the packed
+    # metadata, no launch metadata nor hooks, then the arguments in signature order.
+    c_launch(
+        grid[0], grid[1], grid[2], _raw_stream(device), function, cooperative, pdl, None, None,
+        packed, None, None, None, *ptrs, *args[len(ptrs) :], *constexprs,
+    )  # fmt: skip
