@@ -93,6 +93,10 @@ NEAR_KNOBS = {
     "narrow": [(), ((16, 16),), ((32, 16),), ((16, 32),), ((32, 32),), ((16, 16), (32, 32))],
     "warps:fwd,dq,dkv": [4, 8],
     "stages:fwd,dq,dkv": [1, 2, 3],
+    # near.MERGED_BACKWARD for both tile families: the backward as one kernel or two
+    "merged": [True, False],
+    "warps:bwd": [4, 8],
+    "stages:bwd": [1, 2, 3],
 }
 
 
@@ -111,12 +115,13 @@ def _snapshot():
         {k: dict(v) for k, v in blend.LAUNCH.items()},
         (near._BLOCK_M, near._BLOCK_N, blend._BWD_TILES, blend._BLOCK_T),
         near.NARROW_TILES,
+        dict(near.MERGED_BACKWARD),
     )
 
 
 def _restore(snap):
     far, near, blend = _modules()
-    plan, far_launch, near_launch, blend_launch, blocks, narrow = snap
+    plan, far_launch, near_launch, blend_launch, blocks, narrow, merged = snap
     far.PLAN.clear()
     far.PLAN.update(plan)
     for table, saved in (
@@ -128,6 +133,7 @@ def _restore(snap):
         table.update({k: dict(v) for k, v in saved.items()})
     near._BLOCK_M, near._BLOCK_N, blend._BWD_TILES, blend._BLOCK_T = blocks
     near.NARROW_TILES = narrow
+    near.MERGED_BACKWARD = dict(merged)
 
 
 def _apply(field, setting):
@@ -140,6 +146,9 @@ def _apply(field, setting):
             continue
         if knob == "narrow":
             near.NARROW_TILES = tuple(tuple(pair) for pair in value)
+            continue
+        if knob == "merged":
+            near.MERGED_BACKWARD = {"wide": value, "narrow": value}
             continue
         if knob == "tiles":
             blend._BWD_TILES = value

@@ -2,6 +2,11 @@
 spills, shared memory and the instructions of each kernel's main loop (per chunk).
 
     python bench/kernel_sass.py --out docs/kernel_sass.csv      # any machine, ~1 minute
+    python bench/kernel_sass.py --field near --out docs/kernel_sass.csv  # the near field's
+
+``--field near``: the near field's kernels (band 64, both backward plans: one kernel, or dq
+then dk/dv, ``near.MERGED_BACKWARD``); ``loop`` is then its longest loop, one key or query
+tile.
 
 How: ``far_forward`` / ``far_backward`` run on CPU tensors of the benchmark's shape (bf16,
 batch 1, 8 heads, head_dim 64, feature maps elu + 1 and elu(-x) + 1, seq ``--seq``) with every
@@ -44,7 +49,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from fmmformer_pl.attention.cuda import far  # noqa: E402
+from fmmformer_pl.attention.cuda import far, near  # noqa: E402
 
 TARGET = GPUTarget("cuda", 90, 32)  # H100/H200
 H200_SMS = 132
@@ -95,6 +100,30 @@ def record_launches(seq: int, causal: bool, heads: int = 8, dim: int = 64):
         far._sm_count = old_sms
         if old_ptx is not None:
             far.inline_ptx = old_ptx
+    return calls
+
+
+def record_near_launches(seq: int, causal: bool, heads: int = 8, dim: int = 64, band: int = 64):
+    """The (name, kernel, args, kwargs) of every near-field launch of one fwd+bwd, the backward
+    with both plans (one kernel, then two)."""
+    calls = []
+    patched = {}
+    for name in dir(near):
+        obj = getattr(near, name)
+        if isinstance(obj, triton.runtime.jit.JITFunction):
+            patched[name] = obj
+            setattr(near, name, _Recorder(name, obj, calls))
+    merged = near.MERGED_BACKWARD
+    try:
+        q, k, v = (torch.empty(1, heads, seq, dim, dtype=torch.bfloat16) for _ in range(3))
+        out, saved = near.near_forward(q, k, v, None, band, causal, 0.0, 0)
+        for plan in (True, False):
+            near.MERGED_BACKWARD = {"wide": plan, "narrow": plan}
+            near.near_backward(saved, torch.empty_like(out))
+    finally:
+        for name, obj in patched.items():
+            setattr(near, name, obj)
+        near.MERGED_BACKWARD = merged
     return calls
 
 
@@ -163,11 +192,12 @@ def loop_mix(lines: list[str]) -> collections.Counter:
     return mix
 
 
-def report(seq: int, modes, note: str):
+def report(seq: int, modes, note: str, field: str = "far"):
     rows = []
+    record = record_launches if field == "far" else record_near_launches
     for causal in modes:
         seen = set()
-        for name, fn, args, kwargs in record_launches(seq, causal):
+        for name, fn, args, kwargs in record(seq, causal):
             if name in seen:
                 continue
             seen.add(name)
@@ -197,10 +227,11 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--seq", type=int, default=65536)
     p.add_argument("--modes", nargs="+", default=["causal", "bidirectional"])
+    p.add_argument("--field", choices=["far", "near"], default="far")
     p.add_argument("--note", default="", help="a label for the rows (e.g. the commit)")
     p.add_argument("--out", type=Path, help="CSV to append to")
     a = p.parse_args(argv)
-    rows = report(a.seq, [m == "causal" for m in a.modes], a.note)
+    rows = report(a.seq, [m == "causal" for m in a.modes], a.note, a.field)
     cols = list(rows[0])
     print(" | ".join(cols[:-1]))
     for r in rows:

@@ -107,18 +107,21 @@ def test_far_fields_many_segments_and_short_state_steps(causal, pair, normalize,
     )
 
 
+@pytest.mark.parametrize("merged", [True, False], ids=["one_bwd_kernel", "dq_then_dkv"])
 @pytest.mark.parametrize("blocks", [(64, 64), (128, 32)])
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize(
     "bandwidth, narrow", [(5, True), (5, False), (16, True), (20, True), (100, True)]
 )
-def test_near_field_kernels(blocks, causal, bandwidth, narrow, monkeypatch):
-    """Against the reference, with the wide tiles and (narrow bands) the 16- and 32-tiles."""
+def test_near_field_kernels(blocks, causal, bandwidth, narrow, merged, monkeypatch):
+    """Against the reference, with the wide tiles and (narrow bands) the 16- and 32-tiles;
+    the backward as one kernel or as two."""
     from fmmformer_pl.attention.cuda import near
 
     monkeypatch.setattr(near, "_BLOCK_M", blocks[0])
     monkeypatch.setattr(near, "_BLOCK_N", blocks[1])
     monkeypatch.setattr(near, "NARROW_TILES", ((16, 16), (32, 32)) if narrow else ())
+    monkeypatch.setattr(near, "MERGED_BACKWARD", {"wide": merged, "narrow": merged})
     q, k, v, mask = _inputs(1, 2, 300, 16, 16, seed=bandwidth)
     kw = dict(causal=causal, key_padding_mask=mask)
     _check(
@@ -131,11 +134,16 @@ def test_near_field_kernels(blocks, causal, bandwidth, narrow, monkeypatch):
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("bandwidth", [5, 20, 33])  # 16-, 32- and 64-wide tiles
 @pytest.mark.parametrize("seed_kind", ["int", "tensor"])
-def test_near_field_dropout_matches_the_dense_reference(causal, bandwidth, seed_kind):
-    """Dropout in all three kernels against the dense reference with the kernels' own keep
+@pytest.mark.parametrize("merged", [True, False], ids=["one_bwd_kernel", "dq_then_dkv"])
+def test_near_field_dropout_matches_the_dense_reference(
+    causal, bandwidth, seed_kind, merged, monkeypatch
+):
+    """Dropout in every kernel against the dense reference with the kernels' own keep
     pattern (``dropout_keep_matrix``): output and gradients, padding, the seed as an int (eager)
-    or as a tensor the kernels load (the compiled op)."""
+    or as a tensor the kernels load (the compiled op), the backward as one kernel or two."""
     from fmmformer_pl.attention.cuda import near
+
+    monkeypatch.setattr(near, "MERGED_BACKWARD", {"wide": merged, "narrow": merged})
     from fmmformer_pl.attention.naive import visible_keys
 
     from .conftest import dense_band_dropout
@@ -161,6 +169,10 @@ def test_near_field_tiles_follow_the_band():
     assert near._tiles(5) == (dict(BM=64, BN=16), dict(BM=16, BN=64))
     assert near._tiles(20) == (dict(BM=64, BN=32), dict(BM=32, BN=64))
     assert near._tiles(64) == (dict(BM=64, BN=64), dict(BM=64, BN=64))
+    # the merged backward: blocks of 64 positions, stepping by the same tiles
+    assert near._merged_tiles(5) == dict(B=64, TQ=16, TK=16)
+    assert near._merged_tiles(20) == dict(B=64, TQ=32, TK=32)
+    assert near._merged_tiles(64) == dict(B=64, TQ=64, TK=64)
 
 
 @pytest.mark.parametrize(

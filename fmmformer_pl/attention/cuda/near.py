@@ -11,10 +11,11 @@ out_i = 0 (gradient 0) where V(i) is empty.
 
 One program owns a block of ``_BLOCK_M`` queries and visits only the key blocks its band
 reaches (three 64-key blocks for w = 64; narrower tiles across narrow bands, 16 or 32 keys,
-and 16 or 32 queries in the dk/dv kernel: ``_tiles``), with the online softmax of FlashAttention; the
-backward pass recomputes the probabilities from the saved log-sum-exp, once per query block
-for dq and once per key block for dk and dv (no atomics). Memory: O(seq) extra (the
-log-sum-exp and delta_i = dout_i . out_i, one float32 each per position).
+and 16 or 32 queries in the dk/dv loop: ``_tiles``), with the online softmax of
+FlashAttention. The backward pass (``near_bwd.py``) recomputes the probabilities from the
+saved log-sum-exp, once per query block for dq and once per key block for dk and dv (no
+atomics), in one kernel or two (``MERGED_BACKWARD``). Memory: O(seq) extra (the log-sum-exp,
+one float32 per position; the two-kernel backward also delta_i = dout_i . out_i).
 
 Dropout (``dropout_p > 0``, training) is in the kernels: a Philox number per (head, i, j),
 regenerated in the backward pass, so nothing of size (seq x band) is stored.
@@ -41,6 +42,8 @@ from ._common import (
     supported,
 )
 from .launch import launch
+from .near_bwd import _band_bwd_kernel, _band_dkv_kernel, _band_dq_kernel
+from .near_tiles import _band_mask, _dropout_keep, _key_keep, _seed_of
 
 _BLOCK_M = 64
 _BLOCK_N = 64
@@ -57,53 +60,6 @@ _LOG2E = 1.4426950408889634
 
 
 @triton.jit
-def _band_mask(offs_m, offs_n, T, W, CAUSAL: tl.constexpr):
-    """(BM x BN) bool: key j = offs_n is in query i = offs_m's band, and both lie in [0, T)."""
-    diff = offs_m[:, None] - offs_n[None, :]  # i - j
-    if CAUSAL:
-        inside = (diff >= 0) & (diff < W)
-    else:
-        inside = (diff < W) & (diff > -W)
-    return inside & (offs_n[None, :] < T) & (offs_m[:, None] < T)
-
-
-@triton.jit
-def _band_mask_t(offs_m, offs_n, T, W, CAUSAL: tl.constexpr):
-    """The transpose of ``_band_mask``: (BN x BM), row = key j, column = query i."""
-    diff = offs_m[None, :] - offs_n[:, None]  # i - j
-    if CAUSAL:
-        inside = (diff >= 0) & (diff < W)
-    else:
-        inside = (diff < W) & (diff > -W)
-    return inside & (offs_n[:, None] < T) & (offs_m[None, :] < T)
-
-
-@triton.jit
-def _dropout_keep(seed, offs_m, offs_n, W, p_drop, TRANSPOSED: tl.constexpr):
-    """Bool tile: the dropout keeps probability (i, j) (``TRANSPOSED``: rows are keys j).
-
-    One uniform number per (batch * head, i, j): Philox keyed by ``seed`` (already offset by
-    the batch * head index) at counter ``i * 2W + (j - i + W)``, the same in all three kernels.
-    """
-    if TRANSPOSED:
-        counter = offs_m[None, :] * (2 * W) + (offs_n[:, None] - offs_m[None, :] + W)
-    else:
-        counter = offs_m[:, None] * (2 * W) + (offs_n[None, :] - offs_m[:, None] + W)
-    return tl.rand(seed, counter) >= p_drop
-
-
-@triton.jit
-def _seed_of(seed, SEED_PTR: tl.constexpr):
-    """The dropout seed: the argument itself, or (SEED_PTR) the integer it points to, a seed
-    drawn on the device inside a compiled graph (no host sync, CUDA-graph safe). Read as an
-    int32: the op draws seeds below 2**30, the same draws as that int passed directly."""
-    if SEED_PTR:
-        return tl.load(seed).to(tl.int32)
-    else:
-        return seed
-
-
-@triton.jit
 def _dropout_keep_kernel(out_ptr, seed, T, W, p_drop, BM: tl.constexpr, BN: tl.constexpr):
     """Test helper: the (T x T) keep matrix of one (batch, head) as float (seed pre-offset)."""
     offs_m = tl.program_id(0) * BM + tl.arange(0, BM)
@@ -114,16 +70,6 @@ def _dropout_keep_kernel(out_ptr, seed, T, W, p_drop, BM: tl.constexpr, BN: tl.c
         keep.to(tl.float32),
         mask=(offs_m[:, None] < T) & (offs_n[None, :] < T),
     )
-
-
-@triton.jit
-def _key_keep(mask_base, offs_n, T, smt, HAS_MASK: tl.constexpr):
-    """(BN,) bool: key is not padding (and inside the sequence)."""
-    keep = offs_n < T
-    if HAS_MASK:
-        pad = tl.load(mask_base + offs_n * smt, mask=offs_n < T, other=1)
-        keep = keep & (pad == 0)
-    return keep
 
 
 @triton.jit
@@ -238,267 +184,6 @@ def _band_fwd_kernel(
     tl.store(lse_ptr + pid_bh * T + offs_m, lse, mask=offs_m < T)
 
 
-@triton.jit
-def _band_dq_kernel(
-    q_ptr,
-    k_ptr,
-    v_ptr,
-    mask_ptr,
-    o_ptr,
-    do_ptr,
-    lse_ptr,
-    delta_ptr,
-    dq_ptr,
-    H,
-    T,
-    W,
-    D,
-    DV,
-    qk_scale,
-    sm_scale,
-    seed,
-    p_drop,
-    sqb,
-    sqh,
-    sqt,
-    sqd,
-    skb,
-    skh,
-    skt,
-    skd,
-    svb,
-    svh,
-    svt,
-    svd,
-    sob,
-    soh,
-    sot,
-    sod,
-    sdob,
-    sdoh,
-    sdot,
-    sdod,
-    sdqb,
-    sdqh,
-    sdqt,
-    sdqd,
-    smb,
-    smt,
-    HAS_MASK: tl.constexpr,
-    CAUSAL: tl.constexpr,
-    DROPOUT: tl.constexpr,
-    SEED_PTR: tl.constexpr,
-    BM: tl.constexpr,
-    BN: tl.constexpr,
-    BD: tl.constexpr,
-    BDV: tl.constexpr,
-    PREC: tl.constexpr,
-    ACCUMULATE: tl.constexpr,
-):
-    """dq = sm_scale sum_j p_ij (dp_ij - delta_i) k_j for one query block; writes delta too."""
-    pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1).to(tl.int64)
-    bb = pid_bh // H
-    hh = pid_bh % H
-    seed_bh = _seed_of(seed, SEED_PTR) + pid_bh  # dropout: this (batch, head)'s stream
-    q_base = q_ptr + bb * sqb + hh * sqh
-    k_base = k_ptr + bb * skb + hh * skh
-    v_base = v_ptr + bb * svb + hh * svh
-    o_base = o_ptr + bb * sob + hh * soh
-    do_base = do_ptr + bb * sdob + hh * sdoh
-    dq_base = dq_ptr + bb * sdqb + hh * sdqh
-    mask_base = mask_ptr + bb * smb
-    m0 = pid_m * BM
-    offs_m = m0 + tl.arange(0, BM)
-    offs_d = tl.arange(0, BD)
-    offs_dv = tl.arange(0, BDV)
-    row_ok = offs_m < T
-    q = tl.load(
-        q_base + offs_m[:, None] * sqt + offs_d[None, :] * sqd,
-        mask=row_ok[:, None] & (offs_d[None, :] < D),
-        other=0.0,
-    )
-    dv_mask = row_ok[:, None] & (offs_dv[None, :] < DV)
-    do = tl.load(
-        do_base + offs_m[:, None] * sdot + offs_dv[None, :] * sdod, mask=dv_mask, other=0.0
-    )
-    o = tl.load(o_base + offs_m[:, None] * sot + offs_dv[None, :] * sod, mask=dv_mask, other=0.0)
-    delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), axis=1)
-    tl.store(delta_ptr + pid_bh * T + offs_m, delta, mask=row_ok)
-    lse = tl.load(lse_ptr + pid_bh * T + offs_m, mask=row_ok, other=float("inf"))
-    do = do.to(q.dtype)
-
-    dq = tl.zeros([BM, BD], dtype=tl.float32)
-    lo = (tl.maximum(m0 - (W - 1), 0) // BN) * BN
-    if CAUSAL:
-        hi = tl.minimum(m0 + BM, T)
-    else:
-        hi = tl.minimum(m0 + BM + W - 1, T)
-    for n0 in range(lo, hi, BN):
-        offs_n = n0 + tl.arange(0, BN)
-        k = tl.load(
-            k_base + offs_n[:, None] * skt + offs_d[None, :] * skd,
-            mask=(offs_n[:, None] < T) & (offs_d[None, :] < D),
-            other=0.0,
-        )
-        v = tl.load(
-            v_base + offs_n[:, None] * svt + offs_dv[None, :] * svd,
-            mask=(offs_n[:, None] < T) & (offs_dv[None, :] < DV),
-            other=0.0,
-        )
-        s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
-        valid = _band_mask(offs_m, offs_n, T, W, CAUSAL)
-        valid = valid & _key_keep(mask_base, offs_n, T, smt, HAS_MASK)[None, :]
-        p = tl.where(valid, tl.exp2(s - lse[:, None]), 0.0)
-        dp = tl.dot(do, tl.trans(v), input_precision=PREC)
-        if DROPOUT:
-            keep = _dropout_keep(seed_bh, offs_m, offs_n, W, p_drop, False)
-            dp = tl.where(keep, dp / (1.0 - p_drop), 0.0)
-        ds = p * (dp - delta[:, None])
-        dq += tl.dot(ds.to(k.dtype), k, input_precision=PREC)
-    dq = dq * sm_scale
-    dq_ptrs = dq_base + offs_m[:, None] * sdqt + offs_d[None, :] * sdqd
-    dq_mask = row_ok[:, None] & (offs_d[None, :] < D)
-    if ACCUMULATE:  # add to the far field's gradient (the fused FMM backward)
-        dq += tl.load(dq_ptrs, mask=dq_mask, other=0.0).to(tl.float32)
-    tl.store(dq_ptrs, dq.to(dq_ptr.dtype.element_ty), mask=dq_mask)
-
-
-@triton.jit
-def _band_dkv_kernel(
-    q_ptr,
-    k_ptr,
-    v_ptr,
-    mask_ptr,
-    do_ptr,
-    lse_ptr,
-    delta_ptr,
-    dk_ptr,
-    dv_ptr,
-    H,
-    T,
-    W,
-    D,
-    DV,
-    qk_scale,
-    sm_scale,
-    seed,
-    p_drop,
-    sqb,
-    sqh,
-    sqt,
-    sqd,
-    skb,
-    skh,
-    skt,
-    skd,
-    svb,
-    svh,
-    svt,
-    svd,
-    sdob,
-    sdoh,
-    sdot,
-    sdod,
-    sdkb,
-    sdkh,
-    sdkt,
-    sdkd,
-    sdvb,
-    sdvh,
-    sdvt,
-    sdvd,
-    smb,
-    smt,
-    HAS_MASK: tl.constexpr,
-    CAUSAL: tl.constexpr,
-    DROPOUT: tl.constexpr,
-    SEED_PTR: tl.constexpr,
-    BM: tl.constexpr,
-    BN: tl.constexpr,
-    BD: tl.constexpr,
-    BDV: tl.constexpr,
-    PREC: tl.constexpr,
-    ACCUMULATE: tl.constexpr,
-):
-    """dk, dv for one key block, over the query blocks whose band reaches it (transposed)."""
-    pid_n = tl.program_id(0)
-    pid_bh = tl.program_id(1).to(tl.int64)
-    bb = pid_bh // H
-    hh = pid_bh % H
-    seed_bh = _seed_of(seed, SEED_PTR) + pid_bh  # dropout: this (batch, head)'s stream
-    q_base = q_ptr + bb * sqb + hh * sqh
-    k_base = k_ptr + bb * skb + hh * skh
-    v_base = v_ptr + bb * svb + hh * svh
-    do_base = do_ptr + bb * sdob + hh * sdoh
-    dk_base = dk_ptr + bb * sdkb + hh * sdkh
-    dv_base = dv_ptr + bb * sdvb + hh * sdvh
-    mask_base = mask_ptr + bb * smb
-    n0 = pid_n * BN
-    offs_n = n0 + tl.arange(0, BN)
-    offs_d = tl.arange(0, BD)
-    offs_dv = tl.arange(0, BDV)
-    col_ok = offs_n < T
-    k = tl.load(
-        k_base + offs_n[:, None] * skt + offs_d[None, :] * skd,
-        mask=col_ok[:, None] & (offs_d[None, :] < D),
-        other=0.0,
-    )
-    v = tl.load(
-        v_base + offs_n[:, None] * svt + offs_dv[None, :] * svd,
-        mask=col_ok[:, None] & (offs_dv[None, :] < DV),
-        other=0.0,
-    )
-    keep = _key_keep(mask_base, offs_n, T, smt, HAS_MASK)
-
-    dk = tl.zeros([BN, BD], dtype=tl.float32)
-    dv = tl.zeros([BN, BDV], dtype=tl.float32)
-    # Queries i that see a key of this block: j <= i < j + W (causal), |i - j| < W.
-    if CAUSAL:
-        lo = (n0 // BM) * BM
-    else:
-        lo = (tl.maximum(n0 - (W - 1), 0) // BM) * BM
-    hi = tl.minimum(n0 + BN + W - 1, T)
-    for m0 in range(lo, hi, BM):
-        offs_m = m0 + tl.arange(0, BM)
-        row_ok = offs_m < T
-        q = tl.load(
-            q_base + offs_m[:, None] * sqt + offs_d[None, :] * sqd,
-            mask=row_ok[:, None] & (offs_d[None, :] < D),
-            other=0.0,
-        )
-        do = tl.load(
-            do_base + offs_m[:, None] * sdot + offs_dv[None, :] * sdod,
-            mask=row_ok[:, None] & (offs_dv[None, :] < DV),
-            other=0.0,
-        ).to(k.dtype)
-        lse = tl.load(lse_ptr + pid_bh * T + offs_m, mask=row_ok, other=float("inf"))
-        delta = tl.load(delta_ptr + pid_bh * T + offs_m, mask=row_ok, other=0.0)
-        sT = tl.dot(k, tl.trans(q), input_precision=PREC) * qk_scale  # (keys, queries)
-        validT = _band_mask_t(offs_m, offs_n, T, W, CAUSAL) & keep[:, None]
-        pT = tl.where(validT, tl.exp2(sT - lse[None, :]), 0.0)
-        dpT = tl.dot(v, tl.trans(do), input_precision=PREC)
-        if DROPOUT:
-            keepT = _dropout_keep(seed_bh, offs_m, offs_n, W, p_drop, True)
-            pdT = tl.where(keepT, pT / (1.0 - p_drop), 0.0)
-            dpT = tl.where(keepT, dpT / (1.0 - p_drop), 0.0)
-        else:
-            pdT = pT
-        dv += tl.dot(pdT.to(k.dtype), do, input_precision=PREC)
-        dsT = pT * (dpT - delta[None, :])
-        dk += tl.dot(dsT.to(k.dtype), q, input_precision=PREC)
-    dk = dk * sm_scale
-    dk_ptrs = dk_base + offs_n[:, None] * sdkt + offs_d[None, :] * sdkd
-    dk_mask = col_ok[:, None] & (offs_d[None, :] < D)
-    dv_ptrs = dv_base + offs_n[:, None] * sdvt + offs_dv[None, :] * sdvd
-    dv_mask = col_ok[:, None] & (offs_dv[None, :] < DV)
-    if ACCUMULATE:
-        dk += tl.load(dk_ptrs, mask=dk_mask, other=0.0).to(tl.float32)
-        dv += tl.load(dv_ptrs, mask=dv_mask, other=0.0).to(tl.float32)
-    tl.store(dk_ptrs, dk.to(dk_ptr.dtype.element_ty), mask=dk_mask)
-    tl.store(dv_ptrs, dv.to(dv_ptr.dtype.element_ty), mask=dv_mask)
-
-
 # Launch settings (tuned on an H200, bf16, head_dim 64; see docs/gpu.md).
 # bench/far_tune.py, H200, 64K tokens (docs/kernel_tune_eager.csv): 4 warps beat 8 (0.90 vs
 # 1.46 ms bidirectional, 0.96 vs 1.24 causal); 64 x 64 blocks beat 128 x 64, 64 x 32, 32 x 32.
@@ -506,7 +191,13 @@ LAUNCH = {
     "fwd": dict(num_warps=4, num_stages=2),
     "dq": dict(num_warps=4, num_stages=2),
     "dkv": dict(num_warps=4, num_stages=2),
+    "bwd": dict(num_warps=4, num_stages=2),
 }
+# The backward as one kernel (``near_bwd._band_bwd_kernel``: dk, dv and dq of a block of
+# positions per program) or as the dq kernel then the dk/dv kernel; per tile family (wide:
+# 64 x 64; narrow: ``NARROW_TILES``). The merged kernel reads q, k, v, out and dout once per
+# block instead of once per kernel, and writes no delta.
+MERGED_BACKWARD = {"wide": True, "narrow": True}
 
 
 def near_saved(q, k, v, key_padding_mask, out, lse, bandwidth, causal, dropout_p, seed):
@@ -534,6 +225,19 @@ def _tiles(bandwidth: int) -> tuple[dict, dict]:
             return dict(BM=_BLOCK_M, BN=tile), dict(BM=tile, BN=_BLOCK_N)
     wide = dict(BM=_BLOCK_M, BN=_BLOCK_N)
     return wide, wide
+
+
+def _merged_tiles(bandwidth: int) -> dict | None:
+    """The merged backward kernel's ``dict(B=positions per program, TQ=query tile of its dk/dv
+    loop, TK=key tile of its dq loop)``, or None where ``MERGED_BACKWARD`` keeps two kernels.
+    Its programs own as many queries as the dq kernel's (``_BLOCK_M``) and step by the tile
+    the other two kernels take across the band."""
+    q_tiles, kv_tiles = _tiles(bandwidth)
+    narrow = q_tiles["BN"] != _BLOCK_N or kv_tiles["BM"] != _BLOCK_M
+    if not MERGED_BACKWARD["narrow" if narrow else "wide"]:
+        return None
+    step = q_tiles["BN"] if narrow else _BLOCK_N
+    return dict(B=_BLOCK_M, TQ=min(step, _BLOCK_M), TK=min(step, _BLOCK_M))
 
 
 def near_forward(q, k, v, key_padding_mask, bandwidth, causal, dropout_p, seed):
@@ -569,9 +273,20 @@ def near_backward(saved, dout, grads=None):
     if grads is None:
         grads = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     dq, dk, dv = grads
-    delta = torch.empty_like(lse)
     if not offsets_fit(dout):  # 32-bit offsets inside a (batch, head)
         dout = dout.contiguous()
+    merged = _merged_tiles(bandwidth)
+    if merged is not None:
+        launch(
+            _band_bwd_kernel, (cdiv(seq, merged["B"]), bh),
+            q, k, v, mask, out, dout, lse, dq, dk, dv, heads, seq, bandwidth, dim, dim_v,
+            sm_scale * _LOG2E, sm_scale, seed, dropout_p,
+            *strides(q), *strides(k), *strides(v), *strides(out), *strides(dout),
+            *strides(dq), *strides(dk), *strides(dv), smb, smt,
+            **cfg, **merged, ACCUMULATE=accumulate, **LAUNCH["bwd"],
+        )  # fmt: skip
+        return dq, dk, dv
+    delta = torch.empty_like(lse)
     q_tiles, kv_tiles = _tiles(bandwidth)
     launch(
         _band_dq_kernel, (cdiv(seq, q_tiles["BM"]), bh),
