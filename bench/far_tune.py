@@ -15,6 +15,10 @@ them in parallel first (into Triton's on-disk cache), so the timing loop only lo
 Retrieval model's attention: ``--seq 4096 --batch 64 --heads 2 --dim 32 --band 5 --dropout 0.1
 --padded --fields near``; padding masks the last eighth of every row).
 
+``--fields layer``: the fused FMM layer (fmm r = 2, band 64: ``FMMAttention`` on CUDA, the
+blend weights' gradients included) with ``fmm.py``'s per-mode switches flipped for the mode
+timed (``BLEND_IN_FAR_FORWARD``, ``BLEND_IN_NEAR_FORWARD``, ``DC_IN_STATE_PASS``).
+
 ``--graph`` times replays of a CUDA graph of the step instead: the kernels' own time, without
 the host's launch overhead (which dominates eager timings below ~64K tokens on our machine).
 Writes one CSV row per (field, mode, setting): ms, and the setting as JSON.
@@ -38,6 +42,7 @@ if str(REPO) not in sys.path:
 from fmmformer_pl.attention import far_fields, near_field  # noqa: E402
 
 sys.path.insert(0, str(REPO / "bench"))
+from attention_gpu import make_variant  # noqa: E402
 from cuda_timing import graphed, median_ms  # noqa: E402
 
 FAR_MAPS = ["elu", "elu_flip"]
@@ -100,6 +105,14 @@ NEAR_KNOBS = {
 }
 
 
+LAYER_KNOBS = {
+    "switch:BLEND_IN_FAR_FORWARD": [True, False],
+    "switch:BLEND_IN_NEAR_FORWARD": [True, False],
+    "switch:DC_IN_STATE_PASS": [True, False],
+}
+SWITCHES = ("BLEND_IN_FAR_FORWARD", "BLEND_IN_NEAR_FORWARD", "DC_IN_STATE_PASS")
+
+
 def _modules():
     from fmmformer_pl.attention.cuda import blend, far, near
 
@@ -116,12 +129,19 @@ def _snapshot():
         (near._BLOCK_M, near._BLOCK_N, blend._BWD_TILES, blend._BLOCK_T),
         near.NARROW_TILES,
         dict(near.MERGED_BACKWARD),
+        {name: dict(getattr(_fmm(), name)) for name in SWITCHES},
     )
+
+
+def _fmm():
+    from fmmformer_pl.attention.cuda import fmm
+
+    return fmm
 
 
 def _restore(snap):
     far, near, blend = _modules()
-    plan, far_launch, near_launch, blend_launch, blocks, narrow, merged = snap
+    plan, far_launch, near_launch, blend_launch, blocks, narrow, merged, switches = snap
     far.PLAN.clear()
     far.PLAN.update(plan)
     for table, saved in (
@@ -134,13 +154,19 @@ def _restore(snap):
     near._BLOCK_M, near._BLOCK_N, blend._BWD_TILES, blend._BLOCK_T = blocks
     near.NARROW_TILES = narrow
     near.MERGED_BACKWARD = dict(merged)
+    for name, value in switches.items():
+        setattr(_fmm(), name, dict(value))
 
 
-def _apply(field, setting):
-    """Set the knobs of ``setting`` ({knob: value}) on the modules."""
+def _apply(field, setting, causal=False):
+    """Set the knobs of ``setting`` ({knob: value}) on the modules (a ``switch:`` for the mode
+    timed)."""
     far, near, blend = _modules()
-    launch = {"far": far.LAUNCH, "near": near.LAUNCH, "blend": blend.LAUNCH}[field]
+    launch = {"far": far.LAUNCH, "near": near.LAUNCH, "blend": blend.LAUNCH, "layer": {}}[field]
     for knob, value in setting.items():
+        if knob.startswith("switch:"):
+            getattr(_fmm(), knob.split(":")[1])["causal" if causal else "bidirectional"] = value
+            continue
         if knob == "blocks":
             near._BLOCK_M, near._BLOCK_N = value
             continue
@@ -188,7 +214,15 @@ def _inputs(seq, shape):
 
 
 def _step_fn(field, causal, q, k, v, mask=None, shape=DEFAULT_SHAPE):
-    if field == "blend":
+    if field == "layer":
+        fn, params = make_variant("fmm_r2", q.shape[1], q.shape[-1], shape["band"], causal)
+        inputs = (q, k, v, *params)
+
+        def run():
+            y = fn(q, k, v)
+            return torch.autograd.grad(y, inputs, torch.ones_like(y))
+
+    elif field == "blend":
         from fmmformer_pl.attention.cuda.blend import blend_triton
 
         heads, dim = q.shape[1], q.shape[-1]
@@ -221,7 +255,7 @@ def _step_fn(field, causal, q, k, v, mask=None, shape=DEFAULT_SHAPE):
 def time_setting(field, causal, setting, seq, repeats, graph=False, shape=DEFAULT_SHAPE):
     snap = _snapshot()
     try:
-        _apply(field, setting)
+        _apply(field, setting, causal)
         q, k, v, mask = _inputs(seq, shape)
         run = _step_fn(field, causal, q, k, v, mask, shape)
         run()
@@ -244,6 +278,14 @@ def settings():
     for mode in ("bidirectional", "causal"):
         out.append(("near", mode, {}))
         out += [("near", mode, {knob: v}) for knob, values in NEAR_KNOBS.items() for v in values]
+    for mode in ("bidirectional", "causal"):
+        out.append(("layer", mode, {}))
+        out += [("layer", mode, {knob: v}) for knob, values in LAYER_KNOBS.items() for v in values]
+        # Where the far kernels do not blend: the near kernel or the blend kernel.
+        no_far = {"switch:BLEND_IN_FAR_FORWARD": False}
+        out += [
+            ("layer", mode, {**no_far, "switch:BLEND_IN_NEAR_FORWARD": v}) for v in (True, False)
+        ]
     # The blend has no mask: one mode.
     out.append(("blend", "bidirectional", {}))
     out += [("blend", "bidirectional", {k: v}) for k, values in BLEND_KNOBS.items() for v in values]
@@ -263,7 +305,9 @@ def main(argv=None):
     p.add_argument("--seq", type=int, default=65536)
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--workers", type=int, default=12, help="parallel compile processes (0: none)")
-    p.add_argument("--fields", nargs="+", default=["far", "near"], choices=["far", "near", "blend"])
+    p.add_argument(
+        "--fields", nargs="+", default=["far", "near"], choices=["far", "near", "blend", "layer"]
+    )
     p.add_argument("--only", nargs="*", default=[], help="only knobs containing these strings")
     p.add_argument(
         "--graph",

@@ -259,18 +259,18 @@ def test_near_field_matches_reference(dtype, causal, bandwidth, shape):
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("bandwidth", [5, 64, 100])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
-def test_near_field_two_kernel_backward_matches_reference(causal, bandwidth, dtype, monkeypatch):
-    """The backward as the dq kernel then the dk/dv kernel (``near.MERGED_BACKWARD`` off; the
-    tests above run the default, one kernel)."""
+def test_near_field_one_kernel_backward_matches_reference(causal, bandwidth, dtype, monkeypatch):
+    """The backward as one kernel (``near.MERGED_BACKWARD`` on; the tests above run the
+    default, the dq kernel then the dk/dv kernel)."""
     from fmmformer_pl.attention.cuda import near
 
-    monkeypatch.setattr(near, "MERGED_BACKWARD", {"wide": False, "narrow": False})
+    monkeypatch.setattr(near, "MERGED_BACKWARD", {"wide": True, "narrow": True})
     q, k, v = _inputs(2, 3, 1000, 40, 24, dtype)
     kw = dict(causal=causal, key_padding_mask=_padding(2, 1000, "right"))
     _compare(
         lambda a, b, c: near_field(a, b, c, bandwidth, backend="cuda", **kw),
         lambda a, b, c: near_field(a, b, c, bandwidth, backend="reference", **kw),
-        q, k, v, dtype, f"near two-kernel backward {dtype} w={bandwidth} causal={causal}",
+        q, k, v, dtype, f"near one-kernel backward {dtype} w={bandwidth} causal={causal}",
     )  # fmt: skip
 
 

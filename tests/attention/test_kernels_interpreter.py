@@ -162,9 +162,11 @@ def test_near_field_dropout_matches_the_dense_reference(
     _check(fast, lambda a, b, c: dense_band_dropout(a, b, c, visible, keep, p), (q, k, v))
 
 
-def test_near_field_tiles_follow_the_band():
+def test_near_field_tiles_follow_the_band(monkeypatch):
     """Narrow bands get tiles of 16 or 32 across the band (both kernels' sides), wide 64."""
     from fmmformer_pl.attention.cuda import near
+
+    monkeypatch.setattr(near, "MERGED_BACKWARD", {"wide": True, "narrow": True})
 
     assert near._tiles(5) == (dict(BM=64, BN=16), dict(BM=16, BN=64))
     assert near._tiles(20) == (dict(BM=64, BN=32), dict(BM=32, BN=64))
@@ -173,6 +175,8 @@ def test_near_field_tiles_follow_the_band():
     assert near._merged_tiles(5) == dict(B=64, TQ=16, TK=16)
     assert near._merged_tiles(20) == dict(B=64, TQ=32, TK=32)
     assert near._merged_tiles(64) == dict(B=64, TQ=64, TK=64)
+    monkeypatch.setattr(near, "MERGED_BACKWARD", {"wide": False, "narrow": True})
+    assert near._merged_tiles(64) is None and near._merged_tiles(5) is not None
 
 
 @pytest.mark.parametrize(
@@ -353,18 +357,22 @@ def test_layer_fused_path_many_segments(causal, maps_per_call, pair, monkeypatch
     _check_layers(fused, ref, q, k, v, mask)
 
 
+@pytest.mark.parametrize("near_blend", [True, False], ids=["near_blends", "no_near_blend"])
 @pytest.mark.parametrize("bandwidth", [5, None])
 @pytest.mark.parametrize("causal", [False, True])
-def test_fused_layer_with_the_per_mode_choices_flipped(causal, bandwidth, monkeypatch):
-    """The blend formed by the far forward kernels or by the blend kernel, the far fields'
-    blend-coefficient gradients summed by the state pass or by the blend backward
-    (fmm.BLEND_IN_FAR_FORWARD, fmm.DC_IN_STATE_PASS, here the other way round from the plan),
-    with and without a near field."""
+def test_fused_layer_with_the_per_mode_choices_flipped(causal, bandwidth, near_blend, monkeypatch):
+    """The blend formed by the far forward kernels, by the near forward kernel or by the
+    blend kernel, the far fields' blend-coefficient gradients summed by the state pass or by
+    the blend backward (fmm.BLEND_IN_FAR_FORWARD, fmm.DC_IN_STATE_PASS, here the other way
+    round from the plan; fmm.BLEND_IN_NEAR_FORWARD both ways), with and without a near
+    field."""
     from fmmformer_pl.attention.cuda import fmm
 
     _interpreted_dispatch(monkeypatch)
     monkeypatch.setattr(fmm, "BLEND_IN_FAR_FORWARD", {"causal": True, "bidirectional": False})
     monkeypatch.setattr(fmm, "DC_IN_STATE_PASS", {"causal": False, "bidirectional": True})
+    switch = {"causal": near_blend, "bidirectional": near_blend}
+    monkeypatch.setattr(fmm, "BLEND_IN_NEAR_FORWARD", switch)
     kind = "fmm" if bandwidth else "linear"
     fused, ref = _layer_pair(kind, ["elu", "elu_flip"], causal)
     q, k, v, mask = _inputs(1, 2, 150, 16, 16, seed=11)
@@ -394,6 +402,25 @@ def test_far_kernels_refuse_malformed_fused_arguments(monkeypatch):
         far.far_backward(saved, [dy], scales=torch.zeros(3, 2, 16))
     with pytest.raises(ValueError, match="dscales must be contiguous float32"):
         far.far_backward(saved, [dy], scales=torch.zeros(2, 2, 16), dscales=torch.zeros(2, 2, 8))
+
+
+def test_near_kernel_refuses_a_malformed_blend():
+    """near_forward's blend: 1-3 far fields and y laid out like its output, contiguous float32
+    coefficients, one row per field."""
+    from fmmformer_pl.attention.cuda import near
+    from fmmformer_pl.attention.cuda._common import empty_like_layout
+
+    q, k, v, _ = _inputs(1, 2, 70, 16, 16, seed=1)
+    y, far = empty_like_layout(q, 16), empty_like_layout(q, 16)
+    good = torch.zeros(3, 2, 16)
+    args = (q, k, v, None, 5, False, 0.0, 0)
+    for coeffs in (good[:2], good.double(), good.transpose(1, 2).contiguous().transpose(1, 2)):
+        with pytest.raises(ValueError, match="blend coeffs"):
+            near.near_forward(*args, (y, [far, far], coeffs))
+    # no far field, four, one laid out otherwise (contiguous, not the model's layout), y so
+    for fars, out in (([], y), ([far] * 4, y), ([far, far.contiguous()], y), ([far, far], k)):
+        with pytest.raises(ValueError, match="laid out like out"):
+            near.near_forward(*args, (out, fars, torch.zeros(len(fars) + 1, 2, 16)))
 
 
 def test_layer_fused_path_validates_inputs(monkeypatch):

@@ -36,6 +36,10 @@ from .near import near_arguments, near_backward, near_forward
 # 1.672 against 1.631 ms.
 BLEND_IN_FAR_FORWARD = {"causal": False, "bidirectional": True}
 DC_IN_STATE_PASS = {"causal": True, "bidirectional": False}
+# Where the far kernels do not form the blend: whether the near field's forward kernel does,
+# run after the far fields (it reads them back, as the blend kernel would, but from inside a
+# kernel that is not bandwidth-bound, and one launch fewer), or the blend kernel.
+BLEND_IN_NEAR_FORWARD = {"causal": True, "bidirectional": True}
 
 
 def _mode(causal) -> str:
@@ -46,27 +50,43 @@ def fmm_forward(q, k, v, coeffs, mask, near_args, causal, phi_codes, normalize):
     """``(y, fields, parts)``: the blended output, the fields (near first), and per field
     group ``(kind, saved, n_fields)`` with ``saved`` what its backward needs.
 
-    Where the far kernels can form the blend themselves (``far.blend_fusable``: the paper's
-    r <= 2) and it pays (``BLEND_IN_FAR_FORWARD``), they do, from their outputs in registers
-    and the near field, which runs first: the fields are still stored (the backward needs
-    them) but not read back, and the blend kernel is not launched."""
-    fields, parts, near = [], [], None
-    if near_args is not None:
-        bandwidth, dropout_p, seed = near_args
-        near, saved = near_forward(q, k, v, mask, bandwidth, causal, dropout_p, seed)
-        fields.append(near)
-        parts.append(("near", saved, 1))
-    if BLEND_IN_FAR_FORWARD[_mode(causal)] and blend_fusable(phi_codes, causal):
-        y = empty_like_layout(q, v.shape[-1])
-        outs, saved = far_forward(q, k, v, mask, phi_codes, causal, normalize, (y, near, coeffs))
-        fields.extend(outs)
-        parts.append(("far", saved, len(outs)))
-        return y, fields, parts
-    for group in map_groups(phi_codes, causal):
-        outs, saved = far_forward(q, k, v, mask, group, causal, normalize)
-        fields.extend(outs)
-        parts.append(("far", saved, len(outs)))
-    return blend_forward(fields, coeffs), fields, parts
+    The blend is formed by the far kernels, from their outputs in registers and the near
+    field, which then runs first (``far.blend_fusable``: the paper's r <= 2, and
+    ``BLEND_IN_FAR_FORWARD``); else by the near kernel, from its output in registers and the
+    far fields, which then run first (``BLEND_IN_NEAR_FORWARD``); else by the blend kernel.
+    The fields are stored either way (the backward needs them)."""
+    mode = _mode(causal)
+    far_blend = BLEND_IN_FAR_FORWARD[mode] and blend_fusable(phi_codes, causal)
+    near_blend = not far_blend and near_args is not None and BLEND_IN_NEAR_FORWARD[mode]
+    y = empty_like_layout(q, v.shape[-1]) if far_blend or near_blend else None
+    near_part = None
+    if near_args is not None and not near_blend:
+        near_part = _near(q, k, v, mask, near_args, causal)
+    if far_blend:
+        near = None if near_part is None else near_part[0]
+        far_parts = [far_forward(q, k, v, mask, phi_codes, causal, normalize, (y, near, coeffs))]
+    else:
+        far_parts = [
+            far_forward(q, k, v, mask, group, causal, normalize)
+            for group in map_groups(phi_codes, causal)
+        ]
+    fars = [out for outs, _ in far_parts for out in outs]
+    if near_blend:
+        near_part = _near(q, k, v, mask, near_args, causal, (y, fars, coeffs))
+    fields, parts = [], []
+    if near_part is not None:
+        fields.append(near_part[0])
+        parts.append(("near", near_part[1], 1))
+    fields.extend(fars)
+    parts.extend(("far", saved, len(outs)) for outs, saved in far_parts)
+    if y is None:
+        y = blend_forward(fields, coeffs)
+    return y, fields, parts
+
+
+def _near(q, k, v, mask, near_args, causal, blend=None):
+    bandwidth, dropout_p, seed = near_args
+    return near_forward(q, k, v, mask, bandwidth, causal, dropout_p, seed, blend)
 
 
 def fmm_backward(dy, coeffs, fields, parts):

@@ -73,6 +73,13 @@ def _dropout_keep_kernel(out_ptr, seed, T, W, p_drop, BM: tl.constexpr, BN: tl.c
 
 
 @triton.jit
+def _blend_term(y, field, c_ptr, row, H, hh, offs_dv, DV):
+    """y + c_row * field (a stored field tile; c (fields, heads, head_dim_v) float32)."""
+    c = tl.load(c_ptr + (row * H + hh) * DV + offs_dv, mask=offs_dv < DV, other=0.0)
+    return y + field.to(tl.float32) * c[None, :]
+
+
+@triton.jit
 def _band_fwd_kernel(
     q_ptr,
     k_ptr,
@@ -80,6 +87,11 @@ def _band_fwd_kernel(
     mask_ptr,
     o_ptr,
     lse_ptr,
+    f1_ptr,
+    f2_ptr,
+    f3_ptr,
+    c_ptr,
+    y_ptr,
     H,
     T,
     W,
@@ -115,8 +127,13 @@ def _band_fwd_kernel(
     BD: tl.constexpr,
     BDV: tl.constexpr,
     PREC: tl.constexpr,
+    BLEND: tl.constexpr,
 ):
-    """out and the base-2 log-sum-exp for one query block. Grid (query blocks, batch * heads)."""
+    """out and the base-2 log-sum-exp for one query block. Grid (query blocks, batch * heads).
+
+    BLEND > 0 (the fused FMM forward, the far fields computed first): also the blend
+    y = c_0 * out + sum_{f=1..BLEND} c_f * field_f, the far fields f1..f3 and y laid out like
+    out, c (1 + BLEND, heads, head_dim_v) float32."""
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1).to(tl.int64)
     bb = pid_bh // H
@@ -176,12 +193,27 @@ def _band_fwd_kernel(
     seen = l_i > 0
     out = acc / tl.where(seen, l_i, 1.0)[:, None]
     lse = tl.where(seen, m_i + tl.log2(tl.where(seen, l_i, 1.0)), float("inf"))
-    tl.store(
-        o_base + offs_m[:, None] * sot + offs_dv[None, :] * sod,
-        out.to(o_ptr.dtype.element_ty),
-        mask=(offs_m[:, None] < T) & (offs_dv[None, :] < DV),
-    )
+    tile = offs_m[:, None] * sot + offs_dv[None, :] * sod
+    inside = (offs_m[:, None] < T) & (offs_dv[None, :] < DV)
+    out = out.to(o_ptr.dtype.element_ty)
+    tl.store(o_base + tile, out, mask=inside)
     tl.store(lse_ptr + pid_bh * T + offs_m, lse, mask=offs_m < T)
+    if BLEND > 0:
+        # The sum blend.py forms from the stored fields, term for term (out rounded first).
+        fields = bb * sob + hh * soh + tile
+        y = _blend_term(0.0, out, c_ptr, 0, H, hh, offs_dv, DV)
+        y = _blend_term(
+            y, tl.load(f1_ptr + fields, mask=inside, other=0.0), c_ptr, 1, H, hh, offs_dv, DV
+        )
+        if BLEND > 1:
+            y = _blend_term(
+                y, tl.load(f2_ptr + fields, mask=inside, other=0.0), c_ptr, 2, H, hh, offs_dv, DV
+            )
+        if BLEND > 2:
+            y = _blend_term(
+                y, tl.load(f3_ptr + fields, mask=inside, other=0.0), c_ptr, 3, H, hh, offs_dv, DV
+            )
+        tl.store(y_ptr + fields, y.to(y_ptr.dtype.element_ty), mask=inside)
 
 
 # Launch settings (tuned on an H200, bf16, head_dim 64; see docs/gpu.md).
@@ -196,8 +228,11 @@ LAUNCH = {
 # The backward as one kernel (``near_bwd._band_bwd_kernel``: dk, dv and dq of a block of
 # positions per program) or as the dq kernel then the dk/dv kernel; per tile family (wide:
 # 64 x 64; narrow: ``NARROW_TILES``). The merged kernel reads q, k, v, out and dout once per
-# block instead of once per kernel, and writes no delta.
-MERGED_BACKWARD = {"wide": True, "narrow": True}
+# block instead of once per kernel, and writes no delta, but needs 255 registers at 4 warps
+# (the dk/dv kernel 220, dq 165: bench/kernel_sass.py --field near). H200, band 64, 64K,
+# fwd+bwd as graph replays (docs/kernel_tune_near_merged.csv): 0.546 / 0.476 ms merged
+# against 0.532 / 0.440 in two kernels (bidirectional / causal); 8 warps 1.01 / 0.79.
+MERGED_BACKWARD = {"wide": False, "narrow": False}
 
 
 def near_saved(q, k, v, key_padding_mask, out, lse, bandwidth, causal, dropout_p, seed):
@@ -240,9 +275,13 @@ def _merged_tiles(bandwidth: int) -> dict | None:
     return dict(B=_BLOCK_M, TQ=min(step, _BLOCK_M), TK=min(step, _BLOCK_M))
 
 
-def near_forward(q, k, v, key_padding_mask, bandwidth, causal, dropout_p, seed):
+def near_forward(q, k, v, key_padding_mask, bandwidth, causal, dropout_p, seed, blend=None):
     """The near field's forward kernel: ``(out, saved)``; ``saved`` is what ``near_backward``
-    needs (``near_saved``)."""
+    needs (``near_saved``).
+
+    ``blend`` = (y, far fields, coeffs), for the fused FMM forward: the kernel also writes
+    y = coeffs[0] * out + sum_f coeffs[f] * far_f (1 to 3 far fields, computed first, laid out
+    like out; coeffs contiguous float32 (1 + fields, heads, head_dim_v))."""
     batch, heads, seq, dim = q.shape
     dim_v = v.shape[-1]
     bh = batch * heads
@@ -252,11 +291,24 @@ def near_forward(q, k, v, key_padding_mask, bandwidth, causal, dropout_p, seed):
     (_, _, _, mask, _, _), cfg, (_, smb, smt, _, _) = saved
     sm_scale = 1.0 / math.sqrt(dim)
     tiles, _ = _tiles(bandwidth)
+    blend_args, n_far = (q, q, q, q, q), 0  # never read without a blend
+    if blend is not None:
+        y, fars, coeffs = blend
+        n_far = len(fars)
+        layout = out.stride()
+        if not 1 <= n_far <= 3 or any(t.stride() != layout for t in (y, *fars)):
+            raise ValueError("near_forward: blend takes 1-3 far fields and y laid out like out")
+        expected = (n_far + 1, heads, dim_v)
+        if coeffs.dtype != torch.float32 or tuple(coeffs.shape) != expected:
+            raise ValueError(f"near_forward: blend coeffs must be float32 {expected}")
+        if not coeffs.is_contiguous():
+            raise ValueError("near_forward: blend coeffs must be contiguous")
+        blend_args = (*fars, *(fars[0],) * (3 - n_far), coeffs, y)
     launch(
         _band_fwd_kernel, (cdiv(seq, tiles["BM"]), bh),
-        q, k, v, mask, out, lse, heads, seq, bandwidth, dim, dim_v, sm_scale * _LOG2E, seed,
-        dropout_p, *strides(q), *strides(k), *strides(v), *strides(out), smb, smt,
-        **cfg, **tiles, **LAUNCH["fwd"],
+        q, k, v, mask, out, lse, *blend_args, heads, seq, bandwidth, dim, dim_v,
+        sm_scale * _LOG2E, seed, dropout_p, *strides(q), *strides(k), *strides(v),
+        *strides(out), smb, smt, **cfg, **tiles, BLEND=n_far, **LAUNCH["fwd"],
     )  # fmt: skip
     return out, saved
 
