@@ -231,7 +231,8 @@ LAUNCH = {
 # block instead of once per kernel, and writes no delta, but needs 255 registers at 4 warps
 # (the dk/dv kernel 220, dq 165: bench/kernel_sass.py --field near). H200, band 64, 64K,
 # fwd+bwd as graph replays (docs/kernel_tune_near_merged.csv): 0.546 / 0.476 ms merged
-# against 0.532 / 0.440 in two kernels (bidirectional / causal); 8 warps 1.01 / 0.79.
+# against 0.532 / 0.440 in two kernels (bidirectional / causal); 8 warps 1.01 / 0.79. LRA
+# Retrieval's near field (band 5, 16-tiles): 0.772 / 0.682 against 0.778 / 0.681, even.
 MERGED_BACKWARD = {"wide": False, "narrow": False}
 
 
