@@ -102,6 +102,38 @@ def test_coefficients_reproduce_the_blend(kind, far_scale):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("granularity", ["scalar", "head", "channel"])
+@pytest.mark.parametrize("kind", ["fmm", "linear"])
+@pytest.mark.parametrize("far_scale", [1.0, 0.5])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_coefficients_of_one_granularity_match_each_weights_own(
+    granularity, kind, far_scale, dtype
+):
+    """The paper's schemes (every weight one granularity, no group weight) build the
+    coefficients with one stack and a broadcast view: the same values and weight gradients
+    as each weight's own ``coefficient()``, float32 also for bf16 weights (a model cast to
+    bf16)."""
+    spec = BlendWeight(0.5, granularity)
+    config = AttentionConfig(
+        kind=kind, feature_maps=["elu", "tanh"], near_weight=spec, far_weights=[spec]
+    )
+    blend = Blend(config, HEADS, HEAD_DIM).to(dtype)
+    for p in blend.parameters():
+        p.data.normal_()
+    weights = ([blend.near] if blend.near is not None else []) + list(blend.far)
+    scales = [1.0] * (kind == "fmm") + [far_scale] * len(blend.far)
+    expected = torch.stack([w.coefficient() * s for w, s in zip(weights, scales, strict=True)])
+    got = blend.coefficients(far_scale)
+    assert got.dtype == torch.float32 and got.shape == expected.shape
+    torch.testing.assert_close(got, expected)
+    g = torch.randn(expected.shape)
+    params = list(blend.parameters())
+    for a, b in zip(
+        torch.autograd.grad(got, params, g), torch.autograd.grad(expected, params, g), strict=True
+    ):
+        torch.testing.assert_close(a, b)
+
+
 def test_single_far_weight_spec_gives_separate_parameters_per_kernel():
     config = AttentionConfig(kind="fmm", feature_maps=["elu", "elu_flip", "tanh"])
     blend = Blend(config, HEADS, HEAD_DIM)
