@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import csv
 import os
 import re
@@ -77,26 +78,35 @@ class _Recorder:
         return launch
 
 
+@contextlib.contextmanager
+def _recording(module, calls):
+    """Every ``@triton.jit`` kernel of ``module`` replaced by a ``_Recorder`` into ``calls``."""
+    patched = {}
+    for name in dir(module):
+        obj = getattr(module, name)
+        if isinstance(obj, triton.runtime.jit.JITFunction):
+            patched[name] = obj
+            setattr(module, name, _Recorder(name, obj, calls))
+    try:
+        yield
+    finally:
+        for name, obj in patched.items():
+            setattr(module, name, obj)
+
+
 def record_launches(seq: int, causal: bool, heads: int = 8, dim: int = 64):
     """The (name, kernel, args, kwargs) of every far-field launch of one fwd+bwd."""
     calls = []
-    patched = {}
-    for name in dir(far):
-        obj = getattr(far, name)
-        if isinstance(obj, triton.runtime.jit.JITFunction):
-            patched[name] = obj
-            setattr(far, name, _Recorder(name, obj, calls))
     old_sms, old_ptx = far._sm_count, getattr(far, "inline_ptx", None)
     far._sm_count = lambda device: H200_SMS
     if old_ptx is not None:
         far.inline_ptx = lambda device: True
     try:
-        q, k, v = (torch.empty(1, heads, seq, dim, dtype=torch.bfloat16) for _ in range(3))
-        outs, saved = far.far_forward(q, k, v, None, (0, 1), causal, True)
-        far.far_backward(saved, [torch.empty_like(o) for o in outs])
+        with _recording(far, calls):
+            q, k, v = (torch.empty(1, heads, seq, dim, dtype=torch.bfloat16) for _ in range(3))
+            outs, saved = far.far_forward(q, k, v, None, (0, 1), causal, True)
+            far.far_backward(saved, [torch.empty_like(o) for o in outs])
     finally:
-        for name, obj in patched.items():
-            setattr(far, name, obj)
         far._sm_count = old_sms
         if old_ptx is not None:
             far.inline_ptx = old_ptx
@@ -107,22 +117,15 @@ def record_near_launches(seq: int, causal: bool, heads: int = 8, dim: int = 64, 
     """The (name, kernel, args, kwargs) of every near-field launch of one fwd+bwd, the backward
     with both plans (one kernel, then two)."""
     calls = []
-    patched = {}
-    for name in dir(near):
-        obj = getattr(near, name)
-        if isinstance(obj, triton.runtime.jit.JITFunction):
-            patched[name] = obj
-            setattr(near, name, _Recorder(name, obj, calls))
     merged = near.MERGED_BACKWARD
     try:
-        q, k, v = (torch.empty(1, heads, seq, dim, dtype=torch.bfloat16) for _ in range(3))
-        out, saved = near.near_forward(q, k, v, None, band, causal, 0.0, 0)
-        for plan in (True, False):
-            near.MERGED_BACKWARD = {"wide": plan, "narrow": plan}
-            near.near_backward(saved, torch.empty_like(out))
+        with _recording(near, calls):
+            q, k, v = (torch.empty(1, heads, seq, dim, dtype=torch.bfloat16) for _ in range(3))
+            out, saved = near.near_forward(q, k, v, None, band, causal, 0.0, 0)
+            for plan in (True, False):
+                near.MERGED_BACKWARD = {"wide": plan, "narrow": plan}
+                near.near_backward(saved, torch.empty_like(out))
     finally:
-        for name, obj in patched.items():
-            setattr(near, name, obj)
         near.MERGED_BACKWARD = merged
     return calls
 

@@ -63,12 +63,17 @@ def test_far_tune_settings_cover_every_knob_once():
             ("far", "causal"),
             ("near", "bidirectional"),
             ("near", "causal"),
+            ("layer", "bidirectional"),
+            ("layer", "causal"),
         ]
     )
     n_values = sum(len(v) for knobs in far_tune.FAR_KNOBS.values() for v in knobs.values())
     n_values += 2 * sum(len(v) for v in far_tune.NEAR_KNOBS.values())
     n_values += sum(len(v) for v in far_tune.BLEND_KNOBS.values())
+    # per mode each layer switch both ways, and the near blend both ways with the far one off
+    n_values += 2 * (sum(len(v) for v in far_tune.LAYER_KNOBS.values()) + 2)
     assert len(todo) == len(defaults) + n_values
+    assert len({(f, m, str(s)) for f, m, s in todo}) == len(todo)
 
 
 def test_host_python_cpu_runs_without_a_gpu(tmp_path):

@@ -417,8 +417,12 @@ def test_near_kernel_refuses_a_malformed_blend():
     for coeffs in (good[:2], good.double(), good.transpose(1, 2).contiguous().transpose(1, 2)):
         with pytest.raises(ValueError, match="blend coeffs"):
             near.near_forward(*args, (y, [far, far], coeffs))
-    # no far field, four, one laid out otherwise (contiguous, not the model's layout), y so
-    for fars, out in (([], y), ([far] * 4, y), ([far, far.contiguous()], y), ([far, far], k)):
+    # no far field, four, one laid out otherwise (contiguous, not the model's layout), y so,
+    # one of another dtype, one shorter with the same strides
+    short = far[:, :, :50]
+    cases = [([], y), ([far] * 4, y), ([far, far.contiguous()], y), ([far, far], k)]
+    cases += [([far, far.double()], y), ([far, short], y)]
+    for fars, out in cases:
         with pytest.raises(ValueError, match="laid out like out"):
             near.near_forward(*args, (out, fars, torch.zeros(len(fars) + 1, 2, 16)))
 

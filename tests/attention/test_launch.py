@@ -288,3 +288,13 @@ def test_tensors_off_the_gpu_keep_tritons_runner():
     for _ in range(3):
         launch(k, (1,), x, 5, 0.5, A=1, B=2)
     assert [e[0] for e in k.log] == ["jit", "compiled", "compiled"]
+
+
+def test_another_c_launcher_layout_keeps_tritons_runner(_on_gpu, monkeypatch):
+    """A Triton whose CUDA launcher takes other leading arguments than 3.6's."""
+    monkeypatch.setattr(launch_module, "_c_launch_format", lambda: "iiiKKOOOO")
+    k = _LoadedKernel()
+    x = torch.zeros(8)
+    for _ in range(3):
+        launch(k, (1,), x, 5, 0.5, A=1, B=2)
+    assert [e[0] for e in k.log] == ["jit", "compiled", "compiled"]

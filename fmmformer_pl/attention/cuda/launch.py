@@ -29,9 +29,9 @@ hit skips of ``JITFunction.run``: its check that the kernel's global values are 
 pre-run hooks, and a recompile after ``triton.knobs`` debug or instrumentation settings change.
 
 An exact hit whose leading tensors are all on the GPU goes one step further, straight to the
-compiled kernel's C launcher (``_direct``), with the tensors' addresses as ints (already read
-for the key). What that skips of ``compiled[grid](*args)``, all per call in Triton 3.6: the
-runner closure, the device and stream lookups through Triton's driver proxy, the launch
+compiled kernel's C launcher (``_direct``; where the installed Triton's CUDA launcher takes
+3.6's leading arguments), with the tensors' addresses as ints (already read for the key). What
+that skips of ``compiled[grid](*args)``, all per call in Triton 3.6: the runner closure, the device and stream lookups through Triton's driver proxy, the launch
 metadata (a ``LazyDict`` built on every call, as Triton's hook chains are never None), the
 launcher's scratch allocator calls, two calls of empty hook chains, and one
 ``cuPointerGetAttribute`` per tensor. Kernels that need scratch memory, and every launch while
@@ -50,9 +50,13 @@ from triton.compiler import CompiledKernel
 # key -> (compiled kernel, the constexpr and keyword-argument values in signature order, its
 # direct launch or None: ``_direct``), or None where kernel[grid] returned no compiled kernel
 # (the interpreter).
-_CACHE: dict[tuple, tuple[CompiledKernel, tuple] | None] = {}
+_CACHE: dict[tuple, tuple[CompiledKernel, tuple, tuple | None] | None] = {}
 # exact key -> the same entries; cleared when it reaches _EXACT_MAX keys
-_EXACT: dict[tuple, tuple[CompiledKernel, tuple] | None] = {}
+_EXACT: dict[tuple, tuple[CompiledKernel, tuple, tuple | None] | None] = {}
+# The C launcher's leading arguments that ``launch`` passes itself (grid, stream, function,
+# cooperative, PDL, two scratch buffers, packed metadata, launch metadata, two hooks): Triton
+# 3.6's ``_BASE_ARGS_FORMAT``. Another Triton that lays them out otherwise keeps its runner.
+_C_LAUNCH_FORMAT = "iiiKKppOOOOOO"
 _EXACT_MAX = 4096
 # kernel -> how many of its leading arguments were tensors on its first call
 _LEADING: dict = {}
@@ -112,6 +116,8 @@ def _direct(compiled):
     kernel, what ``CudaLauncher.__call__`` passes before the kernel's arguments; None where
     its runner must launch it (scratch memory to allocate per launch, no CUDA launcher: a
     test's stand-in, another backend, another Triton)."""
+    if _c_launch_format() != _C_LAUNCH_FORMAT:
+        return None
     try:
         run = compiled.run  # loads the kernel if it is not loaded yet
         if run.global_scratch_size or run.profile_scratch_size:
@@ -122,6 +128,15 @@ def _direct(compiled):
         )  # fmt: skip
     except AttributeError:
         return None
+
+
+def _c_launch_format() -> str | None:
+    """The C launcher's leading argument format of the installed Triton's CUDA driver."""
+    try:
+        from triton.backends.nvidia import driver
+    except ImportError:
+        return None
+    return getattr(driver, "_BASE_ARGS_FORMAT", None)
 
 
 def _hooked() -> bool:

@@ -296,9 +296,14 @@ def near_forward(q, k, v, key_padding_mask, bandwidth, causal, dropout_p, seed, 
     if blend is not None:
         y, fars, coeffs = blend
         n_far = len(fars)
-        layout = out.stride()
-        if not 1 <= n_far <= 3 or any(t.stride() != layout for t in (y, *fars)):
-            raise ValueError("near_forward: blend takes 1-3 far fields and y laid out like out")
+        like_out = (out.shape, out.stride(), out.dtype, out.device)
+        if not 1 <= n_far <= 3 or any(
+            (t.shape, t.stride(), t.dtype, t.device) != like_out for t in (y, *fars)
+        ):
+            raise ValueError(
+                "near_forward: blend takes 1-3 far fields and y laid out like out "
+                "(shape, strides, dtype, device)"
+            )
         expected = (n_far + 1, heads, dim_v)
         if coeffs.dtype != torch.float32 or tuple(coeffs.shape) != expected:
             raise ValueError(f"near_forward: blend coeffs must be float32 {expected}")
