@@ -43,7 +43,7 @@ from ._common import (
 )
 from .launch import launch
 from .near_bwd import _band_bwd_kernel, _band_dkv_kernel, _band_dq_kernel
-from .near_tiles import _band_mask, _dropout_keep, _key_keep, _seed_of
+from .near_tiles import _dropout_keep, _key_span, _key_tile, _rows, _seed_of
 
 _BLOCK_M = 64
 _BLOCK_N = 64
@@ -146,37 +146,19 @@ def _band_fwd_kernel(
     mask_base = mask_ptr + bb * smb
     m0 = pid_m * BM
     offs_m = m0 + tl.arange(0, BM)
-    offs_d = tl.arange(0, BD)
     offs_dv = tl.arange(0, BDV)
-    q = tl.load(
-        q_base + offs_m[:, None] * sqt + offs_d[None, :] * sqd,
-        mask=(offs_m[:, None] < T) & (offs_d[None, :] < D),
-        other=0.0,
-    )
+    q = _rows(q_base, offs_m, T, D, sqt, sqd, BD)
 
     m_i = tl.full([BM], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BM], dtype=tl.float32)
     acc = tl.zeros([BM, BDV], dtype=tl.float32)
-    lo = (tl.maximum(m0 - (W - 1), 0) // BN) * BN
-    if CAUSAL:
-        hi = tl.minimum(m0 + BM, T)
-    else:
-        hi = tl.minimum(m0 + BM + W - 1, T)
+    lo, hi = _key_span(m0, T, W, CAUSAL, BM, BN)
     for n0 in range(lo, hi, BN):
         offs_n = n0 + tl.arange(0, BN)
-        k = tl.load(
-            k_base + offs_n[:, None] * skt + offs_d[None, :] * skd,
-            mask=(offs_n[:, None] < T) & (offs_d[None, :] < D),
-            other=0.0,
-        )
-        v = tl.load(
-            v_base + offs_n[:, None] * svt + offs_dv[None, :] * svd,
-            mask=(offs_n[:, None] < T) & (offs_dv[None, :] < DV),
-            other=0.0,
-        )
-        s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
-        valid = _band_mask(offs_m, offs_n, T, W, CAUSAL)
-        valid = valid & _key_keep(mask_base, offs_n, T, smt, HAS_MASK)[None, :]
+        k, v, s, valid = _key_tile(
+            q, k_base, v_base, mask_base, offs_m, offs_n, T, W, D, DV, qk_scale,
+            skt, skd, svt, svd, smt, HAS_MASK, CAUSAL, BD, BDV, PREC,
+        )  # fmt: skip
         s = tl.where(valid, s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, axis=1))
         # Rows with no visible key yet keep m = -inf; shift them by 0 so exp2 gives 0, not NaN.

@@ -69,6 +69,42 @@ def _key_keep(mask_base, offs_n, T, smt, HAS_MASK: tl.constexpr):
 
 
 @triton.jit
+def _rows(base, offs, T, N, st, sd, BN: tl.constexpr):
+    """The (rows, BN) tile of positions ``offs`` (stride st) and columns 0..BN-1 (stride sd),
+    zeros at positions >= T and columns >= N."""
+    cols = tl.arange(0, BN)
+    mask = (offs[:, None] < T) & (cols[None, :] < N)
+    return tl.load(base + offs[:, None] * st + cols[None, :] * sd, mask=mask, other=0.0)
+
+
+@triton.jit
+def _key_span(m0, T, W, CAUSAL: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr):
+    """[lo, hi): the keys the band of queries [m0, m0 + BM) reaches, lo on a BN boundary."""
+    lo = (tl.maximum(m0 - (W - 1), 0) // BN) * BN
+    if CAUSAL:
+        hi = tl.minimum(m0 + BM, T)
+    else:
+        hi = tl.minimum(m0 + BM + W - 1, T)
+    return lo, hi
+
+
+@triton.jit
+def _key_tile(
+    q, k_base, v_base, mask_base, offs_m, offs_n, T, W, D, DV, qk_scale, skt, skd, svt, svd,
+    smt, HAS_MASK: tl.constexpr, CAUSAL: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
+    PREC: tl.constexpr,
+):  # fmt: skip
+    """k and v of the keys ``offs_n``, the scores q k^T * qk_scale of the queries ``offs_m``
+    and which (query, key) pairs are visible (in the band, not padding)."""
+    k = _rows(k_base, offs_n, T, D, skt, skd, BD)
+    v = _rows(v_base, offs_n, T, DV, svt, svd, BDV)
+    s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
+    valid = _band_mask(offs_m, offs_n, T, W, CAUSAL)
+    valid = valid & _key_keep(mask_base, offs_n, T, smt, HAS_MASK)[None, :]
+    return k, v, s, valid
+
+
+@triton.jit
 def _store_grad(ptrs, mask, grad, ACCUMULATE: tl.constexpr):
     """Store a float32 gradient tile in the tensor's dtype; ACCUMULATE: added to what is
     there (the far field's gradient, in the fused FMM backward)."""
@@ -88,28 +124,13 @@ def _dq_loop(
     """dq + sum_j p_ij (dp_ij - delta_i) k_j (not yet times sm_scale) for the BM queries
     ``offs_m`` from m0, over the BN-key tiles their band reaches. q, do: (BM, BD), (BM, BDV)
     in the inputs' dtype; delta, lse (BM,) float32."""
-    offs_d = tl.arange(0, BD)
-    offs_dv = tl.arange(0, BDV)
-    lo = (tl.maximum(m0 - (W - 1), 0) // BN) * BN
-    if CAUSAL:
-        hi = tl.minimum(m0 + BM, T)
-    else:
-        hi = tl.minimum(m0 + BM + W - 1, T)
+    lo, hi = _key_span(m0, T, W, CAUSAL, BM, BN)
     for n0 in range(lo, hi, BN):
         offs_n = n0 + tl.arange(0, BN)
-        k = tl.load(
-            k_base + offs_n[:, None] * skt + offs_d[None, :] * skd,
-            mask=(offs_n[:, None] < T) & (offs_d[None, :] < D),
-            other=0.0,
-        )
-        v = tl.load(
-            v_base + offs_n[:, None] * svt + offs_dv[None, :] * svd,
-            mask=(offs_n[:, None] < T) & (offs_dv[None, :] < DV),
-            other=0.0,
-        )
-        s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
-        valid = _band_mask(offs_m, offs_n, T, W, CAUSAL)
-        valid = valid & _key_keep(mask_base, offs_n, T, smt, HAS_MASK)[None, :]
+        k, v, s, valid = _key_tile(
+            q, k_base, v_base, mask_base, offs_m, offs_n, T, W, D, DV, qk_scale,
+            skt, skd, svt, svd, smt, HAS_MASK, CAUSAL, BD, BDV, PREC,
+        )  # fmt: skip
         p = tl.where(valid, tl.exp2(s - lse[:, None]), 0.0)
         dp = tl.dot(do, tl.trans(v), input_precision=PREC)
         if DROPOUT:
@@ -132,8 +153,6 @@ def _dkv_loop(
     reaches them (transposed tiles: keys along rows; dk not yet times sm_scale). k, v: (BN,
     BD), (BN, BDV); keep (BN,) the keys that are not padding. delta_i = do_i . out_i is read
     from ``delta_bh`` (written by the dq kernel), or (DELTA_FROM_O) formed from out and do."""
-    offs_d = tl.arange(0, BD)
-    offs_dv = tl.arange(0, BDV)
     # Queries i that see a key of this block: j <= i < j + W (causal), |i - j| < W.
     if CAUSAL:
         lo = (n0 // BM) * BM
@@ -143,19 +162,10 @@ def _dkv_loop(
     for m0 in range(lo, hi, BM):
         offs_m = m0 + tl.arange(0, BM)
         row_ok = offs_m < T
-        q = tl.load(
-            q_base + offs_m[:, None] * sqt + offs_d[None, :] * sqd,
-            mask=row_ok[:, None] & (offs_d[None, :] < D),
-            other=0.0,
-        )
-        dv_mask = row_ok[:, None] & (offs_dv[None, :] < DV)
-        do = tl.load(
-            do_base + offs_m[:, None] * sdot + offs_dv[None, :] * sdod, mask=dv_mask, other=0.0
-        )
+        q = _rows(q_base, offs_m, T, D, sqt, sqd, BD)
+        do = _rows(do_base, offs_m, T, DV, sdot, sdod, BDV)
         if DELTA_FROM_O:
-            o = tl.load(
-                o_base + offs_m[:, None] * sot + offs_dv[None, :] * sod, mask=dv_mask, other=0.0
-            )
+            o = _rows(o_base, offs_m, T, DV, sot, sod, BDV)
             delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), axis=1)
         else:
             delta = tl.load(delta_bh + offs_m, mask=row_ok, other=0.0)
@@ -184,21 +194,11 @@ def _query_rows(
 ):  # fmt: skip
     """What the dq loop takes of the queries ``offs_m``: q, do (in q's dtype), delta_i =
     do_i . out_i and the log-sum-exp (float32)."""
-    offs_d = tl.arange(0, BD)
-    offs_dv = tl.arange(0, BDV)
-    row_ok = offs_m < T
-    q = tl.load(
-        q_base + offs_m[:, None] * sqt + offs_d[None, :] * sqd,
-        mask=row_ok[:, None] & (offs_d[None, :] < D),
-        other=0.0,
-    )
-    dv_mask = row_ok[:, None] & (offs_dv[None, :] < DV)
-    do = tl.load(
-        do_base + offs_m[:, None] * sdot + offs_dv[None, :] * sdod, mask=dv_mask, other=0.0
-    )
-    o = tl.load(o_base + offs_m[:, None] * sot + offs_dv[None, :] * sod, mask=dv_mask, other=0.0)
+    q = _rows(q_base, offs_m, T, D, sqt, sqd, BD)
+    do = _rows(do_base, offs_m, T, DV, sdot, sdod, BDV)
+    o = _rows(o_base, offs_m, T, DV, sot, sod, BDV)
     delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), axis=1)
-    lse = tl.load(lse_bh + offs_m, mask=row_ok, other=float("inf"))
+    lse = tl.load(lse_bh + offs_m, mask=offs_m < T, other=float("inf"))
     return q, do.to(q.dtype), delta, lse
 
 
@@ -208,17 +208,6 @@ def _key_rows(
     HAS_MASK: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
 ):  # fmt: skip
     """What the dk/dv loop takes of the keys ``offs_n``: k, v and which are not padding."""
-    offs_d = tl.arange(0, BD)
-    offs_dv = tl.arange(0, BDV)
-    col_ok = offs_n < T
-    k = tl.load(
-        k_base + offs_n[:, None] * skt + offs_d[None, :] * skd,
-        mask=col_ok[:, None] & (offs_d[None, :] < D),
-        other=0.0,
-    )
-    v = tl.load(
-        v_base + offs_n[:, None] * svt + offs_dv[None, :] * svd,
-        mask=col_ok[:, None] & (offs_dv[None, :] < DV),
-        other=0.0,
-    )
+    k = _rows(k_base, offs_n, T, D, skt, skd, BD)
+    v = _rows(v_base, offs_n, T, DV, svt, svd, BDV)
     return k, v, _key_keep(mask_base, offs_n, T, smt, HAS_MASK)
