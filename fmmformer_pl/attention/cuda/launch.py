@@ -31,11 +31,12 @@ pre-run hooks, and a recompile after ``triton.knobs`` debug or instrumentation s
 An exact hit whose leading tensors are all on the GPU goes one step further, straight to the
 compiled kernel's C launcher (``_direct``; where the installed Triton's CUDA launcher takes
 3.6's leading arguments), with the tensors' addresses as ints (already read for the key). What
-that skips of ``compiled[grid](*args)``, all per call in Triton 3.6: the runner closure, the device and stream lookups through Triton's driver proxy, the launch
-metadata (a ``LazyDict`` built on every call, as Triton's hook chains are never None), the
-launcher's scratch allocator calls, two calls of empty hook chains, and one
-``cuPointerGetAttribute`` per tensor. Kernels that need scratch memory, and every launch while
-a Triton launch hook is installed (a profiler such as proton), keep Triton's runner.
+that skips of ``compiled[grid](*args)``, all per call in Triton 3.6: the runner closure, the
+device and stream lookups through Triton's driver proxy, the launch metadata (a ``LazyDict``
+built on every call, as Triton's hook chains are never None), the launcher's scratch allocator
+calls, two calls of empty hook chains, and one ``cuPointerGetAttribute`` per tensor. Kernels
+that need scratch memory, and every launch while a Triton launch hook is installed (a profiler
+such as proton), keep Triton's runner.
 """
 
 from __future__ import annotations
