@@ -41,6 +41,7 @@ from ._common import (
     strides,
     supported,
 )
+from .far_tiles import _blend_add
 from .launch import launch
 from .near_bwd import _band_bwd_kernel, _band_dkv_kernel, _band_dq_kernel
 from .near_tiles import _dropout_keep, _key_span, _key_tile, _rows, _seed_of
@@ -70,13 +71,6 @@ def _dropout_keep_kernel(out_ptr, seed, T, W, p_drop, BM: tl.constexpr, BN: tl.c
         keep.to(tl.float32),
         mask=(offs_m[:, None] < T) & (offs_n[None, :] < T),
     )
-
-
-@triton.jit
-def _blend_term(y, field, c_ptr, row, H, hh, offs_dv, DV):
-    """y + c_row * field (a stored field tile; c (fields, heads, head_dim_v) float32)."""
-    c = tl.load(c_ptr + (row * H + hh) * DV + offs_dv, mask=offs_dv < DV, other=0.0)
-    return y + field.to(tl.float32) * c[None, :]
 
 
 @triton.jit
@@ -183,18 +177,15 @@ def _band_fwd_kernel(
     if BLEND > 0:
         # The sum blend.py forms from the stored fields, term for term (out rounded first).
         fields = bb * sob + hh * soh + tile
-        y = _blend_term(0.0, out, c_ptr, 0, H, hh, offs_dv, DV)
-        y = _blend_term(
-            y, tl.load(f1_ptr + fields, mask=inside, other=0.0), c_ptr, 1, H, hh, offs_dv, DV
-        )
+        y = _blend_add(0.0, out, o_ptr, c_ptr, 0, H, hh, offs_dv, DV)
+        f1 = tl.load(f1_ptr + fields, mask=inside, other=0.0)
+        y = _blend_add(y, f1, o_ptr, c_ptr, 1, H, hh, offs_dv, DV)
         if BLEND > 1:
-            y = _blend_term(
-                y, tl.load(f2_ptr + fields, mask=inside, other=0.0), c_ptr, 2, H, hh, offs_dv, DV
-            )
+            f2 = tl.load(f2_ptr + fields, mask=inside, other=0.0)
+            y = _blend_add(y, f2, o_ptr, c_ptr, 2, H, hh, offs_dv, DV)
         if BLEND > 2:
-            y = _blend_term(
-                y, tl.load(f3_ptr + fields, mask=inside, other=0.0), c_ptr, 3, H, hh, offs_dv, DV
-            )
+            f3 = tl.load(f3_ptr + fields, mask=inside, other=0.0)
+            y = _blend_add(y, f3, o_ptr, c_ptr, 3, H, hh, offs_dv, DV)
         tl.store(y_ptr + fields, y.to(y_ptr.dtype.element_ty), mask=inside)
 
 
