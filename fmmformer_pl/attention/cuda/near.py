@@ -44,7 +44,7 @@ from ._common import (
 from .far_tiles import _blend_add
 from .launch import launch
 from .near_bwd import _band_bwd_kernel, _band_dkv_kernel, _band_dq_kernel
-from .near_tiles import _dropout_keep, _key_span, _key_tile, _rows, _seed_of
+from .near_tiles import _dropout_keep, _fwd_loop, _rows, _seed_of
 
 _BLOCK_M = 64
 _BLOCK_N = 64
@@ -142,33 +142,11 @@ def _band_fwd_kernel(
     offs_m = m0 + tl.arange(0, BM)
     offs_dv = tl.arange(0, BDV)
     q = _rows(q_base, offs_m, T, D, sqt, sqd, BD)
-
-    m_i = tl.full([BM], float("-inf"), dtype=tl.float32)
-    l_i = tl.zeros([BM], dtype=tl.float32)
-    acc = tl.zeros([BM, BDV], dtype=tl.float32)
-    lo, hi = _key_span(m0, T, W, CAUSAL, BM, BN)
-    for n0 in range(lo, hi, BN):
-        offs_n = n0 + tl.arange(0, BN)
-        k, v, s, valid = _key_tile(
-            q, k_base, v_base, mask_base, offs_m, offs_n, T, W, D, DV, qk_scale,
-            skt, skd, svt, svd, smt, HAS_MASK, CAUSAL, BD, BDV, PREC,
-        )  # fmt: skip
-        s = tl.where(valid, s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, axis=1))
-        # Rows with no visible key yet keep m = -inf; shift them by 0 so exp2 gives 0, not NaN.
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        alpha = tl.exp2(m_i - m_safe)
-        p = tl.exp2(s - m_safe[:, None])
-        l_i = l_i * alpha + tl.sum(p, axis=1)
-        if DROPOUT:
-            # Inverted dropout of the probabilities; the normaliser l keeps every term.
-            keep = _dropout_keep(seed_bh, offs_m, offs_n, W, p_drop, False)
-            p = tl.where(keep, p / (1.0 - p_drop), 0.0)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PREC)
-        m_i = m_new
-    seen = l_i > 0
-    out = acc / tl.where(seen, l_i, 1.0)[:, None]
-    lse = tl.where(seen, m_i + tl.log2(tl.where(seen, l_i, 1.0)), float("inf"))
+    out, lse = _fwd_loop(
+        q, offs_m, m0, k_base, v_base, mask_base, seed_bh,
+        T, W, D, DV, qk_scale, p_drop, skt, skd, svt, svd, smt,
+        HAS_MASK, CAUSAL, DROPOUT, BM, BN, BD, BDV, PREC,
+    )  # fmt: skip
     tile = offs_m[:, None] * sot + offs_dv[None, :] * sod
     inside = (offs_m[:, None] < T) & (offs_dv[None, :] < DV)
     out = out.to(o_ptr.dtype.element_ty)

@@ -58,7 +58,7 @@ def _band_bwd_kernel(
     dk, dv = _dkv_loop(
         dk, dv, k, v, keep, offs, b0, q_base, do_base, o_base, lse_bh, lse_bh, seed_bh,
         T, W, D, DV, qk_scale, p_drop, sqt, sqd, sdot, sdod, sot, sod,
-        CAUSAL, DROPOUT, True, TQ, B, BD, BDV, PREC,
+        CAUSAL, DROPOUT, True, TQ, B, BD, BDV, PREC, 0.0, False,
     )  # fmt: skip
     dk_ptrs = dk_ptr + bb * sdkb + hh * sdkh + offs[:, None] * sdkt + offs_d[None, :] * sdkd
     dv_ptrs = dv_ptr + bb * sdvb + hh * sdvh + offs[:, None] * sdvt + offs_dv[None, :] * sdvd
@@ -149,7 +149,7 @@ def _band_dkv_kernel(
         dk, dv, k, v, keep, offs_n, n0, q_ptr + bb * sqb + hh * sqh, do_base, do_base,
         lse_ptr + pid_bh * T, delta_ptr + pid_bh * T, seed_bh,
         T, W, D, DV, qk_scale, p_drop, sqt, sqd, sdot, sdod, sdot, sdod,
-        CAUSAL, DROPOUT, False, BM, BN, BD, BDV, PREC,
+        CAUSAL, DROPOUT, False, BM, BN, BD, BDV, PREC, 0.0, False,
     )  # fmt: skip
     dk_ptrs = dk_ptr + bb * sdkb + hh * sdkh + offs_n[:, None] * sdkt + offs_d[None, :] * sdkd
     dv_ptrs = dv_ptr + bb * sdvb + hh * sdvh + offs_n[:, None] * sdvt + offs_dv[None, :] * sdvd

@@ -1,5 +1,6 @@
 """The near field kernels' shared Triton pieces: band and padding masks, dropout, and the two
-loops of the backward pass (``near.py``, ``near_bwd.py``).
+loops of the forward and backward passes (``near.py``, ``near_bwd.py``, and the one-launch FMM
+kernels of ``fmm_short_kernels.py``).
 
 Tiles: queries along rows, keys along columns (``_T``: transposed, keys along rows). Offsets
 are within one (batch, head): the ``*_base`` pointers are already moved to it.
@@ -114,6 +115,47 @@ def _store_grad(ptrs, mask, grad, ACCUMULATE: tl.constexpr):
 
 
 @triton.jit
+def _fwd_loop(
+    q, offs_m, m0, k_base, v_base, mask_base, seed_bh,
+    T, W, D, DV, qk_scale, p_drop, skt, skd, svt, svd, smt,
+    HAS_MASK: tl.constexpr, CAUSAL: tl.constexpr, DROPOUT: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
+    PREC: tl.constexpr,
+):  # fmt: skip
+    """The forward of the BM queries ``offs_m`` from m0 (q: (BM, BD) in the inputs' dtype),
+    over the BN-key tiles their band reaches, with the online softmax of FlashAttention:
+    (out (BM, BDV) float32, base-2 log-sum-exp (BM,)); out = 0, lse = inf where no key is
+    visible."""
+    m_i = tl.full([BM], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BM], dtype=tl.float32)
+    acc = tl.zeros([BM, BDV], dtype=tl.float32)
+    lo, hi = _key_span(m0, T, W, CAUSAL, BM, BN)
+    for n0 in range(lo, hi, BN):
+        offs_n = n0 + tl.arange(0, BN)
+        k, v, s, valid = _key_tile(
+            q, k_base, v_base, mask_base, offs_m, offs_n, T, W, D, DV, qk_scale,
+            skt, skd, svt, svd, smt, HAS_MASK, CAUSAL, BD, BDV, PREC,
+        )  # fmt: skip
+        s = tl.where(valid, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        # Rows with no visible key yet keep m = -inf; shift them by 0 so exp2 gives 0, not NaN.
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.exp2(m_i - m_safe)
+        p = tl.exp2(s - m_safe[:, None])
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        if DROPOUT:
+            # Inverted dropout of the probabilities; the normaliser l keeps every term.
+            keep = _dropout_keep(seed_bh, offs_m, offs_n, W, p_drop, False)
+            p = tl.where(keep, p / (1.0 - p_drop), 0.0)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PREC)
+        m_i = m_new
+    seen = l_i > 0
+    out = acc / tl.where(seen, l_i, 1.0)[:, None]
+    lse = tl.where(seen, m_i + tl.log2(tl.where(seen, l_i, 1.0)), float("inf"))
+    return out, lse
+
+
+@triton.jit
 def _dq_loop(
     dq, q, do, delta, lse, offs_m, m0, k_base, v_base, mask_base, seed_bh,
     T, W, D, DV, qk_scale, p_drop, skt, skd, svt, svd, smt,
@@ -147,12 +189,15 @@ def _dkv_loop(
     T, W, D, DV, qk_scale, p_drop, sqt, sqd, sdot, sdod, sot, sod,
     CAUSAL: tl.constexpr, DROPOUT: tl.constexpr, DELTA_FROM_O: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
-    PREC: tl.constexpr,
+    PREC: tl.constexpr, do_scale, SCALE_DO: tl.constexpr,
 ):  # fmt: skip
     """(dk, dv) + the BN keys ``offs_n`` from n0's terms, over the BM-query tiles whose band
     reaches them (transposed tiles: keys along rows; dk not yet times sm_scale). k, v: (BN,
     BD), (BN, BDV); keep (BN,) the keys that are not padding. delta_i = do_i . out_i is read
-    from ``delta_bh`` (written by the dq kernel), or (DELTA_FROM_O) formed from out and do."""
+    from ``delta_bh`` (written by the dq kernel), or (DELTA_FROM_O) formed from out and do.
+    SCALE_DO: the output gradient is do * do_scale (BDV,) float32, the near field's blend
+    weights applied to the layer's dy (the one-launch FMM backward, ``fmm_short_kernels.py``),
+    rounded to do's dtype as the blend backward would store it."""
     # Queries i that see a key of this block: j <= i < j + W (causal), |i - j| < W.
     if CAUSAL:
         lo = (n0 // BM) * BM
@@ -164,6 +209,8 @@ def _dkv_loop(
         row_ok = offs_m < T
         q = _rows(q_base, offs_m, T, D, sqt, sqd, BD)
         do = _rows(do_base, offs_m, T, DV, sdot, sdod, BDV)
+        if SCALE_DO:
+            do = (do.to(tl.float32) * do_scale[None, :]).to(do.dtype)
         if DELTA_FROM_O:
             o = _rows(o_base, offs_m, T, DV, sot, sod, BDV)
             delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), axis=1)
