@@ -65,6 +65,22 @@ FIELDS = (
 )  # fmt: skip
 
 
+def add_short_option(parser):
+    """``--short-max-seq``: the one-launch FMM path's longest sequence
+    (``fmm_short.SHORT["max_seq"]``; 0 turns it off), to time both paths on one machine."""
+    parser.add_argument(
+        "--short-max-seq", type=int, default=None,
+        help="fmm_short.SHORT['max_seq'] for this run (0: the general path; default: the module's)",
+    )  # fmt: skip
+
+
+def apply_short_option(args):
+    if args.short_max_seq is not None:
+        from fmmformer_pl.attention.cuda import fmm_short
+
+        fmm_short.SHORT["max_seq"] = args.short_max_seq
+
+
 def make_variant(name, heads, head_dim, band, causal):
     """(fn(q, k, v) -> out, extra parameters whose gradients the step also computes)."""
     if name == "softmax":
@@ -311,7 +327,9 @@ def main(argv=None):
         help="caller: run backward on the calling thread "
         "(torch.autograd.set_multithreading_enabled(False), process-wide): less host time",
     )
+    add_short_option(p)
     args = p.parse_args(argv)
+    apply_short_option(args)
     if args.backward_thread == "caller":
         torch.autograd.set_multithreading_enabled(False)
     if not torch.cuda.is_available():

@@ -23,7 +23,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from attention_gpu import step_case  # noqa: E402
+from attention_gpu import add_short_option, apply_short_option, step_case  # noqa: E402
 from cuda_timing import graphed, median_ms  # noqa: E402
 
 
@@ -76,7 +76,9 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--top", type=int, default=8)
     p.add_argument("--out", type=Path, default=REPO / "docs" / "attention_profile.csv")
+    add_short_option(p)
     args = p.parse_args(argv)
+    apply_short_option(args)
     if not torch.cuda.is_available():
         raise SystemExit("attention_profile.py needs a CUDA device")
     rows = []

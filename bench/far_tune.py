@@ -19,6 +19,10 @@ Retrieval model's attention: ``--seq 4096 --batch 64 --heads 2 --dim 32 --band 5
 blend weights' gradients included) with ``fmm.py``'s per-mode switches flipped for the mode
 timed (``BLEND_IN_FAR_FORWARD``, ``BLEND_IN_NEAR_FORWARD``, ``DC_IN_STATE_PASS``).
 
+``--fields short``: the same layer, bidirectional, through the one-launch kernels of short
+sequences (``fmm_short.py``): its length limit (0: the general path), programs per SM and
+launch settings.
+
 ``--graph`` times replays of a CUDA graph of the step instead: the kernels' own time, without
 the host's launch overhead (which dominates eager timings below ~64K tokens on our machine).
 Writes one CSV row per (field, mode, setting): ms, and the setting as JSON.
@@ -111,6 +115,16 @@ LAYER_KNOBS = {
     "switch:DC_IN_STATE_PASS": [True, False],
 }
 SWITCHES = ("BLEND_IN_FAR_FORWARD", "BLEND_IN_NEAR_FORWARD", "DC_IN_STATE_PASS")
+# The one-launch layer of short bidirectional sequences (fmm_short.py): "short:" knobs set
+# fmm_short.SHORT (max_seq 0: the general path, 1 << 20: the short path at any length), the
+# launch knobs its two kernels' settings (fmm_short.LAUNCH).
+SHORT_KNOBS = {
+    "short:max_seq": [0, 1 << 20],
+    "short:programs_per_sm": [1, 2, 4, 8, 16],
+    "warps:fwd,bwd": [2, 4, 8],
+    "warps:bwd": [2, 4, 8],
+    "stages:fwd,bwd": [1, 2, 3],
+}
 
 
 def _modules():
@@ -119,9 +133,16 @@ def _modules():
     return far, near, blend
 
 
+def _short():
+    from fmmformer_pl.attention.cuda import fmm_short
+
+    return fmm_short
+
+
 def _snapshot():
     far, near, blend = _modules()
     return (
+        (dict(_short().SHORT), {k: dict(v) for k, v in _short().LAUNCH.items()}),
         json.loads(json.dumps(far.PLAN)),
         {k: dict(v) for k, v in far.LAUNCH.items()},
         {k: dict(v) for k, v in near.LAUNCH.items()},
@@ -141,7 +162,11 @@ def _fmm():
 
 def _restore(snap):
     far, near, blend = _modules()
-    plan, far_launch, near_launch, blend_launch, blocks, narrow, merged, switches = snap
+    short, plan, far_launch, near_launch, blend_launch, blocks, narrow, merged, switches = snap
+    _short().SHORT.clear()
+    _short().SHORT.update(short[0])
+    _short().LAUNCH.clear()
+    _short().LAUNCH.update({k: dict(v) for k, v in short[1].items()})
     far.PLAN.clear()
     far.PLAN.update(plan)
     for table, saved in (
@@ -162,8 +187,14 @@ def _apply(field, setting, causal=False):
     """Set the knobs of ``setting`` ({knob: value}) on the modules (a ``switch:`` for the mode
     timed)."""
     far, near, blend = _modules()
-    launch = {"far": far.LAUNCH, "near": near.LAUNCH, "blend": blend.LAUNCH, "layer": {}}[field]
+    launch = {
+        "far": far.LAUNCH, "near": near.LAUNCH, "blend": blend.LAUNCH, "layer": {},
+        "short": _short().LAUNCH,
+    }[field]  # fmt: skip
     for knob, value in setting.items():
+        if knob.startswith("short:"):
+            _short().SHORT[knob.split(":")[1]] = value
+            continue
         if knob.startswith("switch:"):
             getattr(_fmm(), knob.split(":")[1])["causal" if causal else "bidirectional"] = value
             continue
@@ -214,7 +245,7 @@ def _inputs(seq, shape):
 
 
 def _step_fn(field, causal, q, k, v, mask=None, shape=DEFAULT_SHAPE):
-    if field == "layer":
+    if field in ("layer", "short"):
         fn, params = make_variant("fmm_r2", q.shape[1], q.shape[-1], shape["band"], causal)
         inputs = (q, k, v, *params)
 
@@ -286,6 +317,8 @@ def settings():
         out += [
             ("layer", mode, {**no_far, "switch:BLEND_IN_NEAR_FORWARD": v}) for v in (True, False)
         ]
+    out.append(("short", "bidirectional", {}))
+    out += [("short", "bidirectional", {k: v}) for k, values in SHORT_KNOBS.items() for v in values]
     # The blend has no mask: one mode.
     out.append(("blend", "bidirectional", {}))
     out += [("blend", "bidirectional", {k: v}) for k, values in BLEND_KNOBS.items() for v in values]
@@ -306,7 +339,10 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--workers", type=int, default=12, help="parallel compile processes (0: none)")
     p.add_argument(
-        "--fields", nargs="+", default=["far", "near"], choices=["far", "near", "blend", "layer"]
+        "--fields",
+        nargs="+",
+        default=["far", "near"],
+        choices=["far", "near", "blend", "layer", "short"],
     )
     p.add_argument("--only", nargs="*", default=[], help="only knobs containing these strings")
     p.add_argument(

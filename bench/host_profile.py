@@ -29,7 +29,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from attention_gpu import make_variant  # noqa: E402
+from attention_gpu import add_short_option, apply_short_option, make_variant  # noqa: E402
 
 
 def _per_call_us(fn, n):
@@ -135,10 +135,14 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--top", type=int, default=30)
     p.add_argument("--out", type=Path, default=REPO / "docs" / "host_profile.txt")
+    add_short_option(p)
     args = p.parse_args(argv)
+    apply_short_option(args)
     if not torch.cuda.is_available():
         raise SystemExit("host_profile.py needs a CUDA device")
     lines = [f"# python bench/host_profile.py --seq {args.seq} --steps {args.steps}"]
+    if args.short_max_seq is not None:
+        lines[0] += f" --short-max-seq {args.short_max_seq}"
     lines.append("## host cost per call (us)")
     for what, us in launch_costs().items():
         lines.append(f"{what:40s} {us:8.1f}")

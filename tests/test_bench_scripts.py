@@ -65,6 +65,7 @@ def test_far_tune_settings_cover_every_knob_once():
             ("near", "causal"),
             ("layer", "bidirectional"),
             ("layer", "causal"),
+            ("short", "bidirectional"),
         ]
     )
     n_values = sum(len(v) for knobs in far_tune.FAR_KNOBS.values() for v in knobs.values())
@@ -72,6 +73,7 @@ def test_far_tune_settings_cover_every_knob_once():
     n_values += sum(len(v) for v in far_tune.BLEND_KNOBS.values())
     # per mode each layer switch both ways, and the near blend both ways with the far one off
     n_values += 2 * (sum(len(v) for v in far_tune.LAYER_KNOBS.values()) + 2)
+    n_values += sum(len(v) for v in far_tune.SHORT_KNOBS.values())
     assert len(todo) == len(defaults) + n_values
     assert len({(f, m, str(s)) for f, m, s in todo}) == len(todo)
 

@@ -503,3 +503,83 @@ def test_fused_layer_far_length_scaling_matches_reference(causal):
     out = fast._attend(q, k, v, None, far_length=1024)
     expect = ref._attend(q.double(), k.double(), v.double(), None, far_length=1024)
     assert _rel(out, expect) < 1e-4
+
+
+# ---------------------------------------------------------------- one-launch short path
+
+
+def _short(monkeypatch, on: bool):
+    """The one-launch short path (``fmm_short.py``) for every bidirectional length here, or
+    the general path (``fmm.py``'s field kernels)."""
+    from fmmformer_pl.attention.cuda import fmm_short
+
+    monkeypatch.setattr(fmm_short, "SHORT", {**fmm_short.SHORT, "max_seq": (1 << 20) * on})
+
+
+@pytest.mark.parametrize("path", ["short", "general"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("normalize", [True, False])
+@pytest.mark.parametrize(
+    "maps, bandwidth, padding, shape",
+    [
+        (["elu", "elu_flip"], 64, "right", (2, 3, 63, 64)),
+        (["elu", "elu_flip"], 64, "none", (1, 8, 1024, 64)),
+        (["elu", "elu_flip"], 5, "scattered", (3, 2, 1000, 32)),  # LRA-like: band 5, dim 32
+        (["tanh"], 20, "right", (2, 4, 2047, 40)),
+    ],
+)
+def test_fused_layer_short_and_general_paths_match_reference(
+    path, dtype, normalize, maps, bandwidth, padding, shape, monkeypatch
+):
+    """FMMAttention's fused node on the one-launch short path and on the general path,
+    against the float64 reference layer: output, q, k, v and blend-weight gradients."""
+    _short(monkeypatch, path == "short")
+    batch, heads, seq, dim = shape
+    cfg = dict(kind="fmm", bandwidth=bandwidth, feature_maps=maps, far_normalize=normalize)
+    fast = FMMAttention(heads * dim, heads, AttentionConfig(**cfg), False).cuda()
+    ref = FMMAttention(heads * dim, heads, AttentionConfig(**cfg, backend="reference"), False)
+    with torch.no_grad():
+        for p in fast.blend.parameters():
+            p.add_(torch.randn_like(p))
+    ref.load_state_dict(fast.state_dict())
+    ref = ref.cuda().double()
+    mask = _padding(batch, seq, padding)
+    q, k, v = _inputs(batch, heads, seq, dim, dim, dtype)
+    xs = [t.detach().clone().requires_grad_(True) for t in (q, k, v)]
+    xr = [t.detach().double().requires_grad_(True) for t in (q, k, v)]
+    out, expect = fast._attend(*xs, mask), ref._attend(*xr, mask)
+    assert out.dtype == dtype
+    grad = torch.randn_like(expect)
+    got = torch.autograd.grad(out, xs + list(fast.blend.parameters()), grad.to(dtype))
+    want = torch.autograd.grad(expect, xr + list(ref.blend.parameters()), grad)
+    tol_out, tol_grad = TOL[dtype]
+    assert _rel(out, expect) < tol_out
+    for name, g, w in zip(("dq", "dk", "dv", "dc0", "dc1", "dc2"), got, want, strict=False):
+        assert _rel(g, w) < tol_grad, (name, _rel(g, w))
+
+
+@pytest.mark.parametrize("dropout_p", [0.0, 0.2])
+def test_short_path_equals_the_general_path_on_the_gpu(dropout_p, monkeypatch):
+    """float32, same seed: the one-launch kernels and the field kernels agree (the same
+    dropout draws included)."""
+    from fmmformer_pl.attention.cuda import fmm_attention_cuda
+
+    q, k, v = _inputs(2, 4, 777, 64, 64, torch.float32)
+    mask = _padding(2, 777, "right")
+    coeffs = torch.randn(3, 4, 64, device="cuda")
+
+    def run(on):
+        _short(monkeypatch, on)
+        xs = [t.detach().clone().requires_grad_(True) for t in (q, k, v, coeffs)]
+        y = fmm_attention_cuda(
+            *xs[:3], xs[3], 16, ["elu", "elu_flip"], key_padding_mask=mask, dropout_p=dropout_p
+        )
+        g = torch.randn(y.shape, device="cuda", generator=torch.Generator("cuda").manual_seed(1))
+        return [y, *torch.autograd.grad(y, xs, g)]
+
+    torch.manual_seed(3)
+    short = run(True)
+    torch.manual_seed(3)
+    general = run(False)
+    for a, b in zip(short, general, strict=True):
+        assert _rel(a, b.double()) < 1e-4

@@ -36,6 +36,27 @@ def _exact_fp32(exact_fp32):
     """float32 cases follow torch's matmul precision: ask for exact float32 products."""
 
 
+@pytest.fixture(autouse=True)
+def _general_fmm_path(monkeypatch):
+    """The fused-layer tests below check the general path (``fmm.py``'s field kernels); the
+    one-launch short path (``fmm_short.py``) would take their short bidirectional cases.
+    ``_short_path`` turns it back on."""
+    from fmmformer_pl.attention.cuda import fmm_short
+
+    monkeypatch.setattr(fmm_short, "SHORT", {**fmm_short.SHORT, "max_seq": 0})
+
+
+def _short_path(monkeypatch, programs_per_sm=2):
+    """The one-launch path for every bidirectional sequence of these tests. The interpreter
+    counts 8 SMs: ``programs_per_sm`` * 8 programs over the grid, so few programs per row
+    own several blocks each."""
+    from fmmformer_pl.attention.cuda import fmm_short
+
+    monkeypatch.setattr(
+        fmm_short, "SHORT", {"max_seq": 1 << 20, "programs_per_sm": programs_per_sm}
+    )
+
+
 def _rel(a, b):
     # Floor 1e-3: some gradients vanish in exact arithmetic (one visible key), leaving rounding.
     return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-3)).item()
@@ -379,6 +400,73 @@ def test_fused_layer_with_the_per_mode_choices_flipped(causal, bandwidth, near_b
     _check_layers(fused, ref, q, k, v, mask)
 
 
+@pytest.mark.parametrize(
+    "maps, normalize, bandwidth, programs_per_sm, heads, dim",
+    [
+        (["elu", "elu_flip"], True, 5, 1, 2, 16),  # a few blocks per program
+        (["elu", "elu_flip"], False, 20, 64, 2, 16),  # one block per program, 32-key tiles
+        (["elu"], True, 100, 2, 3, 24),  # wide tiles, head_dim 24 (tiles of 32)
+        (["tanh", "softplus"], True, 64, 1, 1, 16),  # maps whose derivative needs k, q
+    ],
+)
+def test_short_layer_kernels(maps, normalize, bandwidth, programs_per_sm, heads, dim, monkeypatch):
+    """The one-launch FMM layer (``fmm_short.py``) against the reference layer: output and
+    the gradients of q, k, v and the blend weights, with padding, odd lengths, one or several
+    blocks per program."""
+    from fmmformer_pl.attention.cuda import fmm
+
+    _short_path(monkeypatch, programs_per_sm)
+    calls = []
+    forward = fmm.short_forward
+    monkeypatch.setattr(fmm, "short_forward", lambda *a: calls.append(1) or forward(*a))
+    _interpreted_dispatch(monkeypatch)
+    fused, ref = _layer_pair("fmm", maps, False, normalize, bandwidth, heads=heads, dim=dim)
+    for seq in (77, 200):
+        q, k, v, mask = _inputs(2, heads, seq, dim, dim, seed=seq)
+        _check_layers(fused, ref, q, k, v, mask)
+    assert len(calls) == 2
+
+
+@pytest.mark.parametrize("dropout_p", [0.0, 0.3])
+@pytest.mark.parametrize("masked", [True, False])
+def test_short_path_equals_the_general_path(dropout_p, masked, monkeypatch):
+    """Same seed, same dropout draws: the one-launch kernels and the field kernels give the
+    same output and gradients (coefficients included)."""
+    from fmmformer_pl.attention.cuda.fmm import fmm_attention_triton
+
+    q, k, v, mask = _inputs(2, 2, 150, 16, 16, seed=13)
+    mask = mask if masked else None
+    coeffs = torch.randn(3, 2, 16, generator=torch.Generator().manual_seed(4))
+
+    def run():
+        xs = [t.detach().clone().requires_grad_(True) for t in (q, k, v, coeffs)]
+        torch.manual_seed(8)
+        y = fmm_attention_triton(
+            *xs[:3], xs[3], 9, ["elu", "elu_flip"], key_padding_mask=mask, dropout_p=dropout_p
+        )
+        g = torch.randn(y.shape, generator=torch.Generator().manual_seed(2))
+        return [y, *torch.autograd.grad(y, xs, g)]
+
+    general = run()
+    _short_path(monkeypatch, programs_per_sm=1)
+    for a, b in zip(run(), general, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_short_path_applies_to_short_bidirectional_fmm_only(monkeypatch):
+    from fmmformer_pl.attention.cuda import fmm_short
+
+    monkeypatch.setattr(fmm_short, "SHORT", {**fmm_short.SHORT, "max_seq": 128})
+    q = torch.zeros(1, 2, 128, 16)
+    near = (5, 0.0, 0)
+    assert fmm_short.short_applies(q, near, (0, 1), causal=False)
+    assert fmm_short.short_applies(q, near, (0,), causal=False)
+    assert not fmm_short.short_applies(q, near, (0, 1), causal=True)
+    assert not fmm_short.short_applies(q, None, (0, 1), causal=False)  # kind "linear"
+    assert not fmm_short.short_applies(q, near, (0, 1, 2), causal=False)  # two far groups
+    assert not fmm_short.short_applies(torch.zeros(1, 2, 129, 16), near, (0,), causal=False)
+
+
 def test_far_kernels_refuse_malformed_fused_arguments(monkeypatch):
     """far_forward's blend and far_backward's scales are read as contiguous float32 rows by
     the kernels: anything else is refused, as is a blend the walks cannot form."""
@@ -526,7 +614,7 @@ def _op_cases():
 _MANY_SEGMENTS = dict(single_segment_chunks=0, min_segment_chunks=1, main_chunks_bidir=2)
 
 
-@pytest.mark.parametrize("segments", ["one", "many"])
+@pytest.mark.parametrize("segments", ["one", "many", "short"])
 @pytest.mark.parametrize("dropout_p", [0.0, 0.3])
 @pytest.mark.parametrize("bandwidth, maps, causal, normalize, masked", _op_cases())
 def test_fmm_custom_op_matches_the_function(
@@ -540,6 +628,8 @@ def test_fmm_custom_op_matches_the_function(
 
     if segments == "many":
         monkeypatch.setattr(far, "PLAN", {**far.PLAN, **_MANY_SEGMENTS})
+    if segments == "short":  # the one-launch path where it applies (bidirectional, r <= 2)
+        _short_path(monkeypatch, programs_per_sm=1)
     q, k, v, mask = _inputs(1, 2, 150, 16, 16, seed=3)  # 3 chunks: 3 segments when "many"
     mask = mask if masked else None
     n_fields = len(maps) + (bandwidth is not None)
@@ -557,17 +647,21 @@ def test_fmm_custom_op_matches_the_function(
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize("segments", ["one", "many"])
+@pytest.mark.parametrize("segments", ["one", "many", "short"])
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("normalize, dropout_p", [(True, 0.0), (False, 0.2)])
 def test_fmm_custom_op_passes_opcheck(causal, normalize, dropout_p, segments, monkeypatch):
     """Schema, fake tensors (shapes and strides of every output, also the segment states of
-    a many-segment plan), autograd registration and AOT dispatch of the forward op, as
-    torch.library checks them."""
+    a many-segment plan and the short path's extras), autograd registration and AOT dispatch
+    of the forward op, as torch.library checks them."""
     from fmmformer_pl.attention.cuda import far, fmm_op  # noqa: F401 (fmm_op registers)
 
     if segments == "many":
         monkeypatch.setattr(far, "PLAN", {**far.PLAN, **_MANY_SEGMENTS})
+    if segments == "short":
+        if causal:
+            pytest.skip("the short path is bidirectional")
+        _short_path(monkeypatch, programs_per_sm=1)
     q, k, v, mask = _inputs(1, 2, 150, 16, 16, seed=4)  # 3 chunks: 3 segments when "many"
     seed = torch.tensor([123]) if dropout_p > 0 else None
     args = (
@@ -578,12 +672,16 @@ def test_fmm_custom_op_passes_opcheck(causal, normalize, dropout_p, segments, mo
     torch.library.opcheck(torch.ops.fmmformer.fmm_attention_fwd.default, args)
 
 
-def test_compiled_op_does_not_recompile_per_sequence_length():
+@pytest.mark.parametrize("short", [False, True], ids=["general", "short"])
+def test_compiled_op_does_not_recompile_per_sequence_length(short, monkeypatch):
     """dynamic=True: two lengths with the same segment plan trace once (a guard on the length,
     e.g. from math.sqrt in the fake, would compile a graph per length)."""
     from torch._dynamo.testing import CompileCounter
 
     from fmmformer_pl.attention.cuda.fmm_op import fmm_attention_op
+
+    if short:
+        _short_path(monkeypatch)
 
     counter = CompileCounter()
     coeffs = torch.randn(3, 2, 16)

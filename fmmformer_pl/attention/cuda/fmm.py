@@ -22,6 +22,7 @@ import torch
 from ._common import empty_like_layout, supported
 from .blend import MAX_FIELDS, blend_backward, blend_forward
 from .far import PHI_CODES, blend_fusable, far_backward, far_forward, map_groups
+from .fmm_short import short_applies, short_backward, short_forward
 from .near import near_arguments, near_backward, near_forward
 
 # Per mode, whether the far-field forward kernels form the blend (``fmm_forward``), and
@@ -57,7 +58,12 @@ def fmm_forward(q, k, v, coeffs, mask, near_args, causal, phi_codes, normalize):
     field, which then runs first (``far.blend_fusable``: the paper's r <= 2, and
     ``BLEND_IN_FAR_FORWARD``); else by the near kernel, from its output in registers and the
     far fields, which then run first (``BLEND_IN_NEAR_FORWARD``); else by the blend kernel.
-    The fields are stored either way (the backward needs them)."""
+    The fields are stored either way (the backward needs them). A short bidirectional
+    sequence takes one kernel for all of it instead (``fmm_short.short_applies``), its one
+    part of kind "short"."""
+    if short_applies(q, near_args, phi_codes, causal):
+        y, fields, saved = short_forward(q, k, v, coeffs, mask, near_args, phi_codes, normalize)
+        return y, fields, [("short", saved, len(fields))]
     mode = _mode(causal)
     far_blend = BLEND_IN_FAR_FORWARD[mode] and blend_fusable(phi_codes, causal)
     near_blend = not far_blend and near_args is not None and BLEND_IN_NEAR_FORWARD[mode]
@@ -99,7 +105,9 @@ def fmm_backward(dy, coeffs, fields, parts):
     The far fields' state pass reads dy and scales it by their coefficients (one read of dy
     for both maps, no c_f * dy written per far field); the blend backward writes only the near
     field's gradient, and sums the far fields' dcoeffs where they are not summed in the state
-    pass (``DC_IN_STATE_PASS``)."""
+    pass (``DC_IN_STATE_PASS``). A "short" part: one kernel does everything."""
+    if parts[0][0] == "short":
+        return short_backward(dy, coeffs, fields, parts[0][1])
     causal = next(saved[1][1] for kind, saved, _ in parts if kind == "far")
     in_state = DC_IN_STATE_PASS[_mode(causal)]
     has_near = parts[0][0] == "near"

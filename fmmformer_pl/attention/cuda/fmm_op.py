@@ -13,7 +13,8 @@ compiler traces the whole model around them in one graph.
 Outputs may not alias inputs or each other, so a saved tensor that the Function path keeps as
 None or as a stand-in (no state for a one-segment causal pass, no denominators when
 normalize=False) is an empty tensor here. ``extras``: the near field's log-sum-exp, then per
-far-field group its denominators, its states and its stored features (``far.py``). ``bandwidth`` < 0: no near field.
+far-field group its denominators, its states and its stored features (``far.py``); for the
+one-launch short path (``fmm_short.py``), the log-sum-exp and the denominators. ``bandwidth`` < 0: no near field.
 The dropout seed is a one-element int64 tensor on the inputs' device, drawn in the traced code,
 so every step of a compiled model draws a new one; the near-field kernels read it from device
 memory (no host sync, and no CPU tensor in the graph, which would keep inductor from
@@ -27,6 +28,7 @@ import torch
 from ._common import empty_like_layout
 from .far import _Plan, far_saved, map_groups
 from .fmm import fmm_arguments, fmm_backward, fmm_forward
+from .fmm_short import short_applies, short_saved
 from .near import near_saved
 
 _NO_NEAR = -1
@@ -42,7 +44,9 @@ def _extras(parts, q):
     out = []
     for kind, saved, _ in parts:
         tensors = saved[0]
-        if kind == "near":
+        if kind == "short":
+            out.extend(tensors[4:6])  # lse, den (empty without normalize)
+        elif kind == "near":
             out.append(tensors[5])  # lse
         else:
             den, state, phi, outs = tensors[4], tensors[5], tensors[6], tensors[7:]
@@ -54,6 +58,11 @@ def _extras(parts, q):
 
 def _rebuild_parts(q, k, v, mask, fields, extras, bandwidth, dropout_p, seed, causal, codes, norm):
     """``fmm_forward``'s parts from the op's saved tensors."""
+    near_args = None if bandwidth == _NO_NEAR else (bandwidth, dropout_p, seed)
+    if short_applies(q, near_args, codes, causal):
+        lse, den = extras
+        saved = short_saved(q, k, v, mask, lse, den, near_args, codes, norm)
+        return [("short", saved, len(fields))]
     parts, fields, extras = [], list(fields), list(extras)
     if bandwidth != _NO_NEAR:
         near, lse = fields.pop(0), extras.pop(0)
@@ -96,6 +105,11 @@ def _(q, k, v, coeffs, mask, bandwidth, dropout_p, seed, causal, phi_codes, norm
     batch, heads, seq, _ = q.shape
     bh, dim_v, f32 = batch * heads, v.shape[-1], torch.float32
     fields, extras = [], []
+    near_args = None if bandwidth == _NO_NEAR else (bandwidth, dropout_p, seed)
+    if short_applies(q, near_args, phi_codes, causal):
+        fields = [empty_like_layout(q, dim_v) for _ in range(1 + len(phi_codes))]
+        den = q.new_empty(len(phi_codes) if normalize else 0, bh, seq, dtype=f32)
+        return [torch.empty_like(fields[0]), *fields, q.new_empty(bh, seq, dtype=f32), den]
     if bandwidth != _NO_NEAR:
         fields.append(empty_like_layout(q, dim_v))
         extras.append(q.new_empty(bh, seq, dtype=f32))

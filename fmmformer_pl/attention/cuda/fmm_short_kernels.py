@@ -1,0 +1,328 @@
+"""The whole bidirectional FMM layer in one launch each way (Triton): near field, far fields of
+one or two feature maps, and the blend, for short sequences (``fmm_short.py`` launches them).
+
+A program owns a run of BM-position blocks of one (batch, head). It first sums the far
+field's total states itself, over every key of its row (the other paths sum them in a state
+kernel, then a reduction): at a short length that walk is cheap, and it removes the launches
+between the passes, which is what a short sequence's step costs (docs/gpu.md). The grid has
+few programs per row, so the repeated walks stay a small multiple of the layer's work.
+
+Forward, per block: the near field (``near_tiles._fwd_loop``), the far fields from the totals
+(``far_bidir._fwd_bidir_kernel``'s formulas) and y = c_0 near + sum_m c_m far_m; stores y, the
+fields (the coefficients' gradient reads them), the near field's log-sum-exp and the far
+fields' denominators.
+
+Backward: (1) the reverse states R_m, r_m over every query (g, s formed from dy * c_m, the
+stored far field and its denominator); (2) the far dk, dv of the program's blocks; (3) the
+totals S_m, z_m again; (4) the far dq of its blocks and the coefficients' partial sums
+sum dy * field; then, after a barrier, (5) the near field's dk, dv and dq of its blocks
+(``near_tiles._dkv_loop`` / ``_dq_loop`` with dout = c_0 * dy), added to the far gradients
+the program stored itself; (6) one atomic add of the coefficient gradient per field.
+
+The feature maps are recomputed from q and k where needed: nothing but y, the fields, the
+log-sum-exp and the denominators is stored. Shapes as in ``near.py`` and ``far.py``; c, dc
+``(1 + maps, heads, head_dim_v)`` float32, the near field first.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from .far_tiles import (
+    _blend_add,
+    _g_s,
+    _keep_keys,
+    _load_tile,
+    _phi_k,
+    _phi_m,
+    _phi_q,
+    _program,
+    _store_tile,
+)
+from .near_tiles import _dkv_loop, _dq_loop, _fwd_loop, _key_rows, _rows, _seed_of, _store_grad
+
+
+@triton.jit
+def _total_states(
+    k_base, v_base, mask_base, T, D, DV, skt, skd, svt, svd, smt,
+    NM: tl.constexpr, PHI0: tl.constexpr, PHI1: tl.constexpr, FAST: tl.constexpr,
+    HAS_MASK: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
+    PREC: tl.constexpr, DOT_DTYPE: tl.constexpr,
+):  # fmt: skip
+    """(S0, z0, S1, z1) float32: S_m = sum_j b_j v_j^T, z_m = sum_j b_j over every key of the
+    row, b = phi_m(k) zeroed at padding (with one map, S1, z1 stay zero and go unused)."""
+    offs_t = tl.arange(0, BT)
+    offs_d = tl.arange(0, BD)
+    offs_dv = tl.arange(0, BDV)
+    S0 = tl.zeros([BD, BDV], dtype=tl.float32)
+    z0 = tl.zeros([BD], dtype=tl.float32)
+    S1 = tl.zeros([BD, BDV], dtype=tl.float32)
+    z1 = tl.zeros([BD], dtype=tl.float32)
+    for t0 in range(0, T, BT):
+        t = t0 + offs_t
+        kk = _load_tile(k_base, t, offs_d, T, D, skt, skd)
+        keep2 = _keep_keys(mask_base, t, offs_d, T, D, smt, HAS_MASK)
+        vv = _load_tile(v_base, t, offs_dv, T, DV, svt, svd).to(DOT_DTYPE)
+        b = _phi_k(kk, keep2, 0, PHI0, PHI1, FAST)
+        S0 += tl.dot(tl.trans(b.to(DOT_DTYPE)), vv, input_precision=PREC)
+        z0 += tl.sum(b, axis=0)
+        if NM == 2:
+            b = _phi_k(kk, keep2, 1, PHI0, PHI1, FAST)
+            S1 += tl.dot(tl.trans(b.to(DOT_DTYPE)), vv, input_precision=PREC)
+            z1 += tl.sum(b, axis=0)
+    return S0, z0, S1, z1
+
+
+@triton.jit
+def _coefficient(c_ptr, row, H, hh, offs_dv, DV):
+    """Row ``row`` (a field) of the coefficients for head hh: (BDV,) float32."""
+    return tl.load(c_ptr + (row * H + hh) * DV + offs_dv, mask=offs_dv < DV, other=0.0)
+
+
+@triton.jit
+def _short_fwd_kernel(
+    q_ptr, k_ptr, v_ptr, mask_ptr, c_ptr, y_ptr, o_ptr, f0_ptr, f1_ptr, lse_ptr, den_ptr,
+    H, T, W, D, DV, BPP, qk_scale, scale, seed, p_drop,
+    sqb, sqh, sqt, sqd, skb, skh, skt, skd, svb, svh, svt, svd, sob, soh, sot, sod, smb, smt,
+    NM: tl.constexpr, PHI0: tl.constexpr, PHI1: tl.constexpr, NORMALIZE: tl.constexpr,
+    FAST: tl.constexpr, HAS_MASK: tl.constexpr, DROPOUT: tl.constexpr, SEED_PTR: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
+    PREC: tl.constexpr, DOT_DTYPE: tl.constexpr,
+):  # fmt: skip
+    """y, the near field o (and its lse), the far fields f0, f1 (and their denominators) of
+    blocks [BPP * program, BPP * (program + 1)). Grid (programs, batch * heads); y, o, f0, f1
+    share one layout (strides sob..sod)."""
+    pid_p, pid_bh, _, n_bh, bb, hh = _program(H)
+    seed_bh = _seed_of(seed, SEED_PTR) + pid_bh  # dropout: the near kernels' stream
+    q_base = q_ptr + bb * sqb + hh * sqh
+    k_base = k_ptr + bb * skb + hh * skh
+    v_base = v_ptr + bb * svb + hh * svh
+    mask_base = mask_ptr + bb * smb
+    fields = bb * sob + hh * soh
+    offs_d = tl.arange(0, BD)
+    offs_dv = tl.arange(0, BDV)
+    S0, z0, S1, z1 = _total_states(
+        k_base, v_base, mask_base, T, D, DV, skt, skd, svt, svd, smt,
+        NM, PHI0, PHI1, FAST, HAS_MASK, BM, BD, BDV, PREC, DOT_DTYPE,
+    )  # fmt: skip
+    S0 = S0.to(DOT_DTYPE)  # rounded where it is read, as far_tiles._total_states does
+    S1 = S1.to(DOT_DTYPE)
+    first = pid_p * BPP
+    last = tl.minimum(first + BPP, tl.cdiv(T, BM))
+    for blk in range(first, last):
+        m0 = blk * BM
+        t = m0 + tl.arange(0, BM)
+        q = _rows(q_base, t, T, D, sqt, sqd, BD)
+        out, lse = _fwd_loop(
+            q, t, m0, k_base, v_base, mask_base, seed_bh,
+            T, W, D, DV, qk_scale, p_drop, skt, skd, svt, svd, smt,
+            HAS_MASK, False, DROPOUT, BM, BN, BD, BDV, PREC,
+        )  # fmt: skip
+        _store_tile(o_ptr + fields, t, offs_dv, T, DV, sot, sod, out, False)
+        tl.store(lse_ptr + pid_bh * T + t, lse, mask=t < T)
+        y = _blend_add(0.0, out, o_ptr, c_ptr, 0, H, hh, offs_dv, DV)
+        qq = q.to(tl.float32)
+        for m in tl.static_range(NM):
+            if m == 0:
+                S, z, f_ptr = S0, z0, f0_ptr
+            else:
+                S, z, f_ptr = S1, z1, f1_ptr
+            a = _phi_q(qq, t, offs_d, T, D, m, PHI0, PHI1, FAST)
+            num = tl.dot(a.to(DOT_DTYPE), S, input_precision=PREC)
+            if NORMALIZE:
+                den = tl.sum(a * z[None, :], axis=1)
+                pos = den > 0
+                far = tl.where(pos[:, None], num / tl.where(pos, den, 1.0)[:, None], 0.0)
+                tl.store(den_ptr + (m * n_bh + pid_bh) * T + t, den, mask=t < T)
+            else:
+                far = num * scale
+            _store_tile(f_ptr + fields, t, offs_dv, T, DV, sot, sod, far, False)
+            y = _blend_add(y, far, f_ptr, c_ptr, 1 + m, H, hh, offs_dv, DV)
+        _store_tile(y_ptr + fields, t, offs_dv, T, DV, sot, sod, y, False)
+
+
+@triton.jit
+def _reverse_states(
+    q_base, dy_base, f0_base, f1_base, den_ptr, c0, c1, pid_bh, n_bh,
+    T, D, DV, scale, sqt, sqd, sdyt, sdyd, sot, sod,
+    NM: tl.constexpr, PHI0: tl.constexpr, PHI1: tl.constexpr, FAST: tl.constexpr,
+    NORMALIZE: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
+    PREC: tl.constexpr, DOT_DTYPE: tl.constexpr,
+):  # fmt: skip
+    """(R0, r0, R1, r1) float32: R_m = sum_i a_i g_i^T, r_m = sum_i s_i a_i over every query,
+    a = phi_m(q), with g, s of the output gradient dy * c_m (``far_tiles._g_s``)."""
+    offs_t = tl.arange(0, BT)
+    offs_d = tl.arange(0, BD)
+    offs_dv = tl.arange(0, BDV)
+    R0 = tl.zeros([BD, BDV], dtype=tl.float32)
+    r0 = tl.zeros([BD], dtype=tl.float32)
+    R1 = tl.zeros([BD, BDV], dtype=tl.float32)
+    r1 = tl.zeros([BD], dtype=tl.float32)
+    for t0 in range(0, T, BT):
+        t = t0 + offs_t
+        qq = _load_tile(q_base, t, offs_d, T, D, sqt, sqd)
+        dy = _load_tile(dy_base, t, offs_dv, T, DV, sdyt, sdyd)
+        a = _phi_q(qq, t, offs_d, T, D, 0, PHI0, PHI1, FAST)
+        o = dy  # a stand-in where the field is not read
+        if NORMALIZE:
+            o = _load_tile(f0_base, t, offs_dv, T, DV, sot, sod)
+        g, s = _g_s(dy * c0[None, :], o, den_ptr + pid_bh * T, t, T, scale, NORMALIZE)
+        R0 += tl.dot(tl.trans(a.to(DOT_DTYPE)), g.to(DOT_DTYPE), input_precision=PREC)
+        r0 += tl.sum(a * s[:, None], axis=0)
+        if NM == 2:
+            a = _phi_q(qq, t, offs_d, T, D, 1, PHI0, PHI1, FAST)
+            if NORMALIZE:
+                o = _load_tile(f1_base, t, offs_dv, T, DV, sot, sod)
+            den_base = den_ptr + (n_bh + pid_bh) * T
+            g, s = _g_s(dy * c1[None, :], o, den_base, t, T, scale, NORMALIZE)
+            R1 += tl.dot(tl.trans(a.to(DOT_DTYPE)), g.to(DOT_DTYPE), input_precision=PREC)
+            r1 += tl.sum(a * s[:, None], axis=0)
+    return R0, r0, R1, r1
+
+
+@triton.jit
+def _short_bwd_kernel(
+    q_ptr, k_ptr, v_ptr, mask_ptr, c_ptr, dc_ptr, dy_ptr, o_ptr, f0_ptr, f1_ptr, lse_ptr,
+    den_ptr, dq_ptr, dk_ptr, dv_ptr,
+    H, T, W, D, DV, BPP, qk_scale, sm_scale, scale, seed, p_drop,
+    sqb, sqh, sqt, sqd, skb, skh, skt, skd, svb, svh, svt, svd, sob, soh, sot, sod,
+    sdyb, sdyh, sdyt, sdyd, sdqb, sdqh, sdqt, sdqd, sdkb, sdkh, sdkt, sdkd,
+    sdvb, sdvh, sdvt, sdvd, smb, smt,
+    NM: tl.constexpr, PHI0: tl.constexpr, PHI1: tl.constexpr, NORMALIZE: tl.constexpr,
+    FAST: tl.constexpr, HAS_MASK: tl.constexpr, DROPOUT: tl.constexpr, SEED_PTR: tl.constexpr,
+    BM: tl.constexpr, TN: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
+    PREC: tl.constexpr, DOT_DTYPE: tl.constexpr,
+):  # fmt: skip
+    """dq, dk, dv of blocks [BPP * program, BPP * (program + 1)) and their share of dc (added
+    atomically; dc starts at zero). TN: the near loops' tile across the band. Grid (programs, batch * heads)."""
+    pid_p, pid_bh, _, n_bh, bb, hh = _program(H)
+    seed_bh = _seed_of(seed, SEED_PTR) + pid_bh
+    q_base = q_ptr + bb * sqb + hh * sqh
+    k_base = k_ptr + bb * skb + hh * skh
+    v_base = v_ptr + bb * svb + hh * svh
+    dy_base = dy_ptr + bb * sdyb + hh * sdyh
+    o_base = o_ptr + bb * sob + hh * soh
+    f0_base = f0_ptr + bb * sob + hh * soh
+    f1_base = f1_ptr + bb * sob + hh * soh
+    mask_base = mask_ptr + bb * smb
+    dq_base = dq_ptr + bb * sdqb + hh * sdqh
+    dk_base = dk_ptr + bb * sdkb + hh * sdkh
+    dv_base = dv_ptr + bb * sdvb + hh * sdvh
+    lse_bh = lse_ptr + pid_bh * T
+    offs_d = tl.arange(0, BD)
+    offs_dv = tl.arange(0, BDV)
+    c_near = _coefficient(c_ptr, 0, H, hh, offs_dv, DV)
+    c0 = _coefficient(c_ptr, 1, H, hh, offs_dv, DV)
+    c1 = _coefficient(c_ptr, NM, H, hh, offs_dv, DV)
+    first = pid_p * BPP
+    last = tl.minimum(first + BPP, tl.cdiv(T, BM))
+
+    # (1), (2): the far dk, dv of this program's keys from the reverse states.
+    R0, r0, R1, r1 = _reverse_states(
+        q_base, dy_base, f0_base, f1_base, den_ptr, c0, c1, pid_bh, n_bh,
+        T, D, DV, scale, sqt, sqd, sdyt, sdyd, sot, sod,
+        NM, PHI0, PHI1, FAST, NORMALIZE, BM, BD, BDV, PREC, DOT_DTYPE,
+    )  # fmt: skip
+    R0 = R0.to(DOT_DTYPE)
+    R1 = R1.to(DOT_DTYPE)
+    for blk in range(first, last):
+        t = blk * BM + tl.arange(0, BM)
+        kk = _load_tile(k_base, t, offs_d, T, D, skt, skd)
+        keep2 = _keep_keys(mask_base, t, offs_d, T, D, smt, HAS_MASK)
+        vv = _load_tile(v_base, t, offs_dv, T, DV, svt, svd).to(DOT_DTYPE)
+        dk = tl.zeros([BM, BD], dtype=tl.float32)
+        dv = tl.zeros([BM, BDV], dtype=tl.float32)
+        for m in tl.static_range(NM):
+            if m == 0:
+                R, r = R0, r0
+            else:
+                R, r = R1, r1
+            b, dphi = _phi_m(kk, m, PHI0, PHI1, FAST)
+            b = tl.where(keep2, b, 0.0)
+            db = tl.dot(vv, tl.trans(R), input_precision=PREC) + r[None, :]
+            dv += tl.dot(b.to(DOT_DTYPE), R, input_precision=PREC)
+            dk += tl.where(keep2, db * dphi, 0.0)  # padded keys get no gradient
+        _store_tile(dk_base, t, offs_d, T, D, sdkt, sdkd, dk, False)
+        _store_tile(dv_base, t, offs_dv, T, DV, sdvt, sdvd, dv, False)
+
+    # (3), (4): the far dq of this program's queries from the totals; the dc partial sums.
+    S0, z0, S1, z1 = _total_states(
+        k_base, v_base, mask_base, T, D, DV, skt, skd, svt, svd, smt,
+        NM, PHI0, PHI1, FAST, HAS_MASK, BM, BD, BDV, PREC, DOT_DTYPE,
+    )  # fmt: skip
+    S0 = S0.to(DOT_DTYPE)
+    S1 = S1.to(DOT_DTYPE)
+    dc_near = tl.zeros([BDV], dtype=tl.float32)
+    dc0 = tl.zeros([BDV], dtype=tl.float32)
+    dc1 = tl.zeros([BDV], dtype=tl.float32)
+    for blk in range(first, last):
+        t = blk * BM + tl.arange(0, BM)
+        inside = (t[:, None] < T) & (offs_d[None, :] < D)
+        qq = _load_tile(q_base, t, offs_d, T, D, sqt, sqd)
+        dy = _load_tile(dy_base, t, offs_dv, T, DV, sdyt, sdyd)
+        dc_near += tl.sum(dy * _load_tile(o_base, t, offs_dv, T, DV, sot, sod), axis=0)
+        dq = tl.zeros([BM, BD], dtype=tl.float32)
+        for m in tl.static_range(NM):
+            if m == 0:
+                S, z, c, f_base = S0, z0, c0, f0_base
+            else:
+                S, z, c, f_base = S1, z1, c1, f1_base
+            o = _load_tile(f_base, t, offs_dv, T, DV, sot, sod)
+            if m == 0:
+                dc0 += tl.sum(dy * o, axis=0)
+            else:
+                dc1 += tl.sum(dy * o, axis=0)
+            g, s = _g_s(
+                dy * c[None, :], o, den_ptr + (m * n_bh + pid_bh) * T, t, T, scale, NORMALIZE
+            )
+            phi_unused, dphi = _phi_m(qq, m, PHI0, PHI1, FAST)
+            da = tl.dot(g.to(DOT_DTYPE), tl.trans(S), input_precision=PREC)
+            dq += tl.where(inside, (da + s[:, None] * z[None, :]) * dphi, 0.0)
+        _store_tile(dq_base, t, offs_d, T, D, sdqt, sdqd, dq, False)
+
+    # The near loops below read back the far gradients this program stored above.
+    tl.debug_barrier()
+
+    # (5): the near field's gradients of this program's blocks, with dout = c_near * dy.
+    for blk in range(first, last):
+        b0 = blk * BM
+        offs = b0 + tl.arange(0, BM)
+        ok = offs < T
+        k, v, keep = _key_rows(
+            k_base, v_base, mask_base, offs, T, D, DV, skt, skd, svt, svd, smt, HAS_MASK, BD, BDV
+        )  # fmt: skip
+        dk = tl.zeros([BM, BD], dtype=tl.float32)
+        dv = tl.zeros([BM, BDV], dtype=tl.float32)
+        dk, dv = _dkv_loop(
+            dk, dv, k, v, keep, offs, b0, q_base, dy_base, o_base, lse_bh, lse_bh, seed_bh,
+            T, W, D, DV, qk_scale, p_drop, sqt, sqd, sdyt, sdyd, sot, sod,
+            False, DROPOUT, True, TN, BM, BD, BDV, PREC, c_near, True,
+        )  # fmt: skip
+        in_d = ok[:, None] & (offs_d[None, :] < D)
+        dk_rows = dk_base + offs[:, None] * sdkt + offs_d[None, :] * sdkd
+        dv_rows = dv_base + offs[:, None] * sdvt + offs_dv[None, :] * sdvd
+        _store_grad(dk_rows, in_d, dk * sm_scale, True)
+        _store_grad(dv_rows, ok[:, None] & (offs_dv[None, :] < DV), dv, True)
+
+        q = _rows(q_base, offs, T, D, sqt, sqd, BD)
+        do = _rows(dy_base, offs, T, DV, sdyt, sdyd, BDV)
+        do = (do.to(tl.float32) * c_near[None, :]).to(do.dtype)  # as _dkv_loop rounds it
+        o = _rows(o_base, offs, T, DV, sot, sod, BDV)
+        delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), axis=1)
+        lse = tl.load(lse_bh + offs, mask=ok, other=float("inf"))
+        dq = tl.zeros([BM, BD], dtype=tl.float32)
+        dq = _dq_loop(
+            dq, q, do.to(q.dtype), delta, lse, offs, b0, k_base, v_base, mask_base, seed_bh,
+            T, W, D, DV, qk_scale, p_drop, skt, skd, svt, svd, smt,
+            HAS_MASK, False, DROPOUT, BM, TN, BD, BDV, PREC,
+        )  # fmt: skip
+        dq_rows = dq_base + offs[:, None] * sdqt + offs_d[None, :] * sdqd
+        _store_grad(dq_rows, in_d, dq * sm_scale, True)
+
+    # (6): this program's share of the coefficients' gradient.
+    keep_dv = offs_dv < DV
+    tl.atomic_add(dc_ptr + hh * DV + offs_dv, dc_near, mask=keep_dv)
+    tl.atomic_add(dc_ptr + (H + hh) * DV + offs_dv, dc0, mask=keep_dv)
+    if NM == 2:
+        tl.atomic_add(dc_ptr + (2 * H + hh) * DV + offs_dv, dc1, mask=keep_dv)
