@@ -121,6 +121,9 @@ SWITCHES = ("BLEND_IN_FAR_FORWARD", "BLEND_IN_NEAR_FORWARD", "DC_IN_STATE_PASS")
 SHORT_KNOBS = {
     "short:max_seq": [0, 1 << 20],
     "short:programs_per_sm": [1, 2, 4, 8, 16],
+    "short:state_step": [32, 64, 128, 256],
+    "short:rstate_segments": [0, 2, 4, 8, 16],
+    "warps:rstate": [4, 8],
     "warps:fwd,bwd": [2, 4, 8],
     "warps:bwd": [2, 4, 8],
     "stages:fwd,bwd": [1, 2, 3],

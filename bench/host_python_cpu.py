@@ -26,6 +26,9 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+from attention_gpu import add_short_option, apply_short_option  # noqa: E402
 
 
 def _no_op(*args, **kwargs):
@@ -64,9 +67,9 @@ def _compiled():
 def stub_kernels():
     import triton
 
-    from fmmformer_pl.attention.cuda import blend, far, near
+    from fmmformer_pl.attention.cuda import blend, far, fmm_short, near
 
-    for module in (near, far, blend):
+    for module in (near, far, blend, fmm_short):
         for name in dir(module):
             if isinstance(getattr(module, name), triton.runtime.jit.JITFunction):
                 setattr(module, name, _NoLaunch(getattr(module, name)))
@@ -78,7 +81,9 @@ def main(argv=None):
     p.add_argument("--seq", type=int, default=128)
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--top", type=int, default=20)
+    add_short_option(p)
     args = p.parse_args(argv)
+    apply_short_option(args)
     stub_kernels()
     from fmmformer_pl.attention.config import AttentionConfig
     from fmmformer_pl.attention.cuda.fmm import fmm_attention_triton

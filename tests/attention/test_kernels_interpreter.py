@@ -46,15 +46,14 @@ def _general_fmm_path(monkeypatch):
     monkeypatch.setattr(fmm_short, "SHORT", {**fmm_short.SHORT, "max_seq": 0})
 
 
-def _short_path(monkeypatch, programs_per_sm=2):
+def _short_path(monkeypatch, programs_per_sm=2, state_step=64, rstate_segments=0):
     """The one-launch path for every bidirectional sequence of these tests. The interpreter
     counts 8 SMs: ``programs_per_sm`` * 8 programs over the grid, so few programs per row
-    own several blocks each."""
+    own several blocks each. ``state_step``, ``rstate_segments``: ``fmm_short.SHORT``'s."""
     from fmmformer_pl.attention.cuda import fmm_short
 
-    monkeypatch.setattr(
-        fmm_short, "SHORT", {"max_seq": 1 << 20, "programs_per_sm": programs_per_sm}
-    )
+    short = dict(max_seq=1 << 20, programs_per_sm=programs_per_sm, state_step=state_step)
+    monkeypatch.setattr(fmm_short, "SHORT", {**short, "rstate_segments": rstate_segments})
 
 
 def _rel(a, b):
@@ -401,21 +400,24 @@ def test_fused_layer_with_the_per_mode_choices_flipped(causal, bandwidth, near_b
 
 
 @pytest.mark.parametrize(
-    "maps, normalize, bandwidth, programs_per_sm, heads, dim",
+    "maps, normalize, bandwidth, plan, heads, dim",
     [
-        (["elu", "elu_flip"], True, 5, 1, 2, 16),  # a few blocks per program
-        (["elu", "elu_flip"], False, 20, 64, 2, 16),  # one block per program, 32-key tiles
-        (["elu"], True, 100, 2, 3, 24),  # wide tiles, head_dim 24 (tiles of 32)
-        (["tanh", "softplus"], True, 64, 1, 1, 16),  # maps whose derivative needs k, q
+        # a few blocks per program; the reverse states of 3 segments, in steps of 32
+        (["elu", "elu_flip"], True, 5, (1, 32, 3), 2, 16),
+        (["elu", "elu_flip"], False, 20, (64, 64, 0), 2, 16),  # a block each, 32-key tiles
+        (["elu"], True, 100, (2, 128, 2), 3, 24),  # wide tiles, head_dim 24 (tiles of 32)
+        (["tanh", "softplus"], True, 64, (1, 64, 0), 1, 16),  # phi' needs k, q
     ],
 )
-def test_short_layer_kernels(maps, normalize, bandwidth, programs_per_sm, heads, dim, monkeypatch):
+def test_short_layer_kernels(maps, normalize, bandwidth, plan, heads, dim, monkeypatch):
     """The one-launch FMM layer (``fmm_short.py``) against the reference layer: output and
     the gradients of q, k, v and the blend weights, with padding, odd lengths, one or several
-    blocks per program."""
+    blocks per program, state walks of 32-128 positions per step, the reverse states walked
+    by every program or summed per segment by a second launch (``plan``: programs per SM,
+    state step, reverse-state segments)."""
     from fmmformer_pl.attention.cuda import fmm
 
-    _short_path(monkeypatch, programs_per_sm)
+    _short_path(monkeypatch, *plan)
     calls = []
     forward = fmm.short_forward
     monkeypatch.setattr(fmm, "short_forward", lambda *a: calls.append(1) or forward(*a))
@@ -448,9 +450,10 @@ def test_short_path_equals_the_general_path(dropout_p, masked, monkeypatch):
         return [y, *torch.autograd.grad(y, xs, g)]
 
     general = run()
-    _short_path(monkeypatch, programs_per_sm=1)
-    for a, b in zip(run(), general, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    for segments in (0, 2):
+        _short_path(monkeypatch, programs_per_sm=1, rstate_segments=segments)
+        for a, b in zip(run(), general, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
 def test_short_path_applies_to_short_bidirectional_fmm_only(monkeypatch):
@@ -629,7 +632,7 @@ def test_fmm_custom_op_matches_the_function(
     if segments == "many":
         monkeypatch.setattr(far, "PLAN", {**far.PLAN, **_MANY_SEGMENTS})
     if segments == "short":  # the one-launch path where it applies (bidirectional, r <= 2)
-        _short_path(monkeypatch, programs_per_sm=1)
+        _short_path(monkeypatch, programs_per_sm=1, rstate_segments=2)
     q, k, v, mask = _inputs(1, 2, 150, 16, 16, seed=3)  # 3 chunks: 3 segments when "many"
     mask = mask if masked else None
     n_fields = len(maps) + (bandwidth is not None)

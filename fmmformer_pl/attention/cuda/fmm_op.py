@@ -14,7 +14,8 @@ Outputs may not alias inputs or each other, so a saved tensor that the Function 
 None or as a stand-in (no state for a one-segment causal pass, no denominators when
 normalize=False) is an empty tensor here. ``extras``: the near field's log-sum-exp, then per
 far-field group its denominators, its states and its stored features (``far.py``); for the
-one-launch short path (``fmm_short.py``), the log-sum-exp and the denominators. ``bandwidth`` < 0: no near field.
+one-launch short path (``fmm_short.py``), the log-sum-exp, the denominators and the total
+states. ``bandwidth`` < 0: no near field.
 The dropout seed is a one-element int64 tensor on the inputs' device, drawn in the traced code,
 so every step of a compiled model draws a new one; the near-field kernels read it from device
 memory (no host sync, and no CPU tensor in the graph, which would keep inductor from
@@ -28,7 +29,7 @@ import torch
 from ._common import empty_like_layout
 from .far import _Plan, far_saved, map_groups
 from .fmm import fmm_arguments, fmm_backward, fmm_forward
-from .fmm_short import short_applies, short_saved
+from .fmm_short import short_applies, short_saved, state_slots
 from .near import near_saved
 
 _NO_NEAR = -1
@@ -45,7 +46,7 @@ def _extras(parts, q):
     for kind, saved, _ in parts:
         tensors = saved[0]
         if kind == "short":
-            out.extend(tensors[4:6])  # lse, den (empty without normalize)
+            out.extend(tensors[4:7])  # lse, den (empty without normalize), states
         elif kind == "near":
             out.append(tensors[5])  # lse
         else:
@@ -60,8 +61,8 @@ def _rebuild_parts(q, k, v, mask, fields, extras, bandwidth, dropout_p, seed, ca
     """``fmm_forward``'s parts from the op's saved tensors."""
     near_args = None if bandwidth == _NO_NEAR else (bandwidth, dropout_p, seed)
     if short_applies(q, near_args, codes, causal):
-        lse, den = extras
-        saved = short_saved(q, k, v, mask, lse, den, near_args, codes, norm)
+        lse, den, states = extras
+        saved = short_saved(q, k, v, mask, lse, den, states, near_args, codes, norm)
         return [("short", saved, len(fields))]
     parts, fields, extras = [], list(fields), list(extras)
     if bandwidth != _NO_NEAR:
@@ -109,7 +110,8 @@ def _(q, k, v, coeffs, mask, bandwidth, dropout_p, seed, causal, phi_codes, norm
     if short_applies(q, near_args, phi_codes, causal):
         fields = [empty_like_layout(q, dim_v) for _ in range(1 + len(phi_codes))]
         den = q.new_empty(len(phi_codes) if normalize else 0, bh, seq, dtype=f32)
-        return [torch.empty_like(fields[0]), *fields, q.new_empty(bh, seq, dtype=f32), den]
+        lse, states = q.new_empty(bh, seq, dtype=f32), state_slots(q, v, len(phi_codes))
+        return [torch.empty_like(fields[0]), *fields, lse, den, states]
     if bandwidth != _NO_NEAR:
         fields.append(empty_like_layout(q, dim_v))
         extras.append(q.new_empty(bh, seq, dtype=f32))

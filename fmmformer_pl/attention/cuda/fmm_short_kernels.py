@@ -9,18 +9,18 @@ few programs per row, so the repeated walks stay a small multiple of the layer's
 
 Forward, per block: the near field (``near_tiles._fwd_loop``), the far fields from the totals
 (``far_bidir._fwd_bidir_kernel``'s formulas) and y = c_0 near + sum_m c_m far_m; stores y, the
-fields (the coefficients' gradient reads them), the near field's log-sum-exp and the far
-fields' denominators.
+fields (the coefficients' gradient reads them), the near field's log-sum-exp, the far
+fields' denominators and total states.
 
 Backward: (1) the reverse states R_m, r_m over every query (g, s formed from dy * c_m, the
 stored far field and its denominator); (2) the far dk, dv of the program's blocks; (3) the
-totals S_m, z_m again; (4) the far dq of its blocks and the coefficients' partial sums
+totals S_m, z_m, which the forward stored; (4) the far dq of its blocks and the coefficients' partial sums
 sum dy * field; then, after a barrier, (5) the near field's dk, dv and dq of its blocks
 (``near_tiles._dkv_loop`` / ``_dq_loop`` with dout = c_0 * dy), added to the far gradients
 the program stored itself; (6) one atomic add of the coefficient gradient per field.
 
 The feature maps are recomputed from q and k where needed: nothing but y, the fields, the
-log-sum-exp and the denominators is stored. Shapes as in ``near.py`` and ``far.py``; c, dc
+log-sum-exp, the denominators and the states is stored. Shapes as in ``near.py`` and ``far.py``; c, dc
 ``(1 + maps, heads, head_dim_v)`` float32, the near field first.
 """
 
@@ -33,18 +33,21 @@ from .far_tiles import (
     _blend_add,
     _g_s,
     _keep_keys,
+    _load_state,
     _load_tile,
     _phi_k,
     _phi_m,
     _phi_q,
     _program,
+    _store_state,
     _store_tile,
+    _total_states,
 )
 from .near_tiles import _dkv_loop, _dq_loop, _fwd_loop, _key_rows, _rows, _seed_of, _store_grad
 
 
 @triton.jit
-def _total_states(
+def _sum_states(
     k_base, v_base, mask_base, T, D, DV, skt, skd, svt, svd, smt,
     NM: tl.constexpr, PHI0: tl.constexpr, PHI1: tl.constexpr, FAST: tl.constexpr,
     HAS_MASK: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
@@ -83,16 +86,18 @@ def _coefficient(c_ptr, row, H, hh, offs_dv, DV):
 @triton.jit
 def _short_fwd_kernel(
     q_ptr, k_ptr, v_ptr, mask_ptr, c_ptr, y_ptr, o_ptr, f0_ptr, f1_ptr, lse_ptr, den_ptr,
-    H, T, W, D, DV, BPP, qk_scale, scale, seed, p_drop,
+    st_ptr, H, T, W, D, DV, BPP, qk_scale, scale, seed, p_drop,
     sqb, sqh, sqt, sqd, skb, skh, skt, skd, svb, svh, svt, svd, sob, soh, sot, sod, smb, smt,
     NM: tl.constexpr, PHI0: tl.constexpr, PHI1: tl.constexpr, NORMALIZE: tl.constexpr,
     FAST: tl.constexpr, HAS_MASK: tl.constexpr, DROPOUT: tl.constexpr, SEED_PTR: tl.constexpr,
-    BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
-    PREC: tl.constexpr, DOT_DTYPE: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, BS: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
+    SLOT: tl.constexpr, PREC: tl.constexpr, DOT_DTYPE: tl.constexpr,
 ):  # fmt: skip
     """y, the near field o (and its lse), the far fields f0, f1 (and their denominators) of
-    blocks [BPP * program, BPP * (program + 1)). Grid (programs, batch * heads); y, o, f0, f1
-    share one layout (strides sob..sod)."""
+    blocks [BPP * program, BPP * (program + 1)); the row's first program also stores the
+    total states (S_m, z_m) into st (batch * heads, map) slots for the backward. Grid
+    (programs, batch * heads); y, o, f0, f1 share one layout (strides sob..sod). BS: the
+    positions per step of the state walk."""
     pid_p, pid_bh, _, n_bh, bb, hh = _program(H)
     seed_bh = _seed_of(seed, SEED_PTR) + pid_bh  # dropout: the near kernels' stream
     q_base = q_ptr + bb * sqb + hh * sqh
@@ -102,10 +107,14 @@ def _short_fwd_kernel(
     fields = bb * sob + hh * soh
     offs_d = tl.arange(0, BD)
     offs_dv = tl.arange(0, BDV)
-    S0, z0, S1, z1 = _total_states(
+    S0, z0, S1, z1 = _sum_states(
         k_base, v_base, mask_base, T, D, DV, skt, skd, svt, svd, smt,
-        NM, PHI0, PHI1, FAST, HAS_MASK, BM, BD, BDV, PREC, DOT_DTYPE,
+        NM, PHI0, PHI1, FAST, HAS_MASK, BS, BD, BDV, PREC, DOT_DTYPE,
     )  # fmt: skip
+    if pid_p == 0:
+        _store_state(st_ptr, pid_bh * NM, S0, z0, offs_d, offs_dv, BD, BDV, SLOT)
+        if NM == 2:
+            _store_state(st_ptr, pid_bh * NM + 1, S1, z1, offs_d, offs_dv, BD, BDV, SLOT)
     S0 = S0.to(DOT_DTYPE)  # rounded where it is read, as far_tiles._total_states does
     S1 = S1.to(DOT_DTYPE)
     first = pid_p * BPP
@@ -144,14 +153,15 @@ def _short_fwd_kernel(
 
 @triton.jit
 def _reverse_states(
-    q_base, dy_base, f0_base, f1_base, den_ptr, c0, c1, pid_bh, n_bh,
+    q_base, dy_base, f0_base, f1_base, den_ptr, c0, c1, pid_bh, n_bh, t_lo, t_hi,
     T, D, DV, scale, sqt, sqd, sdyt, sdyd, sot, sod,
     NM: tl.constexpr, PHI0: tl.constexpr, PHI1: tl.constexpr, FAST: tl.constexpr,
     NORMALIZE: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
     PREC: tl.constexpr, DOT_DTYPE: tl.constexpr,
 ):  # fmt: skip
-    """(R0, r0, R1, r1) float32: R_m = sum_i a_i g_i^T, r_m = sum_i s_i a_i over every query,
-    a = phi_m(q), with g, s of the output gradient dy * c_m (``far_tiles._g_s``)."""
+    """(R0, r0, R1, r1) float32: R_m = sum_i a_i g_i^T, r_m = sum_i s_i a_i over the queries
+    [t_lo, t_hi) (t_lo a multiple of BT), a = phi_m(q), with g, s of the output gradient
+    dy * c_m (``far_tiles._g_s``)."""
     offs_t = tl.arange(0, BT)
     offs_d = tl.arange(0, BD)
     offs_dv = tl.arange(0, BDV)
@@ -159,7 +169,7 @@ def _reverse_states(
     r0 = tl.zeros([BD], dtype=tl.float32)
     R1 = tl.zeros([BD, BDV], dtype=tl.float32)
     r1 = tl.zeros([BD], dtype=tl.float32)
-    for t0 in range(0, T, BT):
+    for t0 in range(t_lo, t_hi, BT):
         t = t0 + offs_t
         qq = _load_tile(q_base, t, offs_d, T, D, sqt, sqd)
         dy = _load_tile(dy_base, t, offs_dv, T, DV, sdyt, sdyd)
@@ -182,20 +192,72 @@ def _reverse_states(
 
 
 @triton.jit
+def _short_rstate_kernel(
+    q_ptr, dy_ptr, f0_ptr, f1_ptr, den_ptr, c_ptr, rseg_ptr, H, T, D, DV, SEG, scale,
+    sqb, sqh, sqt, sqd, sdyb, sdyh, sdyt, sdyd, sob, soh, sot, sod,
+    NM: tl.constexpr, PHI0: tl.constexpr, PHI1: tl.constexpr, FAST: tl.constexpr,
+    NORMALIZE: tl.constexpr, BS: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
+    SLOT: tl.constexpr, PREC: tl.constexpr, DOT_DTYPE: tl.constexpr,
+):  # fmt: skip
+    """The reverse states R_m, r_m of the SEG queries of segment (program 0) into slots
+    (batch * heads, segment, map) of rseg, for ``_short_bwd_kernel`` to sum (NSEG > 0): a
+    walk of SEG / BS steps instead of seq / BS. Grid (segments, batch * heads)."""
+    pid_s, pid_bh, n_seg, n_bh, bb, hh = _program(H)
+    offs_d = tl.arange(0, BD)
+    offs_dv = tl.arange(0, BDV)
+    fields = bb * sob + hh * soh
+    R0, r0, R1, r1 = _reverse_states(
+        q_ptr + bb * sqb + hh * sqh, dy_ptr + bb * sdyb + hh * sdyh, f0_ptr + fields,
+        f1_ptr + fields, den_ptr, _coefficient(c_ptr, 1, H, hh, offs_dv, DV),
+        _coefficient(c_ptr, NM, H, hh, offs_dv, DV), pid_bh, n_bh, pid_s * SEG,
+        tl.minimum(pid_s * SEG + SEG, T), T, D, DV, scale, sqt, sqd, sdyt, sdyd, sot, sod,
+        NM, PHI0, PHI1, FAST, NORMALIZE, BS, BD, BDV, PREC, DOT_DTYPE,
+    )  # fmt: skip
+    slot = (pid_bh * n_seg + pid_s) * NM
+    _store_state(rseg_ptr, slot, R0, r0, offs_d, offs_dv, BD, BDV, SLOT)
+    if NM == 2:
+        _store_state(rseg_ptr, slot + 1, R1, r1, offs_d, offs_dv, BD, BDV, SLOT)
+
+
+@triton.jit
+def _segment_sums(
+    ptr, pid_bh, NSEG: tl.constexpr, offs_d, offs_dv, NM: tl.constexpr,
+    BD: tl.constexpr, BDV: tl.constexpr, SLOT: tl.constexpr,
+):  # fmt: skip
+    """(R0, r0, R1, r1): the sums over the NSEG segment slots of row pid_bh."""
+    R0 = tl.zeros([BD, BDV], dtype=tl.float32)
+    r0 = tl.zeros([BD], dtype=tl.float32)
+    R1 = tl.zeros([BD, BDV], dtype=tl.float32)
+    r1 = tl.zeros([BD], dtype=tl.float32)
+    for seg in tl.static_range(NSEG):
+        R, r = _load_state(ptr, (pid_bh * NSEG + seg) * NM, offs_d, offs_dv, BD, BDV, SLOT)
+        R0 += R
+        r0 += r
+        if NM == 2:
+            slot = (pid_bh * NSEG + seg) * NM + 1
+            R, r = _load_state(ptr, slot, offs_d, offs_dv, BD, BDV, SLOT)
+            R1 += R
+            r1 += r
+    return R0, r0, R1, r1
+
+
+@triton.jit
 def _short_bwd_kernel(
     q_ptr, k_ptr, v_ptr, mask_ptr, c_ptr, dc_ptr, dy_ptr, o_ptr, f0_ptr, f1_ptr, lse_ptr,
-    den_ptr, dq_ptr, dk_ptr, dv_ptr,
+    den_ptr, st_ptr, rseg_ptr, dq_ptr, dk_ptr, dv_ptr,
     H, T, W, D, DV, BPP, qk_scale, sm_scale, scale, seed, p_drop,
     sqb, sqh, sqt, sqd, skb, skh, skt, skd, svb, svh, svt, svd, sob, soh, sot, sod,
     sdyb, sdyh, sdyt, sdyd, sdqb, sdqh, sdqt, sdqd, sdkb, sdkh, sdkt, sdkd,
     sdvb, sdvh, sdvt, sdvd, smb, smt,
     NM: tl.constexpr, PHI0: tl.constexpr, PHI1: tl.constexpr, NORMALIZE: tl.constexpr,
     FAST: tl.constexpr, HAS_MASK: tl.constexpr, DROPOUT: tl.constexpr, SEED_PTR: tl.constexpr,
-    BM: tl.constexpr, TN: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
-    PREC: tl.constexpr, DOT_DTYPE: tl.constexpr,
+    BM: tl.constexpr, TN: tl.constexpr, BS: tl.constexpr, BD: tl.constexpr,
+    BDV: tl.constexpr, SLOT: tl.constexpr, PREC: tl.constexpr, DOT_DTYPE: tl.constexpr,
+    NSEG: tl.constexpr,
 ):  # fmt: skip
     """dq, dk, dv of blocks [BPP * program, BPP * (program + 1)) and their share of dc (added
-    atomically; dc starts at zero). TN: the near loops' tile across the band. Grid (programs, batch * heads)."""
+    atomically; dc starts at zero), with the forward's total states st. TN: the near loops'
+    tile across the band; BS: the positions per step of the reverse-state walk. Grid (programs, batch * heads)."""
     pid_p, pid_bh, _, n_bh, bb, hh = _program(H)
     seed_bh = _seed_of(seed, SEED_PTR) + pid_bh
     q_base = q_ptr + bb * sqb + hh * sqh
@@ -218,12 +280,16 @@ def _short_bwd_kernel(
     first = pid_p * BPP
     last = tl.minimum(first + BPP, tl.cdiv(T, BM))
 
-    # (1), (2): the far dk, dv of this program's keys from the reverse states.
-    R0, r0, R1, r1 = _reverse_states(
-        q_base, dy_base, f0_base, f1_base, den_ptr, c0, c1, pid_bh, n_bh,
-        T, D, DV, scale, sqt, sqd, sdyt, sdyd, sot, sod,
-        NM, PHI0, PHI1, FAST, NORMALIZE, BM, BD, BDV, PREC, DOT_DTYPE,
-    )  # fmt: skip
+    # (1), (2): the far dk, dv of this program's keys from the reverse states: walked here, or
+    # (NSEG > 0) summed from the NSEG segments' partial states of _short_rstate_kernel.
+    if NSEG > 0:
+        R0, r0, R1, r1 = _segment_sums(rseg_ptr, pid_bh, NSEG, offs_d, offs_dv, NM, BD, BDV, SLOT)
+    else:
+        R0, r0, R1, r1 = _reverse_states(
+            q_base, dy_base, f0_base, f1_base, den_ptr, c0, c1, pid_bh, n_bh, 0, T,
+            T, D, DV, scale, sqt, sqd, sdyt, sdyd, sot, sod,
+            NM, PHI0, PHI1, FAST, NORMALIZE, BS, BD, BDV, PREC, DOT_DTYPE,
+        )  # fmt: skip
     R0 = R0.to(DOT_DTYPE)
     R1 = R1.to(DOT_DTYPE)
     for blk in range(first, last):
@@ -247,12 +313,7 @@ def _short_bwd_kernel(
         _store_tile(dv_base, t, offs_dv, T, DV, sdvt, sdvd, dv, False)
 
     # (3), (4): the far dq of this program's queries from the totals; the dc partial sums.
-    S0, z0, S1, z1 = _total_states(
-        k_base, v_base, mask_base, T, D, DV, skt, skd, svt, svd, smt,
-        NM, PHI0, PHI1, FAST, HAS_MASK, BM, BD, BDV, PREC, DOT_DTYPE,
-    )  # fmt: skip
-    S0 = S0.to(DOT_DTYPE)
-    S1 = S1.to(DOT_DTYPE)
+    S0, z0, S1, z1 = _total_states(st_ptr, pid_bh, offs_d, offs_dv, NM, BD, BDV, SLOT, DOT_DTYPE)
     dc_near = tl.zeros([BDV], dtype=tl.float32)
     dc0 = tl.zeros([BDV], dtype=tl.float32)
     dc1 = tl.zeros([BDV], dtype=tl.float32)
