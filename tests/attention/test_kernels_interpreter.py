@@ -46,14 +46,14 @@ def _general_fmm_path(monkeypatch):
     monkeypatch.setattr(fmm_short, "SHORT", {**fmm_short.SHORT, "max_seq": 0})
 
 
-def _short_path(monkeypatch, programs_per_sm=2, state_step=64, rstate_segments=0):
+def _short_path(monkeypatch, programs_per_sm=2, state_step=64, state_segments=0):
     """The one-launch path for every bidirectional sequence of these tests. The interpreter
     counts 8 SMs: ``programs_per_sm`` * 8 programs over the grid, so few programs per row
-    own several blocks each. ``state_step``, ``rstate_segments``: ``fmm_short.SHORT``'s."""
+    own several blocks each. ``state_step``, ``state_segments``: ``fmm_short.SHORT``'s."""
     from fmmformer_pl.attention.cuda import fmm_short
 
     short = dict(max_seq=1 << 20, programs_per_sm=programs_per_sm, state_step=state_step)
-    monkeypatch.setattr(fmm_short, "SHORT", {**short, "rstate_segments": rstate_segments})
+    monkeypatch.setattr(fmm_short, "SHORT", {**short, "state_segments": state_segments})
 
 
 def _rel(a, b):
@@ -451,7 +451,7 @@ def test_short_path_equals_the_general_path(dropout_p, masked, monkeypatch):
 
     general = run()
     for segments in (0, 2):
-        _short_path(monkeypatch, programs_per_sm=1, rstate_segments=segments)
+        _short_path(monkeypatch, programs_per_sm=1, state_segments=segments)
         for a, b in zip(run(), general, strict=True):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
@@ -632,7 +632,7 @@ def test_fmm_custom_op_matches_the_function(
     if segments == "many":
         monkeypatch.setattr(far, "PLAN", {**far.PLAN, **_MANY_SEGMENTS})
     if segments == "short":  # the one-launch path where it applies (bidirectional, r <= 2)
-        _short_path(monkeypatch, programs_per_sm=1, rstate_segments=2)
+        _short_path(monkeypatch, programs_per_sm=1, state_segments=2)
     q, k, v, mask = _inputs(1, 2, 150, 16, 16, seed=3)  # 3 chunks: 3 segments when "many"
     mask = mask if masked else None
     n_fields = len(maps) + (bandwidth is not None)

@@ -29,19 +29,27 @@ from ._common import (
     strides,
 )
 from .far import _dot_dtype, _sm_count, inline_ptx
-from .fmm_short_kernels import _short_bwd_kernel, _short_fwd_kernel, _short_rstate_kernel
+from .fmm_short_kernels import (
+    _short_bwd_kernel,
+    _short_fwd_kernel,
+    _short_rstate_kernel,
+    _short_state_kernel,
+)
 from .launch import launch
 from .near import _LOG2E, _tiles
 
-# The longest sequence this path takes, the grid's programs per SM and the positions per step
-# of the kernels' walks over the whole row (the forward's state walk, the backward's reverse
-# state walk; tuned on the H200, bench/far_tune.py --fields short; docs/gpu.md). max_seq 0
-# turns the path off. rstate_segments > 0: a second backward launch sums the reverse states
-# per segment (that many per row, in parallel) instead of each program walking the row.
-SHORT = {"max_seq": 2048, "programs_per_sm": 2, "state_step": 64, "rstate_segments": 0}
+# The longest sequence this path takes (0 turns it off), the grid's programs per SM, the
+# positions per step of the walks over a row's states, and their segments: with
+# state_segments > 0 each direction launches a state kernel first, one program per segment
+# (that many per row, in parallel), and the main kernel sums their states; with 0 every
+# program of the main kernel walks the whole row itself (one launch each way, but a chain of
+# seq / state_step dependent steps). Tuned on the H200 (bench/far_tune.py --fields short;
+# docs/gpu.md).
+SHORT = {"max_seq": 2048, "programs_per_sm": 2, "state_step": 64, "state_segments": 4}
 LAUNCH = {
     "fwd": dict(num_warps=4, num_stages=2),
     "bwd": dict(num_warps=4, num_stages=2),
+    "state": dict(num_warps=4, num_stages=2),
     "rstate": dict(num_warps=4, num_stages=2),
 }
 _BLOCK = 64  # positions per block: the near field's query blocks and the far field's chunks
@@ -64,14 +72,20 @@ def _blocks_per_program(bh: int, seq: int, device: torch.device) -> int:
     return cdiv(blocks, per_row)
 
 
-_RSTATE_CONSTEXPRS = (
-    "NM", "PHI0", "PHI1", "FAST", "NORMALIZE", "BS", "BD", "BDV", "SLOT", "PREC", "DOT_DTYPE",
+_STATE_CONSTEXPRS = (
+    "NM", "PHI0", "PHI1", "FAST", "BS", "BD", "BDV", "SLOT", "PREC", "DOT_DTYPE",
 )  # fmt: skip
 
 
-def _rstate_segments(seq: int) -> int:
-    """Segments of the backward's reverse-state launch (0: none), at most one per state step."""
-    return min(SHORT["rstate_segments"], cdiv(seq, SHORT["state_step"]))
+def segments(seq: int) -> tuple[int, int]:
+    """(segments per row, positions per segment) of the state launches; (0, 0): none. A
+    segment is a whole number of state steps."""
+    step = SHORT["state_step"]
+    n_seg = min(SHORT["state_segments"], cdiv(seq, step))
+    if n_seg <= 0:
+        return 0, 0
+    length = cdiv(cdiv(seq, n_seg), step) * step
+    return cdiv(seq, length), length
 
 
 def _constexprs(q, v, settings):
@@ -105,12 +119,15 @@ def short_saved(q, k, v, key_padding_mask, lse, den, states, near_args, phi_code
     return tensors, (near_args, tuple(phi_codes), normalize, has_mask, smb, smt)
 
 
-def state_slots(q, v, n_maps) -> torch.Tensor:
-    """The total states the forward stores: ``(batch * heads, maps, slot)`` float32, a slot
-    S (head_dim x head_dim_v) then z (``far_tiles._store_state``)."""
+def state_slots(q, v, n_maps, n_seg=None) -> torch.Tensor:
+    """The far states the forward keeps for the backward: ``(batch * heads, segments or 1,
+    maps, slot)`` float32, a slot S (head_dim x head_dim_v) then z
+    (``far_tiles._store_state``); per segment (``segments``), or the totals."""
     bd, bdv = block_dim(q.shape[-1]), block_dim(v.shape[-1])
     bh = q.shape[0] * q.shape[1]
-    return q.new_empty(bh, n_maps, bd * bdv + bd, dtype=torch.float32)
+    if n_seg is None:
+        n_seg = segments(q.shape[2])[0]
+    return q.new_empty(bh, max(n_seg, 1), n_maps, bd * bdv + bd, dtype=torch.float32)
 
 
 def short_forward(q, k, v, coeffs, key_padding_mask, near_args, phi_codes, normalize):
@@ -123,20 +140,29 @@ def short_forward(q, k, v, coeffs, key_padding_mask, near_args, phi_codes, norma
     fields = [empty_like_layout(q, dim_v) for _ in range(1 + nm)]
     lse = torch.empty(bh, seq, device=q.device, dtype=torch.float32)
     den = torch.empty(nm if normalize else 0, bh, seq, device=q.device, dtype=torch.float32)
-    states = state_slots(q, v, nm)
+    n_seg, seg = segments(seq)
+    states = state_slots(q, v, nm, n_seg)
     saved = short_saved(
         q, k, v, key_padding_mask, lse, den, states, near_args, phi_codes, normalize
     )
     (_, _, _, mask, *_), (_, _, _, has_mask, smb, smt) = saved
     bandwidth, dropout_p, seed = near_args
     bpp = _blocks_per_program(bh, seq, q.device)
+    cx = _constexprs(q, v, saved[1])
+    if n_seg:
+        launch(
+            _short_state_kernel, (n_seg, bh),
+            k, v, mask, states, heads, seq, dim, dim_v, seg, *strides(k), *strides(v), smb, smt,
+            HAS_MASK=has_mask, **{name: cx[name] for name in _STATE_CONSTEXPRS},
+            **LAUNCH["state"],
+        )  # fmt: skip
     launch(
         _short_fwd_kernel, (cdiv(cdiv(seq, _BLOCK), bpp), bh),
         q, k, v, mask, coeffs, y, fields[0], fields[1], fields[-1], lse,
         den if normalize else lse, states, heads, seq, bandwidth, dim, dim_v, bpp,
         _LOG2E / math.sqrt(dim), 1.0 / math.sqrt(seq), seed, dropout_p,
         *strides(q), *strides(k), *strides(v), *strides(y), smb, smt,
-        BN=_tiles(bandwidth)[0]["BN"], **_constexprs(q, v, saved[1]), **LAUNCH["fwd"],
+        BN=_tiles(bandwidth)[0]["BN"], NSEG=n_seg, **cx, **LAUNCH["fwd"],
     )  # fmt: skip
     return y, fields, saved
 
@@ -154,16 +180,16 @@ def short_backward(dy, coeffs, fields, saved):
     dc = torch.zeros_like(coeffs)
     bpp = _blocks_per_program(bh, seq, q.device)
     cx = _constexprs(q, v, settings)
-    n_seg, rseg = _rstate_segments(seq), lse  # lse: a stand-in, never read without segments
+    n_seg, seg = segments(seq)
+    rseg = lse  # a stand-in, never read without segments
     if n_seg:
-        seg = cdiv(cdiv(seq, n_seg), cx["BS"]) * cx["BS"]
-        n_seg = cdiv(seq, seg)
-        rseg = torch.empty(bh, n_seg, cx["NM"], cx["SLOT"], device=q.device, dtype=torch.float32)
+        rseg = state_slots(q, v, cx["NM"], n_seg)
         launch(
             _short_rstate_kernel, (n_seg, bh),
             q, dy, fields[1], fields[-1], den if normalize else lse, coeffs, rseg, heads, seq,
             dim, dim_v, seg, 1.0 / math.sqrt(seq), *strides(q), *strides(dy), *strides(fields[0]),
-            **{k: cx[k] for k in _RSTATE_CONSTEXPRS}, **LAUNCH["rstate"],
+            NORMALIZE=normalize, **{name: cx[name] for name in _STATE_CONSTEXPRS},
+            **LAUNCH["rstate"],
         )  # fmt: skip
     launch(
         _short_bwd_kernel, (cdiv(cdiv(seq, _BLOCK), bpp), bh),
@@ -173,6 +199,7 @@ def short_backward(dy, coeffs, fields, saved):
         1.0 / math.sqrt(seq), seed, dropout_p,
         *strides(q), *strides(k), *strides(v), *strides(fields[0]), *strides(dy),
         *strides(dq), *strides(dk), *strides(dv), smb, smt,
-        TN=min(_tiles(bandwidth)[0]["BN"], _BLOCK), NSEG=n_seg, **cx, **LAUNCH["bwd"],
+        TN=min(_tiles(bandwidth)[0]["BN"], _BLOCK), NSEG=n_seg, FSEG=states.shape[1], **cx,
+        **LAUNCH["bwd"],
     )  # fmt: skip
     return dq, dk, dv, dc

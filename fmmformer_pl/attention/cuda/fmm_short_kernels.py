@@ -41,20 +41,20 @@ from .far_tiles import (
     _program,
     _store_state,
     _store_tile,
-    _total_states,
 )
 from .near_tiles import _dkv_loop, _dq_loop, _fwd_loop, _key_rows, _rows, _seed_of, _store_grad
 
 
 @triton.jit
 def _sum_states(
-    k_base, v_base, mask_base, T, D, DV, skt, skd, svt, svd, smt,
+    k_base, v_base, mask_base, t_lo, t_hi, T, D, DV, skt, skd, svt, svd, smt,
     NM: tl.constexpr, PHI0: tl.constexpr, PHI1: tl.constexpr, FAST: tl.constexpr,
     HAS_MASK: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
     PREC: tl.constexpr, DOT_DTYPE: tl.constexpr,
 ):  # fmt: skip
-    """(S0, z0, S1, z1) float32: S_m = sum_j b_j v_j^T, z_m = sum_j b_j over every key of the
-    row, b = phi_m(k) zeroed at padding (with one map, S1, z1 stay zero and go unused)."""
+    """(S0, z0, S1, z1) float32: S_m = sum_j b_j v_j^T, z_m = sum_j b_j over the keys
+    [t_lo, t_hi) (t_lo a multiple of BT), b = phi_m(k) zeroed at padding (with one map, S1, z1
+    stay zero and go unused)."""
     offs_t = tl.arange(0, BT)
     offs_d = tl.arange(0, BD)
     offs_dv = tl.arange(0, BDV)
@@ -62,7 +62,7 @@ def _sum_states(
     z0 = tl.zeros([BD], dtype=tl.float32)
     S1 = tl.zeros([BD, BDV], dtype=tl.float32)
     z1 = tl.zeros([BD], dtype=tl.float32)
-    for t0 in range(0, T, BT):
+    for t0 in range(t_lo, t_hi, BT):
         t = t0 + offs_t
         kk = _load_tile(k_base, t, offs_d, T, D, skt, skd)
         keep2 = _keep_keys(mask_base, t, offs_d, T, D, smt, HAS_MASK)
@@ -91,13 +91,14 @@ def _short_fwd_kernel(
     NM: tl.constexpr, PHI0: tl.constexpr, PHI1: tl.constexpr, NORMALIZE: tl.constexpr,
     FAST: tl.constexpr, HAS_MASK: tl.constexpr, DROPOUT: tl.constexpr, SEED_PTR: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BS: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
-    SLOT: tl.constexpr, PREC: tl.constexpr, DOT_DTYPE: tl.constexpr,
+    SLOT: tl.constexpr, PREC: tl.constexpr, DOT_DTYPE: tl.constexpr, NSEG: tl.constexpr,
 ):  # fmt: skip
     """y, the near field o (and its lse), the far fields f0, f1 (and their denominators) of
-    blocks [BPP * program, BPP * (program + 1)); the row's first program also stores the
-    total states (S_m, z_m) into st (batch * heads, map) slots for the backward. Grid
-    (programs, batch * heads); y, o, f0, f1 share one layout (strides sob..sod). BS: the
-    positions per step of the state walk."""
+    blocks [BPP * program, BPP * (program + 1)). The far states: NSEG > 0, the sums of st's
+    (batch * heads, segment, map) slots (``_short_state_kernel``); else walked here in steps
+    of BS positions, the row's first program storing the totals into st's (batch * heads, 0,
+    map) slots for the backward. Grid (programs, batch * heads); y, o, f0, f1 share one
+    layout (strides sob..sod)."""
     pid_p, pid_bh, _, n_bh, bb, hh = _program(H)
     seed_bh = _seed_of(seed, SEED_PTR) + pid_bh  # dropout: the near kernels' stream
     q_base = q_ptr + bb * sqb + hh * sqh
@@ -107,14 +108,17 @@ def _short_fwd_kernel(
     fields = bb * sob + hh * soh
     offs_d = tl.arange(0, BD)
     offs_dv = tl.arange(0, BDV)
-    S0, z0, S1, z1 = _sum_states(
-        k_base, v_base, mask_base, T, D, DV, skt, skd, svt, svd, smt,
-        NM, PHI0, PHI1, FAST, HAS_MASK, BS, BD, BDV, PREC, DOT_DTYPE,
-    )  # fmt: skip
-    if pid_p == 0:
-        _store_state(st_ptr, pid_bh * NM, S0, z0, offs_d, offs_dv, BD, BDV, SLOT)
-        if NM == 2:
-            _store_state(st_ptr, pid_bh * NM + 1, S1, z1, offs_d, offs_dv, BD, BDV, SLOT)
+    if NSEG > 0:  # the segments' states, from _short_state_kernel
+        S0, z0, S1, z1 = _segment_sums(st_ptr, pid_bh, NSEG, offs_d, offs_dv, NM, BD, BDV, SLOT)
+    else:  # walked here; the row's first program stores the totals for the backward
+        S0, z0, S1, z1 = _sum_states(
+            k_base, v_base, mask_base, 0, T, T, D, DV, skt, skd, svt, svd, smt,
+            NM, PHI0, PHI1, FAST, HAS_MASK, BS, BD, BDV, PREC, DOT_DTYPE,
+        )  # fmt: skip
+        if pid_p == 0:
+            _store_state(st_ptr, pid_bh * NM, S0, z0, offs_d, offs_dv, BD, BDV, SLOT)
+            if NM == 2:
+                _store_state(st_ptr, pid_bh * NM + 1, S1, z1, offs_d, offs_dv, BD, BDV, SLOT)
     S0 = S0.to(DOT_DTYPE)  # rounded where it is read, as far_tiles._total_states does
     S1 = S1.to(DOT_DTYPE)
     first = pid_p * BPP
@@ -192,6 +196,31 @@ def _reverse_states(
 
 
 @triton.jit
+def _short_state_kernel(
+    k_ptr, v_ptr, mask_ptr, seg_ptr, H, T, D, DV, SEG,
+    skb, skh, skt, skd, svb, svh, svt, svd, smb, smt,
+    NM: tl.constexpr, PHI0: tl.constexpr, PHI1: tl.constexpr, FAST: tl.constexpr,
+    HAS_MASK: tl.constexpr, BS: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
+    SLOT: tl.constexpr, PREC: tl.constexpr, DOT_DTYPE: tl.constexpr,
+):  # fmt: skip
+    """The far states S_m, z_m of the SEG keys of segment (program 0) into slots (batch *
+    heads, segment, map) of seg, for ``_short_fwd_kernel`` (and the backward) to sum.
+    Grid (segments, batch * heads)."""
+    pid_s, pid_bh, n_seg, n_bh, bb, hh = _program(H)
+    offs_d = tl.arange(0, BD)
+    offs_dv = tl.arange(0, BDV)
+    S0, z0, S1, z1 = _sum_states(
+        k_ptr + bb * skb + hh * skh, v_ptr + bb * svb + hh * svh, mask_ptr + bb * smb,
+        pid_s * SEG, tl.minimum(pid_s * SEG + SEG, T), T, D, DV, skt, skd, svt, svd, smt,
+        NM, PHI0, PHI1, FAST, HAS_MASK, BS, BD, BDV, PREC, DOT_DTYPE,
+    )  # fmt: skip
+    slot = (pid_bh * n_seg + pid_s) * NM
+    _store_state(seg_ptr, slot, S0, z0, offs_d, offs_dv, BD, BDV, SLOT)
+    if NM == 2:
+        _store_state(seg_ptr, slot + 1, S1, z1, offs_d, offs_dv, BD, BDV, SLOT)
+
+
+@triton.jit
 def _short_rstate_kernel(
     q_ptr, dy_ptr, f0_ptr, f1_ptr, den_ptr, c_ptr, rseg_ptr, H, T, D, DV, SEG, scale,
     sqb, sqh, sqt, sqd, sdyb, sdyh, sdyt, sdyd, sob, soh, sot, sod,
@@ -253,10 +282,11 @@ def _short_bwd_kernel(
     FAST: tl.constexpr, HAS_MASK: tl.constexpr, DROPOUT: tl.constexpr, SEED_PTR: tl.constexpr,
     BM: tl.constexpr, TN: tl.constexpr, BS: tl.constexpr, BD: tl.constexpr,
     BDV: tl.constexpr, SLOT: tl.constexpr, PREC: tl.constexpr, DOT_DTYPE: tl.constexpr,
-    NSEG: tl.constexpr,
+    NSEG: tl.constexpr, FSEG: tl.constexpr,
 ):  # fmt: skip
     """dq, dk, dv of blocks [BPP * program, BPP * (program + 1)) and their share of dc (added
-    atomically; dc starts at zero), with the forward's total states st. TN: the near loops'
+    atomically; dc starts at zero), with the forward's states st: the sums of its FSEG
+    (batch * heads, segment, map) slots. TN: the near loops'
     tile across the band; BS: the positions per step of the reverse-state walk. Grid (programs, batch * heads)."""
     pid_p, pid_bh, _, n_bh, bb, hh = _program(H)
     seed_bh = _seed_of(seed, SEED_PTR) + pid_bh
@@ -313,7 +343,9 @@ def _short_bwd_kernel(
         _store_tile(dv_base, t, offs_dv, T, DV, sdvt, sdvd, dv, False)
 
     # (3), (4): the far dq of this program's queries from the totals; the dc partial sums.
-    S0, z0, S1, z1 = _total_states(st_ptr, pid_bh, offs_d, offs_dv, NM, BD, BDV, SLOT, DOT_DTYPE)
+    S0, z0, S1, z1 = _segment_sums(st_ptr, pid_bh, FSEG, offs_d, offs_dv, NM, BD, BDV, SLOT)
+    S0 = S0.to(DOT_DTYPE)
+    S1 = S1.to(DOT_DTYPE)
     dc_near = tl.zeros([BDV], dtype=tl.float32)
     dc0 = tl.zeros([BDV], dtype=tl.float32)
     dc1 = tl.zeros([BDV], dtype=tl.float32)
