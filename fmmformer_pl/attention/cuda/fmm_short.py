@@ -45,10 +45,10 @@ from .near import _LOG2E, _tiles
 # program of the main kernel walks the whole row itself (one launch each way, but a chain of
 # seq / state_step dependent steps). Tuned on the H200 (bench/far_tune.py --fields short;
 # docs/gpu.md).
-SHORT = {"max_seq": 2048, "programs_per_sm": 2, "state_step": 64, "state_segments": 4}
+SHORT = {"max_seq": 1024, "programs_per_sm": 2, "state_step": 64, "state_segments": 4}
 LAUNCH = {
     "fwd": dict(num_warps=4, num_stages=2),
-    "bwd": dict(num_warps=4, num_stages=2),
+    "bwd": dict(num_warps=8, num_stages=2),
     "state": dict(num_warps=4, num_stages=2),
     "rstate": dict(num_warps=4, num_stages=2),
 }
