@@ -116,16 +116,20 @@ LAYER_KNOBS = {
 }
 SWITCHES = ("BLEND_IN_FAR_FORWARD", "BLEND_IN_NEAR_FORWARD", "DC_IN_STATE_PASS")
 # The one-launch layer of short bidirectional sequences (fmm_short.py): "short:" knobs set
-# fmm_short.SHORT (max_seq 0: the general path, 1 << 20: the short path at any length), the
-# launch knobs its two kernels' settings (fmm_short.LAUNCH).
+# fmm_short.SHORT (max_seq 0: the general path, 1 << 20: the short path at any length and
+# grid), the launch knobs its kernels' settings (fmm_short.LAUNCH; bwd_wide: the backward
+# in grids of more blocks than SMs).
 SHORT_KNOBS = {
     "short:max_seq": [0, 1 << 20],
+    "short:max_blocks_per_sm": [1 << 20],
     "short:programs_per_sm": [1, 2, 4, 8, 16],
     "short:state_step": [32, 64, 128, 256],
     "short:state_segments": [0, 2, 4, 8, 16],
     "warps:state,rstate": [4, 8],
     "warps:fwd,bwd": [2, 4, 8],
+    "warps:fwd": [2, 4, 8],
     "warps:bwd": [2, 4, 8],
+    "warps:bwd_wide": [2, 4, 8],
     "stages:fwd,bwd": [1, 2, 3],
 }
 

@@ -513,7 +513,8 @@ def _short(monkeypatch, on: bool):
     the general path (``fmm.py``'s field kernels)."""
     from fmmformer_pl.attention.cuda import fmm_short
 
-    monkeypatch.setattr(fmm_short, "SHORT", {**fmm_short.SHORT, "max_seq": (1 << 20) * on})
+    limits = {"max_seq": (1 << 20) * on, "max_blocks_per_sm": 1 << 20}
+    monkeypatch.setattr(fmm_short, "SHORT", {**fmm_short.SHORT, **limits})
 
 
 @pytest.mark.parametrize("path", ["short", "general"])

@@ -52,7 +52,8 @@ def _short_path(monkeypatch, programs_per_sm=2, state_step=64, state_segments=0)
     own several blocks each. ``state_step``, ``state_segments``: ``fmm_short.SHORT``'s."""
     from fmmformer_pl.attention.cuda import fmm_short
 
-    short = dict(max_seq=1 << 20, programs_per_sm=programs_per_sm, state_step=state_step)
+    short = dict(max_seq=1 << 20, max_blocks_per_sm=1 << 20, programs_per_sm=programs_per_sm)
+    short["state_step"] = state_step
     monkeypatch.setattr(fmm_short, "SHORT", {**short, "state_segments": state_segments})
 
 
@@ -456,11 +457,12 @@ def test_short_path_equals_the_general_path(dropout_p, masked, monkeypatch):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
-def test_short_path_applies_to_short_bidirectional_fmm_only(monkeypatch):
+def test_short_path_applies_to_short_bidirectional_fmm_in_small_grids_only(monkeypatch):
     from fmmformer_pl.attention.cuda import fmm_short
 
-    monkeypatch.setattr(fmm_short, "SHORT", {**fmm_short.SHORT, "max_seq": 128})
-    q = torch.zeros(1, 2, 128, 16)
+    short = {**fmm_short.SHORT, "max_seq": 128, "max_blocks_per_sm": 1}
+    monkeypatch.setattr(fmm_short, "SHORT", short)
+    q = torch.zeros(1, 2, 128, 16)  # 2 rows x 2 blocks; the interpreter counts 8 SMs
     near = (5, 0.0, 0)
     assert fmm_short.short_applies(q, near, (0, 1), causal=False)
     assert fmm_short.short_applies(q, near, (0,), causal=False)
@@ -468,6 +470,8 @@ def test_short_path_applies_to_short_bidirectional_fmm_only(monkeypatch):
     assert not fmm_short.short_applies(q, None, (0, 1), causal=False)  # kind "linear"
     assert not fmm_short.short_applies(q, near, (0, 1, 2), causal=False)  # two far groups
     assert not fmm_short.short_applies(torch.zeros(1, 2, 129, 16), near, (0,), causal=False)
+    assert fmm_short.short_applies(torch.zeros(2, 2, 128, 16), near, (0,), causal=False)
+    assert not fmm_short.short_applies(torch.zeros(3, 2, 128, 16), near, (0,), causal=False)
 
 
 def test_far_kernels_refuse_malformed_fused_arguments(monkeypatch):

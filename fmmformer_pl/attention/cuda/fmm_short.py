@@ -10,7 +10,8 @@ head): ``SHORT["programs_per_sm"]`` programs per SM over the whole grid, no more
 blocks of a row.
 
 ``short_applies`` picks this path: bidirectional, a near field, one or two feature maps, at
-most ``SHORT["max_seq"]`` positions. ``fmm.fmm_forward`` / ``fmm_backward`` call it.
+most ``SHORT["max_seq"]`` positions, a grid of at most ``SHORT["max_blocks_per_sm"]`` blocks
+per SM (in large grids, e.g. a training batch, the general path's kernels are faster). ``fmm.fmm_forward`` / ``fmm_backward`` call it.
 """
 
 from __future__ import annotations
@@ -38,17 +39,31 @@ from .fmm_short_kernels import (
 from .launch import launch
 from .near import _LOG2E, _tiles
 
-# The longest sequence this path takes (0 turns it off), the grid's programs per SM, the
-# positions per step of the walks over a row's states, and their segments: with
+# When this path is taken: sequences up to max_seq (0 turns it off) in grids of at most
+# max_blocks_per_sm 64-position blocks (batch * heads * blocks per row) per SM: a small grid,
+# whose step is launches and dependent steps rather than throughput. The grid's programs per
+# SM; the positions per step of the walks over a row's states, and their segments: with
 # state_segments > 0 each direction launches a state kernel first, one program per segment
 # (that many per row, in parallel), and the main kernel sums their states; with 0 every
 # program of the main kernel walks the whole row itself (one launch each way, but a chain of
-# seq / state_step dependent steps). Tuned on the H200 (bench/far_tune.py --fields short;
-# docs/gpu.md).
-SHORT = {"max_seq": 1024, "programs_per_sm": 2, "state_step": 64, "state_segments": 4}
+# seq / state_step dependent steps). H200, fwd+bwd as graph replays (bench/far_tune.py
+# --fields short; docs/kernel_tune_short*.csv): batch 1 x 8 heads x 64, band 64, 512 / 1,024
+# tokens 0.069 / 0.083 ms against 0.090 / 0.094 on the general path, 2,048 tokens 0.128
+# against 0.113; LRA-like batch 16 x 2 heads x 32, band 5, 1K (512 blocks): 0.091 against
+# 0.121; batch 32 x 8 x 64 (4,096 blocks) 0.970 at best against 0.852.
+SHORT = {
+    "max_seq": 1024,
+    "max_blocks_per_sm": 4,
+    "programs_per_sm": 2,
+    "state_step": 64,
+    "state_segments": 4,
+}
+# The backward's warps: 8 in a grid of at most one block per SM (0.084 against 0.087 ms with
+# 4 at 1K, batch 1), else 4 (0.091 against 0.121 with 8 at 512 blocks).
 LAUNCH = {
     "fwd": dict(num_warps=4, num_stages=2),
     "bwd": dict(num_warps=8, num_stages=2),
+    "bwd_wide": dict(num_warps=4, num_stages=2),
     "state": dict(num_warps=4, num_stages=2),
     "rstate": dict(num_warps=4, num_stages=2),
 }
@@ -62,7 +77,13 @@ def short_applies(q, near_args, phi_codes, causal) -> bool:
         and near_args is not None
         and 1 <= len(phi_codes) <= 2
         and q.shape[2] <= SHORT["max_seq"]
+        and _grid_blocks(q) <= SHORT["max_blocks_per_sm"] * _sm_count(q.device)
     )
+
+
+def _grid_blocks(q) -> int:
+    """64-position blocks of the whole call: batch * heads * blocks per row."""
+    return q.shape[0] * q.shape[1] * cdiv(q.shape[2], _BLOCK)
 
 
 def _blocks_per_program(bh: int, seq: int, device: torch.device) -> int:
@@ -200,6 +221,6 @@ def short_backward(dy, coeffs, fields, saved):
         *strides(q), *strides(k), *strides(v), *strides(fields[0]), *strides(dy),
         *strides(dq), *strides(dk), *strides(dv), smb, smt,
         TN=min(_tiles(bandwidth)[0]["BN"], _BLOCK), NSEG=n_seg, FSEG=states.shape[1], **cx,
-        **LAUNCH["bwd"],
+        **LAUNCH["bwd" if _grid_blocks(q) <= _sm_count(q.device) else "bwd_wide"],
     )  # fmt: skip
     return dq, dk, dv, dc
