@@ -474,6 +474,19 @@ def test_short_path_applies_to_short_bidirectional_fmm_in_small_grids_only(monke
     assert not fmm_short.short_applies(torch.zeros(3, 2, 128, 16), near, (0,), causal=False)
 
 
+def test_short_path_segments_are_whole_state_steps(monkeypatch):
+    from fmmformer_pl.attention.cuda import fmm_short
+
+    monkeypatch.setattr(fmm_short, "SHORT", {**fmm_short.SHORT, "state_step": 64})
+    for n, seq, expected in [(4, 1024, (4, 256)), (4, 100, (2, 64)), (3, 1000, (3, 384)),
+                             (4, 1, (1, 64)), (0, 1024, (0, 0))]:  # fmt: skip
+        monkeypatch.setitem(fmm_short.SHORT, "state_segments", n)
+        n_seg, length = fmm_short.segments(seq)
+        assert (n_seg, length) == expected
+        if n_seg:
+            assert length % 64 == 0 and (n_seg - 1) * length < seq <= n_seg * length
+
+
 def test_far_kernels_refuse_malformed_fused_arguments(monkeypatch):
     """far_forward's blend and far_backward's scales are read as contiguous float32 rows by
     the kernels: anything else is refused, as is a blend the walks cannot form."""

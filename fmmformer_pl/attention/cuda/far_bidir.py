@@ -19,6 +19,7 @@ from .far_tiles import (
     _load_tile,
     _phi_q,
     _program,
+    _readout,
     _store_features,
     _store_tile,
     _total_states,
@@ -67,14 +68,8 @@ def _fwd_bidir_kernel(
             a = _phi_q(qq, t, offs_d, T, D, m, PHI0, PHI1, FAST)
             a_base = _feature_base(phi_ptr, 0, m, NM, pid_bh, n_bh, T, D)
             _store_features(a_base, t, offs_d, T, D, a)
-            num = tl.dot(a.to(DOT_DTYPE), S, input_precision=PREC)
-            if NORMALIZE:
-                den = tl.sum(a * z[None, :], axis=1)
-                pos = den > 0
-                out = tl.where(pos[:, None], num / tl.where(pos, den, 1.0)[:, None], 0.0)
-                tl.store(den_ptr + (m * n_bh + pid_bh) * T + t, den, mask=t < T)
-            else:
-                out = num * scale
+            row = m * n_bh + pid_bh
+            out = _readout(a, S, z, den_ptr, row, t, T, scale, NORMALIZE, PREC, DOT_DTYPE)
             _store_tile(o_base, t, offs_dv, T, DV, sot, sod, out, False)
             if BLEND:
                 row = (1 if HAS_NEAR else 0) + m

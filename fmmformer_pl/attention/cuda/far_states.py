@@ -19,7 +19,7 @@ from .far_tiles import (
     _program,
     _store_features,
     _store_g_s,
-    _store_state,
+    _store_states,
 )
 
 
@@ -66,9 +66,7 @@ def _state_fwd_kernel(
             base = _feature_base(phi_ptr, 1, 1, NM, pid_bh, n_bh, T, D)
             _store_features(base, t, offs_d, T, D, b)
     slot = (pid_bh * n_seg + pid_s) * NM
-    _store_state(seg_ptr, slot, S0, z0, offs_d, offs_dv, BD, BDV, SLOT)
-    if NM == 2:
-        _store_state(seg_ptr, slot + 1, S1, z1, offs_d, offs_dv, BD, BDV, SLOT)
+    _store_states(seg_ptr, slot, S0, z0, S1, z1, offs_d, offs_dv, NM, BD, BDV, SLOT)
 
 
 @triton.jit
@@ -153,9 +151,7 @@ def _state_bwd_kernel(
         slot = (pid_bh * n_seg + n_seg - 1 - pid_s) * NM
     else:
         slot = (pid_bh * n_seg + pid_s) * NM
-    _store_state(seg_ptr, slot, R0, r0, offs_d, offs_dv, BD, BDV, SLOT)
-    if NM == 2:
-        _store_state(seg_ptr, slot + 1, R1, r1, offs_d, offs_dv, BD, BDV, SLOT)
+    _store_states(seg_ptr, slot, R0, r0, R1, r1, offs_d, offs_dv, NM, BD, BDV, SLOT)
     if HAS_DC:
         tl.atomic_add(dc_ptr + row0, dc0, mask=offs_dv < DV)
         if NM == 2:

@@ -241,6 +241,36 @@ def _blend_add(y, out, o_base, c_ptr, row, H, hh, offs_dv, DV):
 
 
 @triton.jit
+def _readout(
+    a, S, z, den_ptr, row, t, T, scale,
+    NORMALIZE: tl.constexpr, PREC: tl.constexpr, DOT_DTYPE: tl.constexpr,
+):  # fmt: skip
+    """out = a S / (a . z) (0 where a . z = 0; the denominators stored at den_ptr + row * T,
+    row = map * batch * heads + batch * head) or a S * scale, for a (chunk x head_dim) tile of
+    features a (float32) and a state S (in the products' dtype), z."""
+    num = tl.dot(a.to(DOT_DTYPE), S, input_precision=PREC)
+    if NORMALIZE:
+        den = tl.sum(a * z[None, :], axis=1)
+        pos = den > 0
+        out = tl.where(pos[:, None], num / tl.where(pos, den, 1.0)[:, None], 0.0)
+        tl.store(den_ptr + row * T + t, den, mask=t < T)
+    else:
+        out = num * scale
+    return out
+
+
+@triton.jit
+def _store_states(
+    ptr, slot, S0, z0, S1, z1, offs_d, offs_dv, NM: tl.constexpr,
+    BD: tl.constexpr, BDV: tl.constexpr, SLOT: tl.constexpr,
+):  # fmt: skip
+    """Map 0's state into slot, and with two maps map 1's into slot + 1."""
+    _store_state(ptr, slot, S0, z0, offs_d, offs_dv, BD, BDV, SLOT)
+    if NM == 2:
+        _store_state(ptr, slot + 1, S1, z1, offs_d, offs_dv, BD, BDV, SLOT)
+
+
+@triton.jit
 def _gs_bases(g_ptr, s_ptr, m, pid_bh, n_bh, T, DV):
     """Starts of g_m and s_m of (batch * heads) row pid_bh (int64) in the buffers
     (map, batch * heads, seq, head_dim_v) and (map, batch * heads, seq)."""

@@ -39,7 +39,8 @@ from .far_tiles import (
     _phi_m,
     _phi_q,
     _program,
-    _store_state,
+    _readout,
+    _store_states,
     _store_tile,
 )
 from .near_tiles import _dkv_loop, _dq_loop, _fwd_loop, _key_rows, _rows, _seed_of, _store_grad
@@ -116,9 +117,7 @@ def _short_fwd_kernel(
             NM, PHI0, PHI1, FAST, HAS_MASK, BS, BD, BDV, PREC, DOT_DTYPE,
         )  # fmt: skip
         if pid_p == 0:
-            _store_state(st_ptr, pid_bh * NM, S0, z0, offs_d, offs_dv, BD, BDV, SLOT)
-            if NM == 2:
-                _store_state(st_ptr, pid_bh * NM + 1, S1, z1, offs_d, offs_dv, BD, BDV, SLOT)
+            _store_states(st_ptr, pid_bh * NM, S0, z0, S1, z1, offs_d, offs_dv, NM, BD, BDV, SLOT)
     S0 = S0.to(DOT_DTYPE)  # rounded where it is read, as far_tiles._total_states does
     S1 = S1.to(DOT_DTYPE)
     first = pid_p * BPP
@@ -142,14 +141,8 @@ def _short_fwd_kernel(
             else:
                 S, z, f_ptr = S1, z1, f1_ptr
             a = _phi_q(qq, t, offs_d, T, D, m, PHI0, PHI1, FAST)
-            num = tl.dot(a.to(DOT_DTYPE), S, input_precision=PREC)
-            if NORMALIZE:
-                den = tl.sum(a * z[None, :], axis=1)
-                pos = den > 0
-                far = tl.where(pos[:, None], num / tl.where(pos, den, 1.0)[:, None], 0.0)
-                tl.store(den_ptr + (m * n_bh + pid_bh) * T + t, den, mask=t < T)
-            else:
-                far = num * scale
+            row = m * n_bh + pid_bh
+            far = _readout(a, S, z, den_ptr, row, t, T, scale, NORMALIZE, PREC, DOT_DTYPE)
             _store_tile(f_ptr + fields, t, offs_dv, T, DV, sot, sod, far, False)
             y = _blend_add(y, far, f_ptr, c_ptr, 1 + m, H, hh, offs_dv, DV)
         _store_tile(y_ptr + fields, t, offs_dv, T, DV, sot, sod, y, False)
@@ -215,9 +208,7 @@ def _short_state_kernel(
         NM, PHI0, PHI1, FAST, HAS_MASK, BS, BD, BDV, PREC, DOT_DTYPE,
     )  # fmt: skip
     slot = (pid_bh * n_seg + pid_s) * NM
-    _store_state(seg_ptr, slot, S0, z0, offs_d, offs_dv, BD, BDV, SLOT)
-    if NM == 2:
-        _store_state(seg_ptr, slot + 1, S1, z1, offs_d, offs_dv, BD, BDV, SLOT)
+    _store_states(seg_ptr, slot, S0, z0, S1, z1, offs_d, offs_dv, NM, BD, BDV, SLOT)
 
 
 @triton.jit
@@ -243,9 +234,7 @@ def _short_rstate_kernel(
         NM, PHI0, PHI1, FAST, NORMALIZE, BS, BD, BDV, PREC, DOT_DTYPE,
     )  # fmt: skip
     slot = (pid_bh * n_seg + pid_s) * NM
-    _store_state(rseg_ptr, slot, R0, r0, offs_d, offs_dv, BD, BDV, SLOT)
-    if NM == 2:
-        _store_state(rseg_ptr, slot + 1, R1, r1, offs_d, offs_dv, BD, BDV, SLOT)
+    _store_states(rseg_ptr, slot, R0, r0, R1, r1, offs_d, offs_dv, NM, BD, BDV, SLOT)
 
 
 @triton.jit
