@@ -66,7 +66,7 @@ FIELDS = (
 
 
 def add_short_option(parser):
-    """``--short-max-seq``: the one-launch FMM path's longest sequence
+    """``--short-max-seq``: the short FMM path's longest sequence
     (``fmm_short.SHORT["max_seq"]``; 0 turns it off), to time both paths on one machine."""
     parser.add_argument(
         "--short-max-seq", type=int, default=None,

@@ -19,7 +19,7 @@ Retrieval model's attention: ``--seq 4096 --batch 64 --heads 2 --dim 32 --band 5
 blend weights' gradients included) with ``fmm.py``'s per-mode switches flipped for the mode
 timed (``BLEND_IN_FAR_FORWARD``, ``BLEND_IN_NEAR_FORWARD``, ``DC_IN_STATE_PASS``).
 
-``--fields short``: the same layer, bidirectional, through the one-launch kernels of short
+``--fields short``: the same layer, bidirectional, through the short-path kernels of short
 sequences (``fmm_short.py``): its length limit (0: the general path), programs per SM and
 launch settings.
 
@@ -115,7 +115,7 @@ LAYER_KNOBS = {
     "switch:DC_IN_STATE_PASS": [True, False],
 }
 SWITCHES = ("BLEND_IN_FAR_FORWARD", "BLEND_IN_NEAR_FORWARD", "DC_IN_STATE_PASS")
-# The one-launch layer of short bidirectional sequences (fmm_short.py): "short:" knobs set
+# The short-path layer of short bidirectional sequences (fmm_short.py): "short:" knobs set
 # fmm_short.SHORT (max_seq 0: the general path, 1 << 20: the short path at any length and
 # grid), the launch knobs its kernels' settings (fmm_short.LAUNCH; bwd_wide: the backward
 # in grids of more blocks than SMs).

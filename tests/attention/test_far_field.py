@@ -185,3 +185,21 @@ def test_far_fields_bad_arguments():
         far_fields(q, q, q, [])
     with pytest.raises(ValueError, match="nope"):
         far_fields(q, q, q, ["elu", "nope"])
+
+
+def test_float32_heads_wider_than_64_under_tf32_take_the_reference():
+    """The Triton far-field state kernel does not compile for sm_90a with TF32 products of
+    float32 tiles wider than 64 (``_common.supported``): those inputs go to the reference."""
+    from fmmformer_pl.attention.cuda._common import supported
+
+    wide, narrow = torch.zeros(1, 2, 8, 128), torch.zeros(1, 2, 8, 64)
+    before = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("high")
+        assert not supported(wide, wide, wide)
+        assert supported(narrow, narrow, narrow)
+        assert supported(*(t.bfloat16() for t in (wide, wide, wide)))
+        torch.set_float32_matmul_precision("highest")
+        assert supported(wide, wide, wide)
+    finally:
+        torch.set_float32_matmul_precision(before)

@@ -505,11 +505,11 @@ def test_fused_layer_far_length_scaling_matches_reference(causal):
     assert _rel(out, expect) < 1e-4
 
 
-# ---------------------------------------------------------------- one-launch short path
+# ---------------------------------------------------------------- short path
 
 
 def _short(monkeypatch, on: bool):
-    """The one-launch short path (``fmm_short.py``) for every bidirectional length here, or
+    """The short path (``fmm_short.py``) for every bidirectional length here, or
     the general path (``fmm.py``'s field kernels)."""
     from fmmformer_pl.attention.cuda import fmm_short
 
@@ -532,7 +532,7 @@ def _short(monkeypatch, on: bool):
 def test_fused_layer_short_and_general_paths_match_reference(
     path, dtype, normalize, maps, bandwidth, padding, shape, monkeypatch
 ):
-    """FMMAttention's fused node on the one-launch short path and on the general path,
+    """FMMAttention's fused node on the short path and on the general path,
     against the float64 reference layer: output, q, k, v and blend-weight gradients."""
     _short(monkeypatch, path == "short")
     batch, heads, seq, dim = shape
@@ -561,7 +561,7 @@ def test_fused_layer_short_and_general_paths_match_reference(
 
 @pytest.mark.parametrize("dropout_p", [0.0, 0.2])
 def test_short_path_equals_the_general_path_on_the_gpu(dropout_p, monkeypatch):
-    """float32, same seed: the one-launch kernels and the field kernels agree (the same
+    """float32, same seed: the short-path kernels and the field kernels agree (the same
     dropout draws included)."""
     from fmmformer_pl.attention.cuda import fmm_attention_cuda
 

@@ -39,7 +39,7 @@ def _exact_fp32(exact_fp32):
 @pytest.fixture(autouse=True)
 def _general_fmm_path(monkeypatch):
     """The fused-layer tests below check the general path (``fmm.py``'s field kernels); the
-    one-launch short path (``fmm_short.py``) would take their short bidirectional cases.
+    short path (``fmm_short.py``) would take their short bidirectional cases.
     ``_short_path`` turns it back on."""
     from fmmformer_pl.attention.cuda import fmm_short
 
@@ -47,7 +47,7 @@ def _general_fmm_path(monkeypatch):
 
 
 def _short_path(monkeypatch, programs_per_sm=2, state_step=64, state_segments=0):
-    """The one-launch path for every bidirectional sequence of these tests. The interpreter
+    """The short path for every bidirectional sequence of these tests. The interpreter
     counts 8 SMs: ``programs_per_sm`` * 8 programs over the grid, so few programs per row
     own several blocks each. ``state_step``, ``state_segments``: ``fmm_short.SHORT``'s."""
     from fmmformer_pl.attention.cuda import fmm_short
@@ -411,7 +411,7 @@ def test_fused_layer_with_the_per_mode_choices_flipped(causal, bandwidth, near_b
     ],
 )
 def test_short_layer_kernels(maps, normalize, bandwidth, plan, heads, dim, monkeypatch):
-    """The one-launch FMM layer (``fmm_short.py``) against the reference layer: output and
+    """The short-path FMM layer (``fmm_short.py``) against the reference layer: output and
     the gradients of q, k, v and the blend weights, with padding, odd lengths, one or several
     blocks per program, state walks of 32-128 positions per step, the reverse states walked
     by every program or summed per segment by a second launch (``plan``: programs per SM,
@@ -433,7 +433,7 @@ def test_short_layer_kernels(maps, normalize, bandwidth, plan, heads, dim, monke
 @pytest.mark.parametrize("dropout_p", [0.0, 0.3])
 @pytest.mark.parametrize("masked", [True, False])
 def test_short_path_equals_the_general_path(dropout_p, masked, monkeypatch):
-    """Same seed, same dropout draws: the one-launch kernels and the field kernels give the
+    """Same seed, same dropout draws: the short-path kernels and the field kernels give the
     same output and gradients (coefficients included)."""
     from fmmformer_pl.attention.cuda.fmm import fmm_attention_triton
 
@@ -648,7 +648,7 @@ def test_fmm_custom_op_matches_the_function(
 
     if segments == "many":
         monkeypatch.setattr(far, "PLAN", {**far.PLAN, **_MANY_SEGMENTS})
-    if segments == "short":  # the one-launch path where it applies (bidirectional, r <= 2)
+    if segments == "short":  # the short path where it applies (bidirectional, r <= 2)
         _short_path(monkeypatch, programs_per_sm=1, state_segments=2)
     q, k, v, mask = _inputs(1, 2, 150, 16, 16, seed=3)  # 3 chunks: 3 segments when "many"
     mask = mask if masked else None

@@ -47,6 +47,11 @@ def supported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
         return False
     if q.shape[0] * q.shape[1] > MAX_BATCH_HEADS:
         return False
+    if q.dtype == torch.float32 and max(q.shape[-1], v.shape[-1]) > 64:
+        if fp32_precision(q.dtype) == "tf32":
+            # TF32 products of float32 tiles wider than 64: the far state kernel does not
+            # compile for sm_90a under its register cap (ptxas "Register allocation failed").
+            return False
     return all(offsets_fit(t) for t in (q, k, v))
 
 

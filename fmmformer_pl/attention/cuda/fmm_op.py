@@ -14,8 +14,8 @@ Outputs may not alias inputs or each other, so a saved tensor that the Function 
 None or as a stand-in (no state for a one-segment causal pass, no denominators when
 normalize=False) is an empty tensor here. ``extras``: the near field's log-sum-exp, then per
 far-field group its denominators, its states and its stored features (``far.py``); for the
-one-launch short path (``fmm_short.py``), the log-sum-exp, the denominators and the total
-states. ``bandwidth`` < 0: no near field.
+short path (``fmm_short.py``), the log-sum-exp, the denominators and the far states (per
+segment, or the totals). ``bandwidth`` < 0: no near field.
 The dropout seed is a one-element int64 tensor on the inputs' device, drawn in the traced code,
 so every step of a compiled model draws a new one; the near-field kernels read it from device
 memory (no host sync, and no CPU tensor in the graph, which would keep inductor from
@@ -60,7 +60,10 @@ def _extras(parts, q):
 def _rebuild_parts(q, k, v, mask, fields, extras, bandwidth, dropout_p, seed, causal, codes, norm):
     """``fmm_forward``'s parts from the op's saved tensors."""
     near_args = None if bandwidth == _NO_NEAR else (bandwidth, dropout_p, seed)
-    if short_applies(q, near_args, codes, causal):
+    # The forward's choice, read off what it saved (not decided again: fmm_short.SHORT may
+    # have changed since): the short path keeps three extras, the general path with a near
+    # field at least four (the log-sum-exp, then three per far-field group).
+    if near_args is not None and len(extras) == 3:
         lse, den, states = extras
         saved = short_saved(q, k, v, mask, lse, den, states, near_args, codes, norm)
         return [("short", saved, len(fields))]

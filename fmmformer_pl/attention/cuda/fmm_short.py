@@ -1,17 +1,22 @@
-"""The bidirectional FMM layer of a short sequence in one launch each way (host code of
+"""The bidirectional FMM layer of a short sequence in two launches each way (host code of
 ``fmm_short_kernels.py``).
 
-At a short length a step is launches, not work: the general path (``fmm.py``) launches three
-kernels forward and five backward, and on the H200 each costs more host time than its GPU
-time at 1K tokens (docs/gpu.md). Here one kernel does the forward (near field, far fields,
-blend) and one the backward (dq, dk, dv and the blend coefficients' gradient). Each program
-sums the far field's total states itself, so the grid is kept to a few programs per (batch,
-head): ``SHORT["programs_per_sm"]`` programs per SM over the whole grid, no more than the
-blocks of a row.
+At a short length a step is launches and dependent steps, not work: the general path
+(``fmm.py``) launches three kernels forward and five backward, and on the H200 each costs more
+host time than its GPU time at 1K tokens (docs/gpu.md). Here, per direction, a state kernel
+sums the far field's states of ``SHORT["state_segments"]`` segments per row in parallel, and
+one main kernel does everything else: the forward the near field, the far fields and the
+blend; the backward dq, dk, dv and the blend coefficients' gradient. The forward keeps its
+segment states for the backward. With ``state_segments`` 0 there is one launch each way, every
+program of the main kernel walking its row's states itself (fewer launches, but a chain of
+seq / ``state_step`` dependent steps: slower on the GPU). The grid has
+``SHORT["programs_per_sm"]`` programs per SM, no more than the blocks of a row.
 
 ``short_applies`` picks this path: bidirectional, a near field, one or two feature maps, at
-most ``SHORT["max_seq"]`` positions, a grid of at most ``SHORT["max_blocks_per_sm"]`` blocks
-per SM (in large grids, e.g. a training batch, the general path's kernels are faster). ``fmm.fmm_forward`` / ``fmm_backward`` call it.
+most ``SHORT["max_seq"]`` positions and ``MAX_HEAD_DIM`` per head, and a grid of at most
+``SHORT["max_blocks_per_sm"]`` blocks per SM (in large grids, e.g. a training batch, the
+general path's kernels are faster). ``fmm.fmm_forward`` / ``fmm_backward`` call it. Set
+``SHORT`` before compiling a model: the custom op's fake outputs follow it.
 """
 
 from __future__ import annotations
@@ -68,6 +73,10 @@ LAUNCH = {
     "rstate": dict(num_warps=4, num_stages=2),
 }
 _BLOCK = 64  # positions per block: the near field's query blocks and the far field's chunks
+# Widest head this path takes (the general path takes up to 128): with float32 inputs and
+# head_dim 128 its forward kernel needs 246 KB of shared memory at band 64, more than the
+# H200's 227 KB per block (compiled for sm_90a; found by review), and it was tuned at 32-64.
+MAX_HEAD_DIM = 64
 
 
 def short_applies(q, near_args, phi_codes, causal) -> bool:
@@ -77,6 +86,7 @@ def short_applies(q, near_args, phi_codes, causal) -> bool:
         and near_args is not None
         and 1 <= len(phi_codes) <= 2
         and q.shape[2] <= SHORT["max_seq"]
+        and q.shape[-1] <= MAX_HEAD_DIM
         and _grid_blocks(q) <= SHORT["max_blocks_per_sm"] * _sm_count(q.device)
     )
 

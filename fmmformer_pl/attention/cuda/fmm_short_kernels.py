@@ -1,27 +1,28 @@
-"""The whole bidirectional FMM layer in one launch each way (Triton): near field, far fields of
-one or two feature maps, and the blend, for short sequences (``fmm_short.py`` launches them).
+"""The whole bidirectional FMM layer in two launches each way (Triton): near field, far fields
+of one or two feature maps, and the blend, for short sequences (``fmm_short.py`` launches them).
 
-A program owns a run of BM-position blocks of one (batch, head). It first sums the far
-field's total states itself, over every key of its row (the other paths sum them in a state
-kernel, then a reduction): at a short length that walk is cheap, and it removes the launches
-between the passes, which is what a short sequence's step costs (docs/gpu.md). The grid has
-few programs per row, so the repeated walks stay a small multiple of the layer's work.
+A main-kernel program owns a run of BM-position blocks of one (batch, head). It reads the far
+field's total states as the sums of the segment states that ``_short_state_kernel`` (forward)
+or ``_short_rstate_kernel`` (backward) wrote, one program per segment; with NSEG = 0 it walks
+every key (query) of its row itself instead (one launch each way, a longer dependent chain).
 
 Forward, per block: the near field (``near_tiles._fwd_loop``), the far fields from the totals
-(``far_bidir._fwd_bidir_kernel``'s formulas) and y = c_0 near + sum_m c_m far_m; stores y, the
-fields (the coefficients' gradient reads them), the near field's log-sum-exp, the far
-fields' denominators and total states.
+(``far_tiles._readout``) and y = c_0 near + sum_m c_m far_m; stores y, the fields (the
+coefficients' gradient reads them), the near field's log-sum-exp and the far fields'
+denominators. The far states stay for the backward: the segments', or (NSEG = 0) the totals,
+stored by each row's first program.
 
 Backward: (1) the reverse states R_m, r_m over every query (g, s formed from dy * c_m, the
-stored far field and its denominator); (2) the far dk, dv of the program's blocks; (3) the
-totals S_m, z_m, which the forward stored; (4) the far dq of its blocks and the coefficients' partial sums
-sum dy * field; then, after a barrier, (5) the near field's dk, dv and dq of its blocks
-(``near_tiles._dkv_loop`` / ``_dq_loop`` with dout = c_0 * dy), added to the far gradients
-the program stored itself; (6) one atomic add of the coefficient gradient per field.
+stored far field and its denominator: summed from the segments or walked); (2) the far dk,
+dv of the program's blocks; (3) the forward's states S_m, z_m; (4) the far dq of its blocks
+and the coefficients' partial sums sum dy * field; then, after a barrier, (5) the near
+field's dk, dv and dq of its blocks (``near_tiles._dkv_loop`` / ``_dq_loop`` with dout =
+c_0 * dy), added to the far gradients the program stored itself; (6) one atomic add of the
+coefficient gradient per field.
 
-The feature maps are recomputed from q and k where needed: nothing but y, the fields, the
-log-sum-exp, the denominators and the states is stored. Shapes as in ``near.py`` and ``far.py``; c, dc
-``(1 + maps, heads, head_dim_v)`` float32, the near field first.
+The feature maps are recomputed from q and k where needed: nothing per position but y, the
+fields, the log-sum-exp and the denominators is stored. Shapes as in ``near.py`` and
+``far.py``; c, dc ``(1 + maps, heads, head_dim_v)`` float32, the near field first.
 """
 
 from __future__ import annotations
@@ -275,8 +276,8 @@ def _short_bwd_kernel(
 ):  # fmt: skip
     """dq, dk, dv of blocks [BPP * program, BPP * (program + 1)) and their share of dc (added
     atomically; dc starts at zero), with the forward's states st: the sums of its FSEG
-    (batch * heads, segment, map) slots. TN: the near loops'
-    tile across the band; BS: the positions per step of the reverse-state walk. Grid (programs, batch * heads)."""
+    (batch * heads, segment, map) slots. TN: the near loops' tile across the band; BS: the
+    positions per step of the reverse-state walk. Grid (programs, batch * heads)."""
     pid_p, pid_bh, _, n_bh, bb, hh = _program(H)
     seed_bh = _seed_of(seed, SEED_PTR) + pid_bh
     q_base = q_ptr + bb * sqb + hh * sqh

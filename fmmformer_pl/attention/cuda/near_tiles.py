@@ -1,5 +1,5 @@
 """The near field kernels' shared Triton pieces: band and padding masks, dropout, and the two
-loops of the forward and backward passes (``near.py``, ``near_bwd.py``, and the one-launch FMM
+loops of the forward and backward passes (``near.py``, ``near_bwd.py``, and the short-path FMM
 kernels of ``fmm_short_kernels.py``).
 
 Tiles: queries along rows, keys along columns (``_T``: transposed, keys along rows). Offsets
@@ -196,7 +196,7 @@ def _dkv_loop(
     BD), (BN, BDV); keep (BN,) the keys that are not padding. delta_i = do_i . out_i is read
     from ``delta_bh`` (written by the dq kernel), or (DELTA_FROM_O) formed from out and do.
     SCALE_DO: the output gradient is do * do_scale (BDV,) float32, the near field's blend
-    weights applied to the layer's dy (the one-launch FMM backward, ``fmm_short_kernels.py``),
+    weights applied to the layer's dy (the short-path FMM backward, ``fmm_short_kernels.py``),
     rounded to do's dtype as the blend backward would store it."""
     # Queries i that see a key of this block: j <= i < j + W (causal), |i - j| < W.
     if CAUSAL:
