@@ -59,8 +59,9 @@ def fmm_forward(q, k, v, coeffs, mask, near_args, causal, phi_codes, normalize):
     ``BLEND_IN_FAR_FORWARD``); else by the near kernel, from its output in registers and the
     far fields, which then run first (``BLEND_IN_NEAR_FORWARD``); else by the blend kernel.
     The fields are stored either way (the backward needs them). A short bidirectional
-    sequence takes one kernel for all of it instead (``fmm_short.short_applies``), its one
-    part of kind "short"."""
+    sequence in a small grid takes the short path instead (``fmm_short.short_applies``: a
+    state kernel, then one kernel for all fields and the blend), its one part of kind
+    "short"."""
     if short_applies(q, near_args, phi_codes, causal):
         y, fields, saved = short_forward(q, k, v, coeffs, mask, near_args, phi_codes, normalize)
         return y, fields, [("short", saved, len(fields))]
@@ -105,7 +106,8 @@ def fmm_backward(dy, coeffs, fields, parts):
     The far fields' state pass reads dy and scales it by their coefficients (one read of dy
     for both maps, no c_f * dy written per far field); the blend backward writes only the near
     field's gradient, and sums the far fields' dcoeffs where they are not summed in the state
-    pass (``DC_IN_STATE_PASS``). A "short" part: one kernel does everything."""
+    pass (``DC_IN_STATE_PASS``). A "short" part: ``fmm_short.short_backward`` (a reverse-state kernel, then one kernel
+    for all the gradients)."""
     if parts[0][0] == "short":
         return short_backward(dy, coeffs, fields, parts[0][1])
     causal = next(saved[1][1] for kind, saved, _ in parts if kind == "far")

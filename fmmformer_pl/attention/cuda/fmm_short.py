@@ -119,6 +119,12 @@ def segments(seq: int) -> tuple[int, int]:
     return cdiv(seq, length), length
 
 
+def _slot(q, v) -> int:
+    """float32 numbers per state slot: S (head_dim x head_dim_v, padded to blocks), then z."""
+    bd, bdv = block_dim(q.shape[-1]), block_dim(v.shape[-1])
+    return bd * bdv + bd
+
+
 def _constexprs(q, v, settings):
     (_, dropout_p, seed), phi_codes, normalize, has_mask, _, _ = settings
     return dict(
@@ -134,7 +140,7 @@ def _constexprs(q, v, settings):
         BS=SHORT["state_step"],
         BD=block_dim(q.shape[-1]),
         BDV=block_dim(v.shape[-1]),
-        SLOT=block_dim(q.shape[-1]) * block_dim(v.shape[-1]) + block_dim(q.shape[-1]),
+        SLOT=_slot(q, v),
         PREC=fp32_precision(q.dtype),
         DOT_DTYPE=_dot_dtype(q.dtype),
     )
@@ -154,11 +160,10 @@ def state_slots(q, v, n_maps, n_seg=None) -> torch.Tensor:
     """The far states the forward keeps for the backward: ``(batch * heads, segments or 1,
     maps, slot)`` float32, a slot S (head_dim x head_dim_v) then z
     (``far_tiles._store_state``); per segment (``segments``), or the totals."""
-    bd, bdv = block_dim(q.shape[-1]), block_dim(v.shape[-1])
     bh = q.shape[0] * q.shape[1]
     if n_seg is None:
         n_seg = segments(q.shape[2])[0]
-    return q.new_empty(bh, max(n_seg, 1), n_maps, bd * bdv + bd, dtype=torch.float32)
+    return q.new_empty(bh, max(n_seg, 1), n_maps, _slot(q, v), dtype=torch.float32)
 
 
 def short_forward(q, k, v, coeffs, key_padding_mask, near_args, phi_codes, normalize):

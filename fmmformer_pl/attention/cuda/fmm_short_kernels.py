@@ -44,7 +44,16 @@ from .far_tiles import (
     _store_states,
     _store_tile,
 )
-from .near_tiles import _dkv_loop, _dq_loop, _fwd_loop, _key_rows, _rows, _seed_of, _store_grad
+from .near_tiles import (
+    _dkv_loop,
+    _dq_loop,
+    _fwd_loop,
+    _key_rows,
+    _query_rows,
+    _rows,
+    _seed_of,
+    _store_grad,
+)
 
 
 @triton.jit
@@ -388,15 +397,13 @@ def _short_bwd_kernel(
         _store_grad(dk_rows, in_d, dk * sm_scale, True)
         _store_grad(dv_rows, ok[:, None] & (offs_dv[None, :] < DV), dv, True)
 
-        q = _rows(q_base, offs, T, D, sqt, sqd, BD)
-        do = _rows(dy_base, offs, T, DV, sdyt, sdyd, BDV)
-        do = (do.to(tl.float32) * c_near[None, :]).to(do.dtype)  # as _dkv_loop rounds it
-        o = _rows(o_base, offs, T, DV, sot, sod, BDV)
-        delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), axis=1)
-        lse = tl.load(lse_bh + offs, mask=ok, other=float("inf"))
+        q, do, delta, lse = _query_rows(
+            q_base, dy_base, o_base, lse_bh, offs, T, D, DV, sqt, sqd, sdyt, sdyd, sot, sod,
+            BD, BDV, c_near, True,
+        )  # fmt: skip
         dq = tl.zeros([BM, BD], dtype=tl.float32)
         dq = _dq_loop(
-            dq, q, do.to(q.dtype), delta, lse, offs, b0, k_base, v_base, mask_base, seed_bh,
+            dq, q, do, delta, lse, offs, b0, k_base, v_base, mask_base, seed_bh,
             T, W, D, DV, qk_scale, p_drop, skt, skd, svt, svd, smt,
             HAS_MASK, False, DROPOUT, BM, TN, BD, BDV, PREC,
         )  # fmt: skip

@@ -66,7 +66,24 @@ def _band_bwd_kernel(
     _store_grad(dv_ptrs, ok[:, None] & (offs_dv[None, :] < DV), dv, ACCUMULATE)
 
     q, do, delta, lse = _query_rows(
-        q_base, do_base, o_base, lse_bh, offs, T, D, DV, sqt, sqd, sdot, sdod, sot, sod, BD, BDV
+        q_base,
+        do_base,
+        o_base,
+        lse_bh,
+        offs,
+        T,
+        D,
+        DV,
+        sqt,
+        sqd,
+        sdot,
+        sdod,
+        sot,
+        sod,
+        BD,
+        BDV,
+        0.0,
+        False,
     )
     dq = tl.zeros([B, BD], dtype=tl.float32)
     dq = _dq_loop(
@@ -103,7 +120,7 @@ def _band_dq_kernel(
     row_ok = offs_m < T
     q, do, delta, lse = _query_rows(
         q_base, do_base, o_base, lse_ptr + pid_bh * T, offs_m, T, D, DV,
-        sqt, sqd, sdot, sdod, sot, sod, BD, BDV,
+        sqt, sqd, sdot, sdod, sot, sod, BD, BDV, 0.0, False,
     )  # fmt: skip
     tl.store(delta_ptr + pid_bh * T + offs_m, delta, mask=row_ok)
     dq = tl.zeros([BM, BD], dtype=tl.float32)

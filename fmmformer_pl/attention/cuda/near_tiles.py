@@ -237,12 +237,15 @@ def _dkv_loop(
 @triton.jit
 def _query_rows(
     q_base, do_base, o_base, lse_bh, offs_m, T, D, DV, sqt, sqd, sdot, sdod, sot, sod,
-    BD: tl.constexpr, BDV: tl.constexpr,
+    BD: tl.constexpr, BDV: tl.constexpr, do_scale, SCALE_DO: tl.constexpr,
 ):  # fmt: skip
     """What the dq loop takes of the queries ``offs_m``: q, do (in q's dtype), delta_i =
-    do_i . out_i and the log-sum-exp (float32)."""
+    do_i . out_i and the log-sum-exp (float32). SCALE_DO: do is dout * do_scale, rounded as in
+    ``_dkv_loop``."""
     q = _rows(q_base, offs_m, T, D, sqt, sqd, BD)
     do = _rows(do_base, offs_m, T, DV, sdot, sdod, BDV)
+    if SCALE_DO:
+        do = (do.to(tl.float32) * do_scale[None, :]).to(do.dtype)
     o = _rows(o_base, offs_m, T, DV, sot, sod, BDV)
     delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), axis=1)
     lse = tl.load(lse_bh + offs_m, mask=offs_m < T, other=float("inf"))
