@@ -67,18 +67,26 @@ FIELDS = (
 
 def add_short_option(parser):
     """``--short-max-seq``: the short FMM path's longest sequence
-    (``fmm_short.SHORT["max_seq"]``; 0 turns it off), to time both paths on one machine."""
+    (``fmm_short.SHORT["max_seq"]``; 0 turns it off), and ``--short-pdl``: whether its main
+    kernels use programmatic dependent launch (``SHORT["pdl"]``), to time both ways on one
+    machine."""
     parser.add_argument(
         "--short-max-seq", type=int, default=None,
         help="fmm_short.SHORT['max_seq'] for this run (0: the general path; default: the module's)",
     )  # fmt: skip
+    parser.add_argument(
+        "--short-pdl", type=int, choices=[0, 1], default=None,
+        help="fmm_short.SHORT['pdl'] for this run (default: the module's)",
+    )  # fmt: skip
 
 
 def apply_short_option(args):
-    if args.short_max_seq is not None:
+    settings = {"max_seq": args.short_max_seq, "pdl": args.short_pdl}
+    settings = {k: v for k, v in settings.items() if v is not None}
+    if settings:
         from fmmformer_pl.attention.cuda import fmm_short
 
-        fmm_short.SHORT["max_seq"] = args.short_max_seq
+        fmm_short.SHORT.update({k: type(fmm_short.SHORT[k])(v) for k, v in settings.items()})
 
 
 def make_variant(name, heads, head_dim, band, causal):

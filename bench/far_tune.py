@@ -125,11 +125,11 @@ SHORT_KNOBS = {
     "short:programs_per_sm": [1, 2, 4, 8, 16],
     "short:state_step": [32, 64, 128, 256],
     "short:state_segments": [0, 2, 4, 8, 16],
+    "short:pdl": [False, True],
     "warps:state,rstate": [4, 8],
     "warps:fwd,bwd": [2, 4, 8],
     "warps:fwd": [2, 4, 8],
     "warps:bwd": [2, 4, 8],
-    "warps:bwd_wide": [2, 4, 8],
     "stages:fwd,bwd": [1, 2, 3],
 }
 

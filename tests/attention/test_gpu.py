@@ -584,3 +584,40 @@ def test_short_path_equals_the_general_path_on_the_gpu(dropout_p, monkeypatch):
     general = run(False)
     for a, b in zip(short, general, strict=True):
         assert _rel(a, b.double()) < 1e-4
+
+
+@pytest.mark.parametrize("dropout_p", [0.0, 0.2])
+def test_short_path_programmatic_launch_changes_no_number(dropout_p, monkeypatch):
+    """The short path's main kernels launched with PDL (starting while their state kernels
+    run, ``fmm_short_kernels.py``) give the numbers they give without it: bit for bit,
+    but the blend weights' gradient (atomics in any order). On Hopper the launches do use
+    PDL."""
+    from fmmformer_pl.attention.cuda import fmm_attention_cuda, fmm_short, launch
+    from fmmformer_pl.attention.cuda.far import hopper
+
+    q, k, v = _inputs(3, 4, 901, 64, 64, torch.bfloat16)
+    mask = _padding(3, 901, "scattered")
+    coeffs = torch.randn(3, 4, 64, device="cuda")
+
+    def run(pdl):
+        _short(monkeypatch, True)
+        monkeypatch.setitem(fmm_short.SHORT, "pdl", pdl)
+        xs = [t.detach().clone().requires_grad_(True) for t in (q, k, v, coeffs)]
+        torch.manual_seed(5)
+        y = fmm_attention_cuda(
+            *xs[:3], xs[3], 33, ["elu", "elu_flip"], key_padding_mask=mask, dropout_p=dropout_p
+        )
+        g = torch.randn(y.shape, device="cuda", generator=torch.Generator("cuda").manual_seed(2))
+        return [y, *torch.autograd.grad(y, xs, g)]
+
+    plain, overlapped = run(False), run(True)
+    for a, b in zip(overlapped[:4], plain[:4], strict=True):
+        assert torch.equal(a, b)
+    assert _rel(overlapped[4], plain[4].double()) < 1e-5
+    used = {
+        entry[0].metadata.launch_pdl
+        for key, entry in launch._CACHE.items()
+        if entry is not None
+        and key[0] in (fmm_short._short_fwd_kernel, fmm_short._short_bwd_kernel)
+    }
+    assert True in used if hopper(q.device) else used == {False}

@@ -54,7 +54,8 @@ def _short_path(monkeypatch, programs_per_sm=2, state_step=64, state_segments=0)
 
     short = dict(max_seq=1 << 20, max_blocks_per_sm=1 << 20, programs_per_sm=programs_per_sm)
     short["state_step"] = state_step
-    monkeypatch.setattr(fmm_short, "SHORT", {**short, "state_segments": state_segments})
+    short["state_segments"] = state_segments
+    monkeypatch.setattr(fmm_short, "SHORT", {**fmm_short.SHORT, **short})
 
 
 def _rel(a, b):

@@ -158,6 +158,20 @@ def _sm_count(device: torch.device) -> int:
     return _SM_COUNTS[index]
 
 
+def hopper(device: torch.device) -> bool:
+    """Whether ``device`` is an NVIDIA GPU of compute capability 9.0 or later (Hopper): the
+    kernels' programmatic dependent launch (``griddepcontrol``) needs it."""
+    if not inline_ptx(device):
+        return False
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _MAJORS:
+        _MAJORS[index] = torch.cuda.get_device_capability(index)[0]
+    return _MAJORS[index] >= 9
+
+
+_MAJORS: dict[int, int] = {}
+
+
 def _segments(batch_heads: int, n_chunks: int, device: torch.device) -> tuple[int, int]:
     """(chunks per segment, segments per (batch, head)) for the state passes."""
     target = PLAN["programs_per_sm"] * _sm_count(device)

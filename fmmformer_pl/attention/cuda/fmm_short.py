@@ -34,7 +34,7 @@ from ._common import (
     padding_as_uint8,
     strides,
 )
-from .far import _dot_dtype, _sm_count, inline_ptx
+from .far import _dot_dtype, _sm_count, hopper, inline_ptx
 from .fmm_short_kernels import (
     _short_bwd_kernel,
     _short_fwd_kernel,
@@ -62,13 +62,14 @@ SHORT = {
     "programs_per_sm": 2,
     "state_step": 64,
     "state_segments": 4,
+    "pdl": True,
 }
-# The backward's warps: 8 in a grid of at most one block per SM (0.084 against 0.087 ms with
-# 4 at 1K, batch 1), else 4 (0.091 against 0.121 with 8 at 512 blocks).
+# The backward at 4 warps: its two sides double the grid, and two programs fit on an SM
+# beside a reverse-state program (at 8 warps one fills it). H200, 1K, batch 1, graphs: 0.066
+# against 0.073 ms with 8 (the ninth session's call 4, docs/kernel_tune_short.csv).
 LAUNCH = {
     "fwd": dict(num_warps=4, num_stages=2),
-    "bwd": dict(num_warps=8, num_stages=2),
-    "bwd_wide": dict(num_warps=4, num_stages=2),
+    "bwd": dict(num_warps=4, num_stages=2),
     "state": dict(num_warps=4, num_stages=2),
     "rstate": dict(num_warps=4, num_stages=2),
 }
@@ -104,8 +105,14 @@ def _blocks_per_program(bh: int, seq: int, device: torch.device) -> int:
 
 
 _STATE_CONSTEXPRS = (
-    "NM", "PHI0", "PHI1", "FAST", "BS", "BD", "BDV", "SLOT", "PREC", "DOT_DTYPE",
+    "NM", "PHI0", "PHI1", "FAST", "BS", "BD", "BDV", "SLOT", "PREC", "DOT_DTYPE", "PDL",
 )  # fmt: skip
+
+
+def _after_states(cx, n_seg) -> dict:
+    """The main kernel's launch option: programmatic dependent launch where a state kernel
+    runs before it and the kernels use it (``cx["PDL"]``: Hopper, ``SHORT["pdl"]``)."""
+    return {"launch_pdl": True} if cx["PDL"] and n_seg else {}
 
 
 def segments(seq: int) -> tuple[int, int]:
@@ -143,6 +150,7 @@ def _constexprs(q, v, settings):
         SLOT=_slot(q, v),
         PREC=fp32_precision(q.dtype),
         DOT_DTYPE=_dot_dtype(q.dtype),
+        PDL=SHORT["pdl"] and hopper(q.device),
     )
 
 
@@ -199,6 +207,7 @@ def short_forward(q, k, v, coeffs, key_padding_mask, near_args, phi_codes, norma
         _LOG2E / math.sqrt(dim), 1.0 / math.sqrt(seq), seed, dropout_p,
         *strides(q), *strides(k), *strides(v), *strides(y), smb, smt,
         BN=_tiles(bandwidth)[0]["BN"], NSEG=n_seg, **cx, **LAUNCH["fwd"],
+        **_after_states(cx, n_seg),
     )  # fmt: skip
     return y, fields, saved
 
@@ -228,7 +237,7 @@ def short_backward(dy, coeffs, fields, saved):
             **LAUNCH["rstate"],
         )  # fmt: skip
     launch(
-        _short_bwd_kernel, (cdiv(cdiv(seq, _BLOCK), bpp), bh),
+        _short_bwd_kernel, (cdiv(cdiv(seq, _BLOCK), bpp), bh, 2),
         q, k, v, mask, coeffs, dc, dy, fields[0], fields[1], fields[-1], lse,
         den if normalize else lse, states, rseg, dq, dk, dv,
         heads, seq, bandwidth, dim, dim_v, bpp, _LOG2E / math.sqrt(dim), 1.0 / math.sqrt(dim),
@@ -236,6 +245,7 @@ def short_backward(dy, coeffs, fields, saved):
         *strides(q), *strides(k), *strides(v), *strides(fields[0]), *strides(dy),
         *strides(dq), *strides(dk), *strides(dv), smb, smt,
         TN=min(_tiles(bandwidth)[0]["BN"], _BLOCK), NSEG=n_seg, FSEG=states.shape[1], **cx,
-        **LAUNCH["bwd" if _grid_blocks(q) <= _sm_count(q.device) else "bwd_wide"],
+        **LAUNCH["bwd"],
+        **_after_states(cx, n_seg),
     )  # fmt: skip
     return dq, dk, dv, dc

@@ -6,19 +6,26 @@ field's total states as the sums of the segment states that ``_short_state_kerne
 or ``_short_rstate_kernel`` (backward) wrote, one program per segment; with NSEG = 0 it walks
 every key (query) of its row itself instead (one launch each way, a longer dependent chain).
 
-Forward, per block: the near field (``near_tiles._fwd_loop``), the far fields from the totals
-(``far_tiles._readout``) and y = c_0 near + sum_m c_m far_m; stores y, the fields (the
-coefficients' gradient reads them), the near field's log-sum-exp and the far fields'
-denominators. The far states stay for the backward: the segments', or (NSEG = 0) the totals,
-stored by each row's first program.
+Forward: the near field of the program's blocks (``near_tiles._fwd_loop``), stored with its
+log-sum-exp; then the far fields from the totals (``far_tiles._readout``) and y = c_0 near +
+sum_m c_m far_m, per block, storing y, the far fields (the coefficients' gradient reads them)
+and their denominators. The far states stay for the backward: the segments', or (NSEG = 0)
+the totals, stored by each row's first program.
 
-Backward: (1) the reverse states R_m, r_m over every query (g, s formed from dy * c_m, the
-stored far field and its denominator: summed from the segments or walked); (2) the far dk,
-dv of the program's blocks; (3) the forward's states S_m, z_m; (4) the far dq of its blocks
-and the coefficients' partial sums sum dy * field; then, after a barrier, (5) the near
-field's dk, dv and dq of its blocks (``near_tiles._dkv_loop`` / ``_dq_loop`` with dout =
-c_0 * dy), added to the far gradients the program stored itself; (6) one atomic add of the
-coefficient gradient per field.
+Backward, in two kinds of programs of one launch: side 0, per block of queries, dq of the far
+fields (from the forward's states S_m, z_m) and of the near field (dout = c_0 * dy,
+``near_tiles._dq_loop``), and the coefficients' partial sums sum dy * field (one atomic add
+per field); side 1, per block of keys, dk and dv of the near field (``_dkv_loop``), then of
+the far fields from the reverse states R_m, r_m over every query (g, s formed from dy * c_m,
+the stored far field and its denominator: summed from the segments or walked). Each block's
+gradients are summed in registers and stored once.
+
+The order puts what needs no far state first: launched with programmatic dependent launch
+(PDL, on Hopper: ``fmm_short.py``), a main kernel starts while its state kernel runs, and
+waits for the state kernel's results (``gdc_wait``) only where it reads them: the forward
+after its near field, the backward's side 1 after its near field (side 0 never). The state
+kernels let it launch at their start (``gdc_launch_dependents``). Everything the main kernel
+reads before the wait was written before the state kernel started.
 
 The feature maps are recomputed from q and k where needed: nothing per position but y, the
 fields, the log-sum-exp and the denominators is stored. Shapes as in ``near.py`` and
@@ -29,6 +36,7 @@ from __future__ import annotations
 
 import triton
 import triton.language as tl
+from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 from .far_tiles import (
     _blend_add,
@@ -52,7 +60,6 @@ from .near_tiles import (
     _query_rows,
     _rows,
     _seed_of,
-    _store_grad,
 )
 
 
@@ -103,6 +110,7 @@ def _short_fwd_kernel(
     FAST: tl.constexpr, HAS_MASK: tl.constexpr, DROPOUT: tl.constexpr, SEED_PTR: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BS: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
     SLOT: tl.constexpr, PREC: tl.constexpr, DOT_DTYPE: tl.constexpr, NSEG: tl.constexpr,
+    PDL: tl.constexpr,
 ):  # fmt: skip
     """y, the near field o (and its lse), the far fields f0, f1 (and their denominators) of
     blocks [BPP * program, BPP * (program + 1)). The far states: NSEG > 0, the sums of st's
@@ -119,19 +127,10 @@ def _short_fwd_kernel(
     fields = bb * sob + hh * soh
     offs_d = tl.arange(0, BD)
     offs_dv = tl.arange(0, BDV)
-    if NSEG > 0:  # the segments' states, from _short_state_kernel
-        S0, z0, S1, z1 = _segment_sums(st_ptr, pid_bh, NSEG, offs_d, offs_dv, NM, BD, BDV, SLOT)
-    else:  # walked here; the row's first program stores the totals for the backward
-        S0, z0, S1, z1 = _sum_states(
-            k_base, v_base, mask_base, 0, T, T, D, DV, skt, skd, svt, svd, smt,
-            NM, PHI0, PHI1, FAST, HAS_MASK, BS, BD, BDV, PREC, DOT_DTYPE,
-        )  # fmt: skip
-        if pid_p == 0:
-            _store_states(st_ptr, pid_bh * NM, S0, z0, S1, z1, offs_d, offs_dv, NM, BD, BDV, SLOT)
-    S0 = S0.to(DOT_DTYPE)  # rounded where it is read, as far_tiles._total_states does
-    S1 = S1.to(DOT_DTYPE)
     first = pid_p * BPP
     last = tl.minimum(first + BPP, tl.cdiv(T, BM))
+    # The near field first: it needs no far state, so under PDL it runs while the state
+    # kernel still does.
     for blk in range(first, last):
         m0 = blk * BM
         t = m0 + tl.arange(0, BM)
@@ -143,8 +142,25 @@ def _short_fwd_kernel(
         )  # fmt: skip
         _store_tile(o_ptr + fields, t, offs_dv, T, DV, sot, sod, out, False)
         tl.store(lse_ptr + pid_bh * T + t, lse, mask=t < T)
+    if PDL:
+        gdc_wait()  # the state kernel has finished: its segment states are visible
+    if NSEG > 0:  # the segments' states, from _short_state_kernel
+        S0, z0, S1, z1 = _segment_sums(st_ptr, pid_bh, NSEG, offs_d, offs_dv, NM, BD, BDV, SLOT)
+    else:  # walked here; the row's first program stores the totals for the backward
+        S0, z0, S1, z1 = _sum_states(
+            k_base, v_base, mask_base, 0, T, T, D, DV, skt, skd, svt, svd, smt,
+            NM, PHI0, PHI1, FAST, HAS_MASK, BS, BD, BDV, PREC, DOT_DTYPE,
+        )  # fmt: skip
+        if pid_p == 0:
+            _store_states(st_ptr, pid_bh * NM, S0, z0, S1, z1, offs_d, offs_dv, NM, BD, BDV, SLOT)
+    S0 = S0.to(DOT_DTYPE)  # rounded where it is read, as far_tiles._total_states does
+    S1 = S1.to(DOT_DTYPE)
+    tl.debug_barrier()  # the near field's tiles stored above are read back below
+    for blk in range(first, last):
+        t = blk * BM + tl.arange(0, BM)
+        out = _load_tile(o_ptr + fields, t, offs_dv, T, DV, sot, sod)
         y = _blend_add(0.0, out, o_ptr, c_ptr, 0, H, hh, offs_dv, DV)
-        qq = q.to(tl.float32)
+        qq = _load_tile(q_base, t, offs_d, T, D, sqt, sqd)
         for m in tl.static_range(NM):
             if m == 0:
                 S, z, f_ptr = S0, z0, f0_ptr
@@ -205,10 +221,13 @@ def _short_state_kernel(
     NM: tl.constexpr, PHI0: tl.constexpr, PHI1: tl.constexpr, FAST: tl.constexpr,
     HAS_MASK: tl.constexpr, BS: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
     SLOT: tl.constexpr, PREC: tl.constexpr, DOT_DTYPE: tl.constexpr,
+    PDL: tl.constexpr,
 ):  # fmt: skip
     """The far states S_m, z_m of the SEG keys of segment (program 0) into slots (batch *
     heads, segment, map) of seg, for ``_short_fwd_kernel`` (and the backward) to sum.
     Grid (segments, batch * heads)."""
+    if PDL:  # the main kernel may launch now: it waits for these states itself
+        gdc_launch_dependents()
     pid_s, pid_bh, n_seg, n_bh, bb, hh = _program(H)
     offs_d = tl.arange(0, BD)
     offs_dv = tl.arange(0, BDV)
@@ -228,10 +247,13 @@ def _short_rstate_kernel(
     NM: tl.constexpr, PHI0: tl.constexpr, PHI1: tl.constexpr, FAST: tl.constexpr,
     NORMALIZE: tl.constexpr, BS: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
     SLOT: tl.constexpr, PREC: tl.constexpr, DOT_DTYPE: tl.constexpr,
+    PDL: tl.constexpr,
 ):  # fmt: skip
     """The reverse states R_m, r_m of the SEG queries of segment (program 0) into slots
     (batch * heads, segment, map) of rseg, for ``_short_bwd_kernel`` to sum (NSEG > 0): a
     walk of SEG / BS steps instead of seq / BS. Grid (segments, batch * heads)."""
+    if PDL:  # the main kernel may launch now: it waits for these states itself
+        gdc_launch_dependents()
     pid_s, pid_bh, n_seg, n_bh, bb, hh = _program(H)
     offs_d = tl.arange(0, BD)
     offs_dv = tl.arange(0, BDV)
@@ -248,24 +270,32 @@ def _short_rstate_kernel(
 
 
 @triton.jit
+def _segment_sum(
+    ptr, pid_bh, NSEG: tl.constexpr, m, offs_d, offs_dv, NM: tl.constexpr,
+    BD: tl.constexpr, BDV: tl.constexpr, SLOT: tl.constexpr,
+):  # fmt: skip
+    """(R, r) of map m: the sum over the NSEG segment slots of row pid_bh."""
+    R = tl.zeros([BD, BDV], dtype=tl.float32)
+    r = tl.zeros([BD], dtype=tl.float32)
+    for seg in tl.static_range(NSEG):
+        slot = (pid_bh * NSEG + seg) * NM + m
+        R_seg, r_seg = _load_state(ptr, slot, offs_d, offs_dv, BD, BDV, SLOT)
+        R += R_seg
+        r += r_seg
+    return R, r
+
+
+@triton.jit
 def _segment_sums(
     ptr, pid_bh, NSEG: tl.constexpr, offs_d, offs_dv, NM: tl.constexpr,
     BD: tl.constexpr, BDV: tl.constexpr, SLOT: tl.constexpr,
 ):  # fmt: skip
-    """(R0, r0, R1, r1): the sums over the NSEG segment slots of row pid_bh."""
-    R0 = tl.zeros([BD, BDV], dtype=tl.float32)
-    r0 = tl.zeros([BD], dtype=tl.float32)
+    """(R0, r0, R1, r1): both maps' ``_segment_sum`` (with one map, R1, r1 are zeros)."""
+    R0, r0 = _segment_sum(ptr, pid_bh, NSEG, 0, offs_d, offs_dv, NM, BD, BDV, SLOT)
     R1 = tl.zeros([BD, BDV], dtype=tl.float32)
     r1 = tl.zeros([BD], dtype=tl.float32)
-    for seg in tl.static_range(NSEG):
-        R, r = _load_state(ptr, (pid_bh * NSEG + seg) * NM, offs_d, offs_dv, BD, BDV, SLOT)
-        R0 += R
-        r0 += r
-        if NM == 2:
-            slot = (pid_bh * NSEG + seg) * NM + 1
-            R, r = _load_state(ptr, slot, offs_d, offs_dv, BD, BDV, SLOT)
-            R1 += R
-            r1 += r
+    if NM == 2:
+        R1, r1 = _segment_sum(ptr, pid_bh, NSEG, 1, offs_d, offs_dv, NM, BD, BDV, SLOT)
     return R0, r0, R1, r1
 
 
@@ -281,13 +311,18 @@ def _short_bwd_kernel(
     FAST: tl.constexpr, HAS_MASK: tl.constexpr, DROPOUT: tl.constexpr, SEED_PTR: tl.constexpr,
     BM: tl.constexpr, TN: tl.constexpr, BS: tl.constexpr, BD: tl.constexpr,
     BDV: tl.constexpr, SLOT: tl.constexpr, PREC: tl.constexpr, DOT_DTYPE: tl.constexpr,
-    NSEG: tl.constexpr, FSEG: tl.constexpr,
+    NSEG: tl.constexpr, FSEG: tl.constexpr, PDL: tl.constexpr,
 ):  # fmt: skip
-    """dq, dk, dv of blocks [BPP * program, BPP * (program + 1)) and their share of dc (added
-    atomically; dc starts at zero), with the forward's states st: the sums of its FSEG
-    (batch * heads, segment, map) slots. TN: the near loops' tile across the band; BS: the
-    positions per step of the reverse-state walk. Grid (programs, batch * heads)."""
+    """dq, dk, dv of blocks [BPP * program, BPP * (program + 1)) and their share of dc
+    (added atomically; dc starts at zero). Grid (programs, batch * heads, 2): side 0 takes the
+    queries, dq of the far fields (from the forward's states st: the sums of its FSEG
+    (batch * heads, segment, map) slots) and of the near field, and the dc partial sums; side
+    1 the keys, dk and dv of the near field and then of the far fields (from the reverse
+    states: NSEG segments of rseg, or walked in steps of BS). Each side sums a block's
+    gradients in registers and stores them once. Under PDL only side 1 waits for the
+    reverse-state kernel, after its near field. TN: the near loops' tile across the band."""
     pid_p, pid_bh, _, n_bh, bb, hh = _program(H)
+    side = tl.program_id(2)
     seed_bh = _seed_of(seed, SEED_PTR) + pid_bh
     q_base = q_ptr + bb * sqb + hh * sqh
     k_base = k_ptr + bb * skb + hh * skh
@@ -297,59 +332,62 @@ def _short_bwd_kernel(
     f0_base = f0_ptr + bb * sob + hh * soh
     f1_base = f1_ptr + bb * sob + hh * soh
     mask_base = mask_ptr + bb * smb
-    dq_base = dq_ptr + bb * sdqb + hh * sdqh
-    dk_base = dk_ptr + bb * sdkb + hh * sdkh
-    dv_base = dv_ptr + bb * sdvb + hh * sdvh
     lse_bh = lse_ptr + pid_bh * T
-    offs_d = tl.arange(0, BD)
     offs_dv = tl.arange(0, BDV)
     c_near = _coefficient(c_ptr, 0, H, hh, offs_dv, DV)
     c0 = _coefficient(c_ptr, 1, H, hh, offs_dv, DV)
     c1 = _coefficient(c_ptr, NM, H, hh, offs_dv, DV)
     first = pid_p * BPP
     last = tl.minimum(first + BPP, tl.cdiv(T, BM))
-
-    # (1), (2): the far dk, dv of this program's keys from the reverse states: walked here, or
-    # (NSEG > 0) summed from the NSEG segments' partial states of _short_rstate_kernel.
-    if NSEG > 0:
-        R0, r0, R1, r1 = _segment_sums(rseg_ptr, pid_bh, NSEG, offs_d, offs_dv, NM, BD, BDV, SLOT)
-    else:
-        R0, r0, R1, r1 = _reverse_states(
-            q_base, dy_base, f0_base, f1_base, den_ptr, c0, c1, pid_bh, n_bh, 0, T,
-            T, D, DV, scale, sqt, sqd, sdyt, sdyd, sot, sod,
-            NM, PHI0, PHI1, FAST, NORMALIZE, BS, BD, BDV, PREC, DOT_DTYPE,
+    if side == 0:
+        _short_bwd_queries(
+            q_base, k_base, v_base, mask_base, dy_base, o_base, f0_base, f1_base, lse_bh,
+            den_ptr, st_ptr, dc_ptr, dq_ptr + bb * sdqb + hh * sdqh, c_near, c0, c1,
+            pid_bh, n_bh, hh, seed_bh, first, last, H, T, W, D, DV, qk_scale, sm_scale, scale,
+            p_drop, sqt, sqd, skt, skd, svt, svd, sot, sod, sdyt, sdyd, sdqt, sdqd, smt,
+            NM, PHI0, PHI1, NORMALIZE, FAST, HAS_MASK, DROPOUT, BM, TN, BD, BDV, SLOT, PREC,
+            DOT_DTYPE, FSEG,
         )  # fmt: skip
-    R0 = R0.to(DOT_DTYPE)
-    R1 = R1.to(DOT_DTYPE)
-    for blk in range(first, last):
-        t = blk * BM + tl.arange(0, BM)
-        kk = _load_tile(k_base, t, offs_d, T, D, skt, skd)
-        keep2 = _keep_keys(mask_base, t, offs_d, T, D, smt, HAS_MASK)
-        vv = _load_tile(v_base, t, offs_dv, T, DV, svt, svd).to(DOT_DTYPE)
-        dk = tl.zeros([BM, BD], dtype=tl.float32)
-        dv = tl.zeros([BM, BDV], dtype=tl.float32)
-        for m in tl.static_range(NM):
-            if m == 0:
-                R, r = R0, r0
-            else:
-                R, r = R1, r1
-            b, dphi = _phi_m(kk, m, PHI0, PHI1, FAST)
-            b = tl.where(keep2, b, 0.0)
-            db = tl.dot(vv, tl.trans(R), input_precision=PREC) + r[None, :]
-            dv += tl.dot(b.to(DOT_DTYPE), R, input_precision=PREC)
-            dk += tl.where(keep2, db * dphi, 0.0)  # padded keys get no gradient
-        _store_tile(dk_base, t, offs_d, T, D, sdkt, sdkd, dk, False)
-        _store_tile(dv_base, t, offs_dv, T, DV, sdvt, sdvd, dv, False)
+    else:
+        _short_bwd_keys(
+            q_base, k_base, v_base, mask_base, dy_base, o_base, f0_base, f1_base, lse_bh,
+            den_ptr, rseg_ptr, dk_ptr + bb * sdkb + hh * sdkh, dv_ptr + bb * sdvb + hh * sdvh,
+            c_near, c0, c1, pid_bh, n_bh, seed_bh, first, last, T, W, D, DV, qk_scale,
+            sm_scale, scale, p_drop, sqt, sqd, skt, skd, svt, svd, sot, sod, sdyt, sdyd,
+            sdkt, sdkd, sdvt, sdvd, smt,
+            NM, PHI0, PHI1, NORMALIZE, FAST, HAS_MASK, DROPOUT, BM, TN, BS, BD, BDV, SLOT,
+            PREC, DOT_DTYPE, NSEG, PDL,
+        )  # fmt: skip
 
-    # (3), (4): the far dq of this program's queries from the totals; the dc partial sums.
-    S0, z0, S1, z1 = _segment_sums(st_ptr, pid_bh, FSEG, offs_d, offs_dv, NM, BD, BDV, SLOT)
-    S0 = S0.to(DOT_DTYPE)
-    S1 = S1.to(DOT_DTYPE)
+
+@triton.jit
+def _short_bwd_queries(
+    q_base, k_base, v_base, mask_base, dy_base, o_base, f0_base, f1_base, lse_bh,
+    den_ptr, st_ptr, dc_ptr, dq_base, c_near, c0, c1,
+    pid_bh, n_bh, hh, seed_bh, first, last, H, T, W, D, DV, qk_scale, sm_scale, scale,
+    p_drop, sqt, sqd, skt, skd, svt, svd, sot, sod, sdyt, sdyd, sdqt, sdqd, smt,
+    NM: tl.constexpr, PHI0: tl.constexpr, PHI1: tl.constexpr, NORMALIZE: tl.constexpr,
+    FAST: tl.constexpr, HAS_MASK: tl.constexpr, DROPOUT: tl.constexpr, BM: tl.constexpr,
+    TN: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr, SLOT: tl.constexpr,
+    PREC: tl.constexpr, DOT_DTYPE: tl.constexpr, FSEG: tl.constexpr,
+):  # fmt: skip
+    """Side 0 of ``_short_bwd_kernel``: per block, dq = the far fields' (from the forward's
+    states) + the near field's (dout = c_near * dy); then the program's dc partial sums
+    sum dy * field, one atomic add per field."""
+    offs_d = tl.arange(0, BD)
+    offs_dv = tl.arange(0, BDV)
+    S0, z0 = _segment_sum(st_ptr, pid_bh, FSEG, 0, offs_d, offs_dv, NM, BD, BDV, SLOT)
+    S0 = S0.to(DOT_DTYPE)  # each map rounded once summed: fewer registers live
+    S1, z1 = S0, z0
+    if NM == 2:
+        S1, z1 = _segment_sum(st_ptr, pid_bh, FSEG, 1, offs_d, offs_dv, NM, BD, BDV, SLOT)
+        S1 = S1.to(DOT_DTYPE)
     dc_near = tl.zeros([BDV], dtype=tl.float32)
     dc0 = tl.zeros([BDV], dtype=tl.float32)
     dc1 = tl.zeros([BDV], dtype=tl.float32)
     for blk in range(first, last):
-        t = blk * BM + tl.arange(0, BM)
+        b0 = blk * BM
+        t = b0 + tl.arange(0, BM)
         inside = (t[:, None] < T) & (offs_d[None, :] < D)
         qq = _load_tile(q_base, t, offs_d, T, D, sqt, sqd)
         dy = _load_tile(dy_base, t, offs_dv, T, DV, sdyt, sdyd)
@@ -371,48 +409,81 @@ def _short_bwd_kernel(
             phi_unused, dphi = _phi_m(qq, m, PHI0, PHI1, FAST)
             da = tl.dot(g.to(DOT_DTYPE), tl.trans(S), input_precision=PREC)
             dq += tl.where(inside, (da + s[:, None] * z[None, :]) * dphi, 0.0)
-        _store_tile(dq_base, t, offs_d, T, D, sdqt, sdqd, dq, False)
-
-    # The near loops below read back the far gradients this program stored above.
-    tl.debug_barrier()
-
-    # (5): the near field's gradients of this program's blocks, with dout = c_near * dy.
-    for blk in range(first, last):
-        b0 = blk * BM
-        offs = b0 + tl.arange(0, BM)
-        ok = offs < T
-        k, v, keep = _key_rows(
-            k_base, v_base, mask_base, offs, T, D, DV, skt, skd, svt, svd, smt, HAS_MASK, BD, BDV
-        )  # fmt: skip
-        dk = tl.zeros([BM, BD], dtype=tl.float32)
-        dv = tl.zeros([BM, BDV], dtype=tl.float32)
-        dk, dv = _dkv_loop(
-            dk, dv, k, v, keep, offs, b0, q_base, dy_base, o_base, lse_bh, lse_bh, seed_bh,
-            T, W, D, DV, qk_scale, p_drop, sqt, sqd, sdyt, sdyd, sot, sod,
-            False, DROPOUT, True, TN, BM, BD, BDV, PREC, c_near, True,
-        )  # fmt: skip
-        in_d = ok[:, None] & (offs_d[None, :] < D)
-        dk_rows = dk_base + offs[:, None] * sdkt + offs_d[None, :] * sdkd
-        dv_rows = dv_base + offs[:, None] * sdvt + offs_dv[None, :] * sdvd
-        _store_grad(dk_rows, in_d, dk * sm_scale, True)
-        _store_grad(dv_rows, ok[:, None] & (offs_dv[None, :] < DV), dv, True)
 
         q, do, delta, lse = _query_rows(
-            q_base, dy_base, o_base, lse_bh, offs, T, D, DV, sqt, sqd, sdyt, sdyd, sot, sod,
+            q_base, dy_base, o_base, lse_bh, t, T, D, DV, sqt, sqd, sdyt, sdyd, sot, sod,
             BD, BDV, c_near, True,
         )  # fmt: skip
-        dq = tl.zeros([BM, BD], dtype=tl.float32)
-        dq = _dq_loop(
-            dq, q, do, delta, lse, offs, b0, k_base, v_base, mask_base, seed_bh,
+        near = tl.zeros([BM, BD], dtype=tl.float32)
+        near = _dq_loop(
+            near, q, do, delta, lse, t, b0, k_base, v_base, mask_base, seed_bh,
             T, W, D, DV, qk_scale, p_drop, skt, skd, svt, svd, smt,
             HAS_MASK, False, DROPOUT, BM, TN, BD, BDV, PREC,
         )  # fmt: skip
-        dq_rows = dq_base + offs[:, None] * sdqt + offs_d[None, :] * sdqd
-        _store_grad(dq_rows, in_d, dq * sm_scale, True)
+        _store_tile(dq_base, t, offs_d, T, D, sdqt, sdqd, dq + near * sm_scale, False)
 
-    # (6): this program's share of the coefficients' gradient.
     keep_dv = offs_dv < DV
     tl.atomic_add(dc_ptr + hh * DV + offs_dv, dc_near, mask=keep_dv)
     tl.atomic_add(dc_ptr + (H + hh) * DV + offs_dv, dc0, mask=keep_dv)
     if NM == 2:
         tl.atomic_add(dc_ptr + (2 * H + hh) * DV + offs_dv, dc1, mask=keep_dv)
+
+
+@triton.jit
+def _short_bwd_keys(
+    q_base, k_base, v_base, mask_base, dy_base, o_base, f0_base, f1_base, lse_bh,
+    den_ptr, rseg_ptr, dk_base, dv_base, c_near, c0, c1, pid_bh, n_bh, seed_bh, first, last,
+    T, W, D, DV, qk_scale, sm_scale, scale, p_drop, sqt, sqd, skt, skd, svt, svd, sot, sod,
+    sdyt, sdyd, sdkt, sdkd, sdvt, sdvd, smt,
+    NM: tl.constexpr, PHI0: tl.constexpr, PHI1: tl.constexpr, NORMALIZE: tl.constexpr,
+    FAST: tl.constexpr, HAS_MASK: tl.constexpr, DROPOUT: tl.constexpr, BM: tl.constexpr,
+    TN: tl.constexpr, BS: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
+    SLOT: tl.constexpr, PREC: tl.constexpr, DOT_DTYPE: tl.constexpr, NSEG: tl.constexpr,
+    PDL: tl.constexpr,
+):  # fmt: skip
+    """Side 1 of ``_short_bwd_kernel``: per block, dk and dv of the near field (dout =
+    c_near * dy), then (after the reverse-state kernel under PDL) of the far fields, from
+    the reverse states R_m, r_m: summed from the NSEG segments, or walked here."""
+    offs_d = tl.arange(0, BD)
+    offs_dv = tl.arange(0, BDV)
+    for blk in range(first, last):
+        b0 = blk * BM
+        t = b0 + tl.arange(0, BM)
+        k, v, keep = _key_rows(
+            k_base, v_base, mask_base, t, T, D, DV, skt, skd, svt, svd, smt, HAS_MASK, BD, BDV
+        )  # fmt: skip
+        dk = tl.zeros([BM, BD], dtype=tl.float32)
+        dv = tl.zeros([BM, BDV], dtype=tl.float32)
+        dk, dv = _dkv_loop(
+            dk, dv, k, v, keep, t, b0, q_base, dy_base, o_base, lse_bh, lse_bh, seed_bh,
+            T, W, D, DV, qk_scale, p_drop, sqt, sqd, sdyt, sdyd, sot, sod,
+            False, DROPOUT, True, TN, BM, BD, BDV, PREC, c_near, True,
+        )  # fmt: skip
+        dk = dk * sm_scale
+
+        if PDL:
+            gdc_wait()  # the reverse-state kernel has finished (at once after the first time)
+        if NSEG == 0:
+            R0, r0, R1, r1 = _reverse_states(
+                q_base, dy_base, f0_base, f1_base, den_ptr, c0, c1, pid_bh, n_bh, 0, T,
+                T, D, DV, scale, sqt, sqd, sdyt, sdyd, sot, sod,
+                NM, PHI0, PHI1, FAST, NORMALIZE, BS, BD, BDV, PREC, DOT_DTYPE,
+            )  # fmt: skip
+        kk = _load_tile(k_base, t, offs_d, T, D, skt, skd)
+        keep2 = _keep_keys(mask_base, t, offs_d, T, D, smt, HAS_MASK)
+        vv = _load_tile(v_base, t, offs_dv, T, DV, svt, svd).to(DOT_DTYPE)
+        for m in tl.static_range(NM):
+            if NSEG > 0:  # one map's sum at a time: fewer registers live
+                R, r = _segment_sum(rseg_ptr, pid_bh, NSEG, m, offs_d, offs_dv, NM, BD, BDV, SLOT)
+            elif m == 0:
+                R, r = R0, r0
+            else:
+                R, r = R1, r1
+            R = R.to(DOT_DTYPE)
+            b, dphi = _phi_m(kk, m, PHI0, PHI1, FAST)
+            b = tl.where(keep2, b, 0.0)
+            db = tl.dot(vv, tl.trans(R), input_precision=PREC) + r[None, :]
+            dv += tl.dot(b.to(DOT_DTYPE), R, input_precision=PREC)
+            dk += tl.where(keep2, db * dphi, 0.0)  # padded keys get no gradient
+        _store_tile(dk_base, t, offs_d, T, D, sdkt, sdkd, dk, False)
+        _store_tile(dv_base, t, offs_dv, T, DV, sdvt, sdvd, dv, False)
