@@ -117,8 +117,7 @@ LAYER_KNOBS = {
 SWITCHES = ("BLEND_IN_FAR_FORWARD", "BLEND_IN_NEAR_FORWARD", "DC_IN_STATE_PASS")
 # The short-path layer of short bidirectional sequences (fmm_short.py): "short:" knobs set
 # fmm_short.SHORT (max_seq 0: the general path, 1 << 20: the short path at any length and
-# grid), the launch knobs its kernels' settings (fmm_short.LAUNCH; bwd_wide: the backward
-# in grids of more blocks than SMs).
+# grid), the launch knobs its kernels' settings (fmm_short.LAUNCH).
 SHORT_KNOBS = {
     "short:max_seq": [0, 1 << 20],
     "short:max_blocks_per_sm": [1 << 20],

@@ -51,13 +51,16 @@ from .near import _LOG2E, _tiles
 # state_segments > 0 each direction launches a state kernel first, one program per segment
 # (that many per row, in parallel), and the main kernel sums their states; with 0 every
 # program of the main kernel walks the whole row itself (one launch each way, but a chain of
-# seq / state_step dependent steps). H200, fwd+bwd as graph replays (bench/far_tune.py
-# --fields short; docs/kernel_tune_short*.csv): batch 1 x 8 heads x 64, band 64, 512 / 1,024
-# tokens 0.069 / 0.083 ms against 0.090 / 0.094 on the general path, 2,048 tokens 0.128
-# against 0.113; LRA-like batch 16 x 2 heads x 32, band 5, 1K (512 blocks): 0.091 against
-# 0.121; batch 32 x 8 x 64 (4,096 blocks) 0.970 at best against 0.852.
+# seq / state_step dependent steps). pdl: the main kernels start under programmatic dependent
+# launch (Hopper only), beside their state kernels. H200, fwd+bwd as graph replays, the
+# ninth session (bench/far_tune.py --fields short; docs/kernel_tune_short_session9.csv):
+# batch 1 x 8 heads x 64, band 64, 512 / 1,024 / 2,048 tokens 0.045 / 0.066 / 0.100 ms
+# against 0.091 / 0.092 / 0.115 on the general path, 4,096 tokens 0.185 against 0.163; the
+# LRA-like batch 16 x 2 heads x 32, band 5, 1K (512 blocks) 0.084 against 0.123; LRA Image's
+# 256 x 2 x 32 (8,192 blocks) 1.15 against 1.10. state_segments 8: 3% faster at 1K, batch 1,
+# but 2% slower in the LRA-like batch and 25% at 512 tokens.
 SHORT = {
-    "max_seq": 1024,
+    "max_seq": 2048,
     "max_blocks_per_sm": 4,
     "programs_per_sm": 2,
     "state_step": 64,
@@ -65,8 +68,11 @@ SHORT = {
     "pdl": True,
 }
 # The backward at 4 warps: its two sides double the grid, and two programs fit on an SM
-# beside a reverse-state program (at 8 warps one fills it). H200, 1K, batch 1, graphs: 0.066
-# against 0.073 ms with 8 (the ninth session's call 4, docs/kernel_tune_short.csv).
+# beside a reverse-state program (at 8 warps one fills it): 0.066 against 0.073 ms at 1K,
+# batch 1 (docs/short_pdl_session9.csv, call 5). At 8 warps, head_dim 32 and band 5 the
+# compiled backward faults on the H200 (an illegal address in every combination of PDL and
+# dropout tried; head_dim 64 or band 64 run): a code-generation fault we have not isolated,
+# in a setting the path does not use (tests cover 4 warps).
 LAUNCH = {
     "fwd": dict(num_warps=4, num_stages=2),
     "bwd": dict(num_warps=4, num_stages=2),
