@@ -586,12 +586,14 @@ def test_short_path_equals_the_general_path_on_the_gpu(dropout_p, monkeypatch):
         assert _rel(a, b.double()) < 1e-4
 
 
+@pytest.mark.parametrize("programs_per_sm", [2, 1])
 @pytest.mark.parametrize("dropout_p", [0.0, 0.2])
-def test_short_path_programmatic_launch_changes_no_number(dropout_p, monkeypatch):
+def test_short_path_programmatic_launch_changes_no_number(dropout_p, programs_per_sm, monkeypatch):
     """The short path's main kernels launched with PDL (starting while their state kernels
     run, ``fmm_short_kernels.py``) give the numbers they give without it: bit for bit,
     but the blend weights' gradient (atomics in any order). On Hopper the launches do use
-    PDL."""
+    PDL. One program per SM: 2 blocks per program on the H200, so a program waits for the
+    states at its first block and reads them at its second."""
     from fmmformer_pl.attention.cuda import fmm_attention_cuda, fmm_short, launch
     from fmmformer_pl.attention.cuda.far import hopper
 
@@ -602,6 +604,7 @@ def test_short_path_programmatic_launch_changes_no_number(dropout_p, monkeypatch
     def run(pdl):
         _short(monkeypatch, True)
         monkeypatch.setitem(fmm_short.SHORT, "pdl", pdl)
+        monkeypatch.setitem(fmm_short.SHORT, "programs_per_sm", programs_per_sm)
         xs = [t.detach().clone().requires_grad_(True) for t in (q, k, v, coeffs)]
         torch.manual_seed(5)
         y = fmm_attention_cuda(

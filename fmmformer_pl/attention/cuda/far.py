@@ -158,6 +158,9 @@ def _sm_count(device: torch.device) -> int:
     return _SM_COUNTS[index]
 
 
+_MAJORS: dict[int, int] = {}
+
+
 def hopper(device: torch.device) -> bool:
     """Whether ``device`` is an NVIDIA GPU of compute capability 9.0 or later (Hopper): the
     kernels' programmatic dependent launch (``griddepcontrol``) needs it."""
@@ -167,9 +170,6 @@ def hopper(device: torch.device) -> bool:
     if index not in _MAJORS:
         _MAJORS[index] = torch.cuda.get_device_capability(index)[0]
     return _MAJORS[index] >= 9
-
-
-_MAJORS: dict[int, int] = {}
 
 
 def _segments(batch_heads: int, n_chunks: int, device: torch.device) -> tuple[int, int]:

@@ -9,8 +9,9 @@ one main kernel does everything else: the forward the near field, the far fields
 blend; the backward dq, dk, dv and the blend coefficients' gradient. The forward keeps its
 segment states for the backward. With ``state_segments`` 0 there is one launch each way, every
 program of the main kernel walking its row's states itself (fewer launches, but a chain of
-seq / ``state_step`` dependent steps: slower on the GPU). The grid has
-``SHORT["programs_per_sm"]`` programs per SM, no more than the blocks of a row.
+seq / ``state_step`` dependent steps: slower on the GPU). The forward's grid has
+``SHORT["programs_per_sm"]`` programs per SM, no more than the blocks of a row; the
+backward's twice that (its query and key sides).
 
 ``short_applies`` picks this path: bidirectional, a near field, one or two feature maps, at
 most ``SHORT["max_seq"]`` positions and ``MAX_HEAD_DIM`` per head, and a grid of at most
@@ -54,11 +55,13 @@ from .near import _LOG2E, _tiles
 # seq / state_step dependent steps). pdl: the main kernels start under programmatic dependent
 # launch (Hopper only), beside their state kernels. H200, fwd+bwd as graph replays, the
 # ninth session (bench/far_tune.py --fields short; docs/kernel_tune_short_session9.csv):
-# batch 1 x 8 heads x 64, band 64, 512 / 1,024 / 2,048 tokens 0.045 / 0.066 / 0.100 ms
-# against 0.091 / 0.092 / 0.115 on the general path, 4,096 tokens 0.185 against 0.163; the
-# LRA-like batch 16 x 2 heads x 32, band 5, 1K (512 blocks) 0.084 against 0.123; LRA Image's
+# batch 1 x 8 heads x 64, band 64: 512 / 2,048 tokens 0.045-0.049 / 0.100 ms against 0.091 /
+# 0.115 on the general path, 4,096 tokens 0.185 against 0.163 (call 8); 1,024 tokens 0.065-0.066
+# against 0.091-0.092 (docs/short_pdl_session9.csv, calls 5-6); the LRA-like batch 16 x 2
+# heads x 32, band 5, 1K (512 blocks) 0.084 (call 5) against 0.123 (call 4); LRA Image's
 # 256 x 2 x 32 (8,192 blocks) 1.15 against 1.10. state_segments 8: 3% faster at 1K, batch 1,
-# but 2% slower in the LRA-like batch and 25% at 512 tokens.
+# but 2% slower in the LRA-like batch and 25% at 512 tokens. Not measured: 2,048 tokens in
+# grids of 257-528 blocks (batch 2 x 8 heads), which max_seq 2,048 now sends here.
 SHORT = {
     "max_seq": 2048,
     "max_blocks_per_sm": 4,
@@ -199,6 +202,9 @@ def short_forward(q, k, v, coeffs, key_padding_mask, near_args, phi_codes, norma
     bandwidth, dropout_p, seed = near_args
     bpp = _blocks_per_program(bh, seq, q.device)
     cx = _constexprs(q, v, saved[1])
+    # Under PDL (_after_states) the main kernel starts while the state kernel runs: nothing
+    # may be launched between the two, and what the main kernel reads before its wait
+    # (q, k, v, the mask, the coefficients) must be written before the state launch.
     if n_seg:
         launch(
             _short_state_kernel, (n_seg, bh),
@@ -233,6 +239,8 @@ def short_backward(dy, coeffs, fields, saved):
     cx = _constexprs(q, v, settings)
     n_seg, seg = segments(seq)
     rseg = lse  # a stand-in, never read without segments
+    # As in short_forward: under PDL nothing is launched between the reverse-state kernel and
+    # the main one, and everything but rseg (dc's zeros included) is written before them.
     if n_seg:
         rseg = state_slots(q, v, cx["NM"], n_seg)
         launch(

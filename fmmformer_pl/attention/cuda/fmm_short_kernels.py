@@ -443,9 +443,16 @@ def _short_bwd_keys(
 ):  # fmt: skip
     """Side 1 of ``_short_bwd_kernel``: per block, dk and dv of the near field (dout =
     c_near * dy), then (after the reverse-state kernel under PDL) of the far fields, from
-    the reverse states R_m, r_m: summed from the NSEG segments, or walked here."""
+    the reverse states R_m, r_m: summed from the NSEG segments per block (one map at a time,
+    fewer registers live), or (NSEG = 0) walked here once, before the blocks."""
     offs_d = tl.arange(0, BD)
     offs_dv = tl.arange(0, BDV)
+    if NSEG == 0:  # no reverse-state kernel: the program walks the row's queries, once
+        R0, r0, R1, r1 = _reverse_states(
+            q_base, dy_base, f0_base, f1_base, den_ptr, c0, c1, pid_bh, n_bh, 0, T,
+            T, D, DV, scale, sqt, sqd, sdyt, sdyd, sot, sod,
+            NM, PHI0, PHI1, FAST, NORMALIZE, BS, BD, BDV, PREC, DOT_DTYPE,
+        )  # fmt: skip
     for blk in range(first, last):
         b0 = blk * BM
         t = b0 + tl.arange(0, BM)
@@ -463,12 +470,6 @@ def _short_bwd_keys(
 
         if PDL:
             gdc_wait()  # the reverse-state kernel has finished (at once after the first time)
-        if NSEG == 0:
-            R0, r0, R1, r1 = _reverse_states(
-                q_base, dy_base, f0_base, f1_base, den_ptr, c0, c1, pid_bh, n_bh, 0, T,
-                T, D, DV, scale, sqt, sqd, sdyt, sdyd, sot, sod,
-                NM, PHI0, PHI1, FAST, NORMALIZE, BS, BD, BDV, PREC, DOT_DTYPE,
-            )  # fmt: skip
         kk = _load_tile(k_base, t, offs_d, T, D, skt, skd)
         keep2 = _keep_keys(mask_base, t, offs_d, T, D, smt, HAS_MASK)
         vv = _load_tile(v_base, t, offs_dv, T, DV, svt, svd).to(DOT_DTYPE)
