@@ -74,8 +74,10 @@ SHORT = {
 # beside a reverse-state program (at 8 warps one fills it): 0.066 against 0.073 ms at 1K,
 # batch 1 (docs/short_pdl_session9.csv, call 5). At 8 warps, head_dim 32 and band 5 the
 # compiled backward faults on the H200 (an illegal address in every combination of PDL and
-# dropout tried; head_dim 64 or band 64 run): a code-generation fault we have not isolated,
-# in a setting the path does not use (tests cover 4 warps).
+# dropout tried; head_dim 64 or band 64 run), a setting the path does not use (the tests
+# cover 4 warps). Likely, not confirmed: at 8 warps Triton splits the narrow band's 16-key
+# tiles over two warpgroups, and wgmma with N = 8 reads shared memory past an unpadded
+# operand (triton-lang/triton#10629 reports that for TF32).
 LAUNCH = {
     "fwd": dict(num_warps=4, num_stages=2),
     "bwd": dict(num_warps=4, num_stages=2),
