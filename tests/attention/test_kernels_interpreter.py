@@ -488,6 +488,41 @@ def test_short_path_segments_are_whole_state_steps(monkeypatch):
             assert length % 64 == 0 and (n_seg - 1) * length < seq <= n_seg * length
 
 
+@pytest.mark.parametrize("segments", [4, 0])
+@pytest.mark.parametrize("pdl, is_hopper", [(True, True), (False, True), (True, False)])
+def test_short_path_launches_main_kernels_with_pdl_right_after_their_state_kernels(
+    segments, pdl, is_hopper, monkeypatch
+):
+    """What makes programmatic dependent launch safe (``fmm_short_kernels.py``): a main kernel
+    launched with PDL comes right after its state kernel, and only then; the kernels' PDL
+    constexpr follows SHORT["pdl"] and the device (Hopper). Launches recorded, none run."""
+    from fmmformer_pl.attention.cuda import fmm_short
+
+    calls = []
+    monkeypatch.setattr(
+        fmm_short, "launch", lambda kernel, grid, *a, **kw: calls.append((kernel, kw))
+    )
+    monkeypatch.setattr(fmm_short, "hopper", lambda device: is_hopper)
+    short = {"state_segments": segments, "pdl": pdl}
+    monkeypatch.setattr(fmm_short, "SHORT", {**fmm_short.SHORT, **short})
+    q = torch.randn(1, 2, 300, 16)
+    coeffs = torch.randn(3, 2, 16)
+    y, fields, saved = fmm_short.short_forward(q, q, q, coeffs, None, (5, 0.0, 0), (0, 1), True)
+    fmm_short.short_backward(torch.ones_like(y), coeffs, fields, saved)
+
+    kernels = [kernel for kernel, _ in calls]
+    states = [fmm_short._short_state_kernel, fmm_short._short_rstate_kernel]
+    mains = [fmm_short._short_fwd_kernel, fmm_short._short_bwd_kernel]
+    on = pdl and is_hopper
+    if segments:
+        assert kernels == [states[0], mains[0], states[1], mains[1]]
+    else:
+        assert kernels == mains
+    for kernel, kw in calls:
+        assert kw["PDL"] is on
+        assert kw.get("launch_pdl", False) is (on and kernel in mains and bool(segments))
+
+
 def test_far_kernels_refuse_malformed_fused_arguments(monkeypatch):
     """far_forward's blend and far_backward's scales are read as contiguous float32 rows by
     the kernels: anything else is refused, as is a blend the walks cannot form."""
