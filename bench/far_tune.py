@@ -126,9 +126,10 @@ SHORT_KNOBS = {
     "short:state_segments": [0, 2, 4, 8, 16],
     "short:pdl": [False, True],
     "warps:state,rstate": [4, 8],
-    "warps:fwd,bwd": [2, 4, 8],
+    # The backward at 8 warps faults at head_dim 32, band 5 (fmm_short.LAUNCH), and a fault
+    # poisons the process's CUDA context for every later setting.
+    "warps:fwd,bwd": [2, 4],
     "warps:fwd": [2, 4, 8],
-    # 8 faults at head_dim 32, band 5 (fmm_short.LAUNCH) and poisons the process's CUDA context
     "warps:bwd": [2, 4],
     "stages:fwd,bwd": [1, 2, 3],
 }
