@@ -37,6 +37,7 @@ BENCH = Path(__file__).resolve().parents[1] / "bench"
         ),
         ("attention_gpu.py", ["--seqs", "1024", "--backward-thread", "caller"]),
         ("eager_timeline.py", ["--seqs", "1024", "--backward-thread", "caller"]),
+        ("graph_settings.py", ["--setting", "pdl_off", '{"short:pdl": false}']),
     ],
 )
 def test_gpu_bench_exits_with_a_message_without_cuda(script, args, tmp_path):
