@@ -19,7 +19,8 @@ defaults reproduce the runs of the paper, as read from the code:
 * LRA: the FMMformer authors' LRA ``SparseLowrankAttention`` (Nystromformer-style LRA code;
   the run commands are in ``LRA/README.md`` of github.com/minhtannguyen/fmmformer-code-submission).
   ListOps used ``--sparse_ratio 11.5`` (1 kernel) and ``13.5`` (2 kernels), Text used ``4.5``
-  (1 and 2 kernels); ``6.5`` is "band 5" alone. ``diag_size 5`` masks ``|i - j| >= 5``.
+  (1 and 2 kernels), Retrieval ``18.5`` / ``19.5``, Image ``4.5`` / ``17.5``, Pathfinder
+  ``2.5`` / ``15.5``; ``6.5`` is "band 5" alone. ``diag_size 5`` masks ``|i - j| >= 5``.
 * WikiText-103: ``MultiHeadAttnSparseLowrank`` in ``lmtool-fwms/src/mem_transformer.py``
   (same repository, commit 92bc369); the "…-sqk-final" runs in
   ``lmtool-fwms/example_scripts/small_sparse_lowrank_attention_final.sh`` use
@@ -84,6 +85,45 @@ class FieldWeight(nn.Module):
         return f"granularity={self.granularity}, shape={tuple(self.weight.shape)}, learnable={learnable}"
 
 
+class ComplementWeight(nn.Module):
+    """A weight tied to the near weight: ``1 - w_near``, with no parameter of its own (the
+    released Pathfinder blends, ``w D + (1 - w) L``). The near weight's gradient collects
+    both uses."""
+
+    def __init__(self, near: FieldWeight):
+        super().__init__()
+        self._near = (near,)  # a tuple: not registered twice as a submodule
+        self.granularity, self.num_heads, self.head_dim = (
+            near.granularity, near.num_heads, near.head_dim
+        )  # fmt: skip
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return 1.0 - self._near[0].weight
+
+    def forward(self, field: torch.Tensor) -> torch.Tensor:
+        # field: (batch, heads, seq, head_dim)
+        return field - self._near[0](field)
+
+    def coefficient(self) -> torch.Tensor:
+        return 1.0 - self._near[0].coefficient()
+
+    def extra_repr(self) -> str:
+        return "1 - near"
+
+
+def _field_weight(
+    spec: BlendWeight, num_heads: int, head_dim: int, near: FieldWeight | None
+) -> nn.Module:
+    if spec.tied is None:
+        return FieldWeight(spec, num_heads, head_dim)
+    if spec.tied != "one_minus_near":
+        raise ValueError(f"blend weight tied must be 'one_minus_near' or null, got {spec.tied!r}")
+    if near is None:
+        raise ValueError("a weight tied to the near weight needs kind 'fmm' (a near field)")
+    return ComplementWeight(near)
+
+
 class Blend(nn.Module):
     """``y = w_near * D + w_group * sum_l w_l * L_l`` for the fields that ``config.kind`` uses.
 
@@ -108,12 +148,18 @@ class Blend(nn.Module):
                 f"far_weights has {len(config.far_weights)} entries for {rank} feature maps "
                 f"{list(config.feature_maps)}; give one entry per feature map, or a single entry"
             )
+        if config.near_weight.tied is not None:
+            raise ValueError("the near weight cannot be tied (only far weights can be 1 - near)")
         self.near = (
             FieldWeight(config.near_weight, num_heads, head_dim) if config.kind == "fmm" else None
         )
-        self.far = nn.ModuleList(FieldWeight(s, num_heads, head_dim) for s in far_specs)
+        self.far = nn.ModuleList(
+            _field_weight(s, num_heads, head_dim, self.near) for s in far_specs
+        )
         group = config.far_group_weight
-        self.far_group = None if group is None else FieldWeight(group, num_heads, head_dim)
+        self.far_group = (
+            None if group is None else _field_weight(group, num_heads, head_dim, self.near)
+        )
         self.config = config  # its backend is read at each call (the layer shares it)
 
     def forward(self, near: torch.Tensor | None, far: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -260,6 +306,34 @@ def near_plus_gated_far_scheme(
     return config
 
 
+def lra_fmm_scheme(
+    near: BlendWeight,
+    far: Sequence[BlendWeight],
+    group: BlendWeight | None = None,
+    feature_maps: Sequence[str] = ("elu",),
+) -> AttentionConfig:
+    """An LRA FMM blend ``near * D + group * sum_l far_l * L_l`` with the released LRA
+    settings (band 5, unnormalised far field, attention dropout 0.1)."""
+    return AttentionConfig(
+        kind="fmm",
+        bandwidth=5,
+        feature_maps=list(feature_maps),
+        far_normalize=False,
+        dropout=0.1,
+        near_weight=near,
+        far_weights=list(far),
+        far_group_weight=group,
+    )
+
+
+def _learn(init: float, granularity: str = "scalar") -> BlendWeight:
+    return BlendWeight(init, granularity)  # type: ignore[arg-type]
+
+
+_ONE_MINUS_NEAR = BlendWeight(tied="one_minus_near")
+_ELU2 = ("elu", "elu_flip")
+
+
 def gated_near_plus_far_scheme(
     feature_maps: Sequence[str] = ("elu", "elu_flip"),
     bandwidth: int = 20,
@@ -294,6 +368,21 @@ PAPER_SCHEMES = {
     "lra_listops_fmm_2kernel": lambda: weighted_near_far_scheme(("elu", "elu_flip")),
     "lra_text_fmm_1kernel": lambda: near_plus_gated_far_scheme(("elu",)),
     "lra_text_fmm_2kernel": lambda: near_plus_gated_far_scheme(("elu", "elu_flip")),
+    # Retrieval 18.5: w D + L1; 19.5: w D + (a L1 + b L2); w per head (init 0), a = 1, b = 0.
+    "lra_retrieval_fmm_1kernel": lambda: lra_fmm_scheme(_learn(0.0, "head"), [_fixed(1.0)]),
+    "lra_retrieval_fmm_2kernel": lambda: lra_fmm_scheme(
+        _learn(0.0, "head"), [_learn(1.0), _learn(0.0)], feature_maps=_ELU2
+    ),
+    # Image 4.5 as Text; 17.5: D + w (.) (L1 + c L2), w per channel (init 0), c scalar (init 0).
+    "lra_image_fmm_1kernel": lambda: near_plus_gated_far_scheme(("elu",)),
+    "lra_image_fmm_2kernel": lambda: lra_fmm_scheme(
+        _fixed(1.0), [_fixed(1.0), _learn(0.0)], _learn(0.0, "channel"), _ELU2
+    ),
+    # Pathfinder 2.5: w D + (1 - w) L1; 15.5: w D + (1 - w) (L1 + c L2); w scalar 0.5, c 0.
+    "lra_pathfinder_fmm_1kernel": lambda: lra_fmm_scheme(_learn(0.5), [_ONE_MINUS_NEAR]),
+    "lra_pathfinder_fmm_2kernel": lambda: lra_fmm_scheme(
+        _learn(0.5), [_fixed(1.0), _learn(0.0)], _ONE_MINUS_NEAR, _ELU2
+    ),
     "wt103_band5": lambda: band_scheme(bandwidth=5, dropout=0.0),
     "wt103_band20": lambda: band_scheme(bandwidth=20, dropout=0.0),
     "wt103_linear": lambda: linear_scheme(("elu",), far_normalize=True),

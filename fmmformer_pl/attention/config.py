@@ -26,13 +26,22 @@ Granularity = Literal["scalar", "head", "channel"]
 Backend = Literal["auto", "reference", "cuda"]
 
 
+Tie = Literal["one_minus_near"]
+
+
 @dataclass
 class BlendWeight:
-    """One blend weight w in ``y += w * field``."""
+    """One blend weight w in ``y += w * field``.
+
+    tied: ``"one_minus_near"`` makes this weight ``1 - w_near`` (the released Pathfinder
+    blends ``w D + (1 - w) L``): it has no value of its own, so ``init``, ``granularity`` and
+    ``learnable`` are ignored and it follows the near weight's.
+    """
 
     init: float = 1.0
     granularity: Granularity = "head"
     learnable: bool = True
+    tied: Optional[Tie] = None
 
 
 @dataclass
