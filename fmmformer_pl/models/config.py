@@ -14,7 +14,15 @@ from fmmformer_pl.attention.config import AttentionConfig
 
 @dataclass
 class EncoderConfig:
-    """Bidirectional encoder (LRA). Paper: 2 layers, dim 64, FFN 128, 2 heads x 32."""
+    """Bidirectional encoder (LRA). Paper: 2 layers, dim 64, FFN 128, 2 heads x 32.
+
+    pooling: ``mean`` averages the real tokens; ``mean_padded`` zeroes the padding and
+        averages over every position of the padded length (the released LRA code:
+        ``(LN(x) * mask).mean(dim=1)``); ``cls`` reads a learned CLS token's final state.
+    init: ``lra`` is the released LRA code's: PyTorch's own init of every Linear and
+        LayerNorm (the task head's too), N(0, 0.02) token and position embeddings;
+        ``normal`` is GPT-2's: N(0, 0.02) on every Linear and embedding, zero biases.
+    """
 
     dim: int = 64
     depth: int = 2
@@ -23,7 +31,8 @@ class EncoderConfig:
     dropout: float = 0.1
     activation: Literal["gelu", "relu"] = "gelu"
     positions: Literal["learned", "sinusoidal"] = "learned"
-    pooling: Literal["mean", "cls"] = "mean"
+    pooling: Literal["mean", "mean_padded", "cls"] = "mean_padded"
+    init: Literal["lra", "normal"] = "lra"
     attention: AttentionConfig = field(default_factory=AttentionConfig)
 
 

@@ -17,11 +17,12 @@ from .config import EncoderConfig
 from .encoder import FMMEncoder
 
 
-def _mlp(in_dim: int, hidden: int, num_classes: int) -> nn.Sequential:
+def _mlp(in_dim: int, hidden: int, num_classes: int, init: str) -> nn.Sequential:
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
     mlp = nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(), nn.Linear(hidden, num_classes))
-    mlp.apply(init_weights)
+    if init == "normal":  # "lra": PyTorch's own init, as the released SCHead
+        mlp.apply(init_weights)
     return mlp
 
 
@@ -29,7 +30,7 @@ class SequenceClassifier(nn.Module):
     def __init__(self, vocab_size: int, num_classes: int, max_length: int, config: EncoderConfig):
         super().__init__()
         self.encoder = FMMEncoder(vocab_size, max_length, config)
-        self.head = _mlp(config.dim, config.ffn_dim, num_classes)
+        self.head = _mlp(config.dim, config.ffn_dim, num_classes, config.init)
 
     def forward(
         self, input_ids: torch.Tensor, padding_mask: torch.Tensor | None = None
@@ -42,7 +43,7 @@ class DualEncoderRetrieval(nn.Module):
     def __init__(self, vocab_size: int, num_classes: int, max_length: int, config: EncoderConfig):
         super().__init__()
         self.encoder = FMMEncoder(vocab_size, max_length, config)
-        self.head = _mlp(4 * config.dim, config.ffn_dim, num_classes)
+        self.head = _mlp(4 * config.dim, config.ffn_dim, num_classes, config.init)
 
     def forward(
         self,

@@ -56,6 +56,41 @@ def test_mean_pooling_averages_the_non_padding_states():
     torch.testing.assert_close(encoder(ids), encoder.encode_sequence(ids).mean(1))
 
 
+def test_mean_padded_pooling_is_the_released_lra_pooling():
+    """model.py + model_wrapper.py of the released LRA code: ``X = norm(X) * mask[:, :, None]``
+    then ``X.mean(dim=1)`` over every position of the padded length."""
+    encoder = FMMEncoder(VOCAB, MAX_LEN, _config(pooling="mean_padded")).eval()
+    ids, mask = _batch()
+    h = encoder.encode_sequence(ids, mask)  # (batch, seq, dim): the final LayerNorm's output
+    expected = (h * (~mask).unsqueeze(-1).float()).mean(dim=1)
+    torch.testing.assert_close(encoder(ids, mask), expected)
+    torch.testing.assert_close(encoder(ids, mask)[2], h[2, :4].sum(0) / 13)
+
+
+def test_lra_init_is_pytorch_default_with_small_embeddings():
+    """The released LRA code: N(0, 0.02) token and position embeddings, PyTorch's own init
+    for every Linear (Kaiming-uniform: |w| <= 1 / sqrt(fan_in)) and LayerNorm; ``normal`` is
+    N(0, 0.02) everywhere with zero biases."""
+    torch.manual_seed(0)
+    config = EncoderConfig(dim=64, depth=2, num_heads=2, ffn_dim=128, init="lra")
+    model = SequenceClassifier(VOCAB, 10, 512, config)
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear):
+            bound = 1 / module.in_features**0.5
+            assert module.weight.abs().max() <= bound, name
+            # uniform on [-bound, bound]: std bound / sqrt(3), far from 0.02
+            assert module.weight.std().item() == pytest.approx(bound / 3**0.5, rel=0.15), name
+            assert module.bias.abs().max() > 0, name
+        elif isinstance(module, torch.nn.Embedding):
+            assert module.weight.std().item() == pytest.approx(0.02, rel=0.1), name
+    normal = SequenceClassifier(VOCAB, 10, 512, EncoderConfig(init="normal"))
+    linears = [m for m in normal.modules() if isinstance(m, torch.nn.Linear)]
+    assert all(m.weight.std().item() == pytest.approx(0.02, rel=0.15) for m in linears)
+    assert all(torch.all(m.bias == 0) for m in linears)
+    with pytest.raises(ValueError, match="init must be one of"):
+        FMMEncoder(VOCAB, MAX_LEN, EncoderConfig(init="xavier"))
+
+
 def test_all_padding_sample_pools_to_zeros():
     encoder = FMMEncoder(VOCAB, MAX_LEN, _config())
     ids, mask = _batch()
