@@ -6,8 +6,11 @@ Schedules (t = optimiser step, W = warmup_steps, T = total_steps, m = min_lr_rat
     linear      lr(t) = lr * (1 - (1 - m) * p)                      p = (t - W) / (T - W)
     cosine      lr(t) = lr * (m + (1 - m) * (1 + cos(pi * p)) / 2)
     constant    lr(t) = lr
-    one_cycle   torch's OneCycleLR: pct_start = W / T, cosine up from lr / 25 and down to
-                lr / 25e4, and beta1 cycled inversely between 0.85 and betas[0].
+    one_cycle   torch's OneCycleLR with its defaults, as the released LRA code runs it:
+                pct_start = W / T, up from lr / 25 to lr at t = W, then down to lr / 25e4 at
+                t = T, along a cosine (``anneal: cos``) or a line (``anneal: linear``, the
+                released runs); beta1 cycled inversely, 0.95 -> 0.85 at t = W -> 0.95 (this
+                overrides betas[0]).
 
 For t >= T the decaying schedules stay at lr * m.
 """
@@ -29,6 +32,7 @@ Schedule = Literal["constant", "linear", "cosine", "one_cycle"]
 class OptimConfig:
     """AdamW / Adam hyper-parameters and the learning-rate schedule (see module docstring).
 
+    anneal: the shape of ``one_cycle``'s two phases (ignored by the other schedules).
     total_steps: None takes the trainer's ``estimated_stepping_batches`` (``max_steps``, or
         ``max_epochs`` x batches per epoch), so the schedule ends when training ends.
     weight_decay: applied to matrices only (linear and embedding weights); biases, norms and
@@ -42,6 +46,7 @@ class OptimConfig:
     weight_decay: float = 0.0
     warmup_steps: int = 0
     schedule: Schedule = "linear"
+    anneal: Literal["cos", "linear"] = "cos"
     total_steps: Optional[int] = None
     min_lr_ratio: float = 0.0
 
@@ -52,6 +57,8 @@ class OptimConfig:
             raise ValueError(f"optim.warmup_steps must be >= 0, got {self.warmup_steps}")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise ValueError(f"optim.min_lr_ratio must lie in [0, 1], got {self.min_lr_ratio}")
+        if self.anneal not in ("cos", "linear"):
+            raise ValueError(f"optim.anneal must be 'cos' or 'linear', got {self.anneal!r}")
         if self.total_steps is not None and self.total_steps <= 0:
             raise ValueError(f"optim.total_steps must be > 0 or null, got {self.total_steps}")
 
@@ -105,9 +112,10 @@ def build_scheduler(
             max_lr=cfg.lr,
             total_steps=total_steps,
             pct_start=pct_start,
+            anneal_strategy=cfg.anneal,
             cycle_momentum=True,
             base_momentum=0.85,
-            max_momentum=cfg.betas[0],
+            max_momentum=0.95,
         )
 
     def factor(step: int) -> float:

@@ -121,3 +121,32 @@ def test_scheduler_needs_positive_steps():
     optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)
     with pytest.raises(ValueError, match="positive number of steps"):
         build_scheduler(optimizer, OptimConfig(), total_steps=0)
+
+
+def test_one_cycle_linear_is_the_released_lra_scheduler():
+    """run_tasks.py of the released LRA code: OneCycleLR(max_lr=lr, pct_start=warmup/steps,
+    anneal_strategy="linear", total_steps=steps) with torch's defaults, on AdamW."""
+    steps, warmup, lr = 50, 10, 1e-4
+    cfg = OptimConfig(lr=lr, warmup_steps=warmup, schedule="one_cycle", anneal="linear")
+    ours = build_optimizer(parameter_groups(nn.Linear(2, 2), 0.0), cfg)
+    our_schedule = build_scheduler(ours, cfg, total_steps=steps)
+    released = torch.optim.AdamW(nn.Linear(2, 2).parameters(), lr=lr, betas=(0.9, 0.999), eps=1e-6)
+    released_schedule = torch.optim.lr_scheduler.OneCycleLR(
+        released, max_lr=lr, pct_start=warmup / steps, anneal_strategy="linear", total_steps=steps
+    )
+    used = []
+    for _ in range(steps):
+        a, b = ours.param_groups[0], released.param_groups[0]
+        assert a["lr"] == pytest.approx(b["lr"], rel=1e-12, abs=0)
+        assert a["betas"] == pytest.approx(b["betas"])
+        used.append(a["lr"])
+        for optimizer, schedule in ((ours, our_schedule), (released, released_schedule)):
+            optimizer.step()
+            schedule.step()
+    assert used[0] == pytest.approx(lr / 25) and max(used) == pytest.approx(lr)
+    assert used[-1] == pytest.approx(lr / 25 / 1e4)  # the last step's
+
+
+def test_unknown_anneal_is_refused():
+    with pytest.raises(ValueError, match="anneal"):
+        OptimConfig(schedule="one_cycle", anneal="cosine")
