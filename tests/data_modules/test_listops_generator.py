@@ -208,3 +208,22 @@ def test_python_dash_m_entry_point(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "Warning" not in result.stderr  # runpy warns if the package imported the module first
     assert len(read_rows(tmp_path / "basic_train.tsv")) == 4
+
+
+def test_sharded_generation_depends_on_seed_and_shards_not_workers(tmp_path: Path) -> None:
+    """LRA-size data in parallel: the same files whatever the number of processes, distinct
+    trees across shards, and a manifest that names the shard count."""
+    settings = dict(min_length=8, max_length=60, max_depth=5, max_args=4, seed=3, shards=3)
+    write_dataset(tmp_path / "one", 20, 4, 5, workers=1, **settings)
+    write_dataset(tmp_path / "two", 20, 4, 5, workers=2, **settings)
+    for split in ("train", "val", "test"):
+        one = (tmp_path / "one" / f"basic_{split}.tsv").read_bytes()
+        assert one == (tmp_path / "two" / f"basic_{split}.tsv").read_bytes()
+    rows = [r for s in ("train", "val", "test") for r in read_rows(tmp_path / "one" / f"basic_{s}.tsv")]
+    assert len(rows) == 29 and len({source for source, _ in rows}) == 29
+    assert '"shards": 3' in (tmp_path / "one" / "listops_generator.json").read_text()
+    single = write_dataset(tmp_path / "single", 20, 4, 5, **dict(settings, shards=1))
+    assert "shards" not in single  # one stream: the manifest older data were written with
+    assert (tmp_path / "single" / "basic_train.tsv").read_bytes() != (
+        tmp_path / "one" / "basic_train.tsv"
+    ).read_bytes()
