@@ -14,10 +14,10 @@ kernel launch intercepted; each launch's arguments then go through Triton's own 
 specialisation and ``triton.compile`` for sm_90a (the H200), and Triton's bundled
 ``ptxas``/``nvdisasm`` give registers, spills and the SASS. The plan uses the H200's 132 SMs.
 
-Why: the causal far-field kernels are latency-bound at two 4-warp programs per SM
-(Nsight Compute: ``ncu --section SpeedOfLight --section Occupancy --section
-WarpStateStats`` of a 64K causal step), so their time follows the instructions each warp issues per
-chunk and the registers that cap the programs per SM. Both can be read off the compiled code
+Why: the causal far-field kernels are latency-bound at two 4-warp programs per SM (Nsight
+Compute's SpeedOfLight, Occupancy and WarpStateStats sections of a 64K causal step), so their
+time follows the instructions each warp issues per chunk and the registers that cap the
+programs per SM. Both can be read off the compiled code
 here, before any GPU time is spent. The loop is the kernel's longest backward branch (the walk
 over chunks); ``loop`` counts its SASS instructions, issued once per chunk by every warp, by
 category: for both feature maps where a causal walk takes them together (``far.PLAN

@@ -133,9 +133,7 @@ def main() -> None:
     parser.add_argument("--eval-tokens", type=int, default=250_000, help="valid/test words")
     parser.add_argument("--vocab", type=int, default=300_000, help="distinct words drawn from")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--csv", type=Path, default=REPO / "results" / "wikitext_prepare.csv"
-    )
+    parser.add_argument("--csv", type=Path, default=REPO / "results" / "wikitext_prepare.csv")
     parser.add_argument("--_measure", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args._measure is not None:
