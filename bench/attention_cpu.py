@@ -1,6 +1,6 @@
 """CPU benchmark: forward+backward time and peak memory of softmax, band, linear and fmm attention.
 
-    python bench/attention_cpu.py --csv docs/bench_attention_cpu.csv
+    python bench/attention_cpu.py --threads 1      # table, and results/attention_cpu.csv
 
 Variants (inputs q, k, v of shape (batch, heads, seq, head_dim), float32):
     softmax  full attention, torch's scaled_dot_product_attention (the baseline)
@@ -125,7 +125,10 @@ def _parse(argv=None) -> argparse.Namespace:
     )
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--softmax-max-seq", type=int, default=16384)
-    p.add_argument("--csv", type=Path, help="write the table as CSV here")
+    p.add_argument(
+        "--csv", type=Path, default=REPO / "results" / "attention_cpu.csv",
+        help="write the table as CSV here",
+    )  # fmt: skip
     # Internal: run one cell (used by the parent process for a clean peak-memory reading).
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--variant", help=argparse.SUPPRESS)

@@ -1,6 +1,6 @@
 """GPU benchmark: forward+backward time and peak memory of one attention layer's core, 1K to 1M.
 
-    python bench/attention_gpu.py --out-dir docs            # full run (H200: about 1.5 minutes)
+    python bench/attention_gpu.py                           # full run (H200: about 1.5 minutes)
     python bench/attention_gpu.py --seqs 1024 65536 --tune  # quick look plus a launch sweep
 
 Inputs q, k, v ``(batch, heads, seq, head_dim)`` in bf16, laid out as a model makes them (a
@@ -319,7 +319,7 @@ def main(argv=None):
     p.add_argument("--dense-masked-max-gb", type=float, default=100.0)
     p.add_argument("--tune", action="store_true", help="sweep launch settings first")
     p.add_argument("--tune-seq", type=int, default=65536)
-    p.add_argument("--out-dir", type=Path, default=REPO / "docs")
+    p.add_argument("--out-dir", type=Path, default=REPO / "results")
     p.add_argument("--no-plot", action="store_true")
     p.add_argument("--label", default="", help="prefix for the note column (e.g. the commit)")
     p.add_argument(

@@ -1,6 +1,6 @@
 """Where the time of one attention step goes on the GPU: host launches vs kernels.
 
-    python bench/attention_profile.py --seqs 1024 65536 --out docs/attention_profile.csv
+    python bench/attention_profile.py --seqs 1024 65536     # -> results/attention_profile.csv
 
 For each variant (``bench/attention_gpu.py``'s names), length and mask: the eager step time
 (CUDA events around fwd + bwd, as in ``attention_gpu.py``), the same step replayed from a CUDA
@@ -54,8 +54,8 @@ def time_one(name, seq, causal, args):
 def profile_one(step, args):
     """The kernels of one eager step (torch.profiler): their count, total and top GPU time.
     Run after every timing: on the H200, a case timed after another's profile in the same
-    process measured 3-15% slower as graph replays (the ninth session, two runs with the two
-    variants in either order)."""
+    process measured 3-15% slower as graph replays (two runs with the two variants in either
+    order)."""
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
@@ -83,7 +83,7 @@ def main(argv=None):
     p.add_argument("--band", type=int, default=64)
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--top", type=int, default=8)
-    p.add_argument("--out", type=Path, default=REPO / "docs" / "attention_profile.csv")
+    p.add_argument("--out", type=Path, default=REPO / "results" / "attention_profile.csv")
     add_short_option(p)
     args = p.parse_args(argv)
     apply_short_option(args)

@@ -1,6 +1,6 @@
 """Where an eager step's time goes beyond its kernels: the GPU's idle gaps and what caused them.
 
-    python bench/eager_timeline.py --seqs 1024 65536 --out docs/eager_timeline.csv
+    python bench/eager_timeline.py --seqs 1024 65536        # -> results/eager_timeline.csv
 
 Each step is timed as ``attention_gpu.py`` times it (start event, ``out = f(q, k, v)``,
 ``autograd.grad``, end event, synchronise), here under torch.profiler with three CPU marks
@@ -200,7 +200,7 @@ def main(argv=None):
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--note", default="")
-    p.add_argument("--out", type=Path, default=REPO / "docs" / "eager_timeline.csv")
+    p.add_argument("--out", type=Path, default=REPO / "results" / "eager_timeline.csv")
     p.add_argument("--append", action="store_true", help="add rows to an existing --out")
     p.add_argument("--detail", type=Path, help="CSV of the median step's kernels per case")
     args = p.parse_args(argv)

@@ -1,6 +1,6 @@
 """Launch-plan sweep of the GPU kernels: far field (r = 2), near field, blend; fwd+bwd, one length.
 
-    python bench/far_tune.py --graph --out docs/kernel_tune_graph.csv   # H200: about 3 minutes
+    python bench/far_tune.py --graph        # H200: about 3 minutes; -> results/kernel_tune.csv
 
 What is timed: ``far_fields(q, k, v, ["elu", "elu_flip"])`` (both masks) and ``near_field``
 (band 64) and the blend of three fields forward + backward, bf16, batch 1, 8 heads, head_dim
@@ -358,7 +358,7 @@ def main(argv=None):
         action="store_true",
         help="time CUDA-graph replays (GPU time only; eager timings include host launches)",
     )
-    p.add_argument("--out", type=Path, default=REPO / "docs" / "kernel_tune_graph.csv")
+    p.add_argument("--out", type=Path, default=REPO / "results" / "kernel_tune.csv")
     p.add_argument(
         "--modes",
         nargs="+",

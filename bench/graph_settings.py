@@ -91,7 +91,7 @@ def main(argv=None):
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--repeats", type=int, default=30)
     p.add_argument("--timelines", type=int, default=3, help="settings whose timeline to print")
-    p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--out", type=Path, default=REPO / "results" / "graph_settings.csv")
     args = p.parse_args(argv)
     settings = {"default": {}, **{label: json.loads(js) for label, js in args.setting}}
     if not torch.cuda.is_available():
@@ -113,6 +113,7 @@ def main(argv=None):
         print(label)
         print(timeline(replays[label]))
     if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
         with open(args.out, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=list(rows[0]))
             writer.writeheader()

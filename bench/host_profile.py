@@ -1,6 +1,6 @@
 """Where the host (Python) time of one eager attention step goes, on a CUDA machine.
 
-    python bench/host_profile.py --out docs/host_profile.txt
+    python bench/host_profile.py                            # -> results/host_profile.txt
 
 Short sequences are host-bound: the GPU waits for Python to launch the kernels. This prints
 (1) what one launch costs on this host: an empty aten op, ``torch.empty``, and a Triton kernel
@@ -134,7 +134,7 @@ def main(argv=None):
     p.add_argument("--variants", nargs="+", default=["softmax", "band", "linear", "fmm_r2"])
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--top", type=int, default=30)
-    p.add_argument("--out", type=Path, default=REPO / "docs" / "host_profile.txt")
+    p.add_argument("--out", type=Path, default=REPO / "results" / "host_profile.txt")
     add_short_option(p)
     args = p.parse_args(argv)
     apply_short_option(args)

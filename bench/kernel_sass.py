@@ -1,8 +1,8 @@
 """The far-field kernels as the H200 runs them, compiled on a machine without a GPU: registers,
 spills, shared memory and the instructions of each kernel's main loop (per chunk).
 
-    python bench/kernel_sass.py --out docs/kernel_sass.csv      # any machine, ~1 minute
-    python bench/kernel_sass.py --field near --out docs/kernel_sass.csv  # the near field's
+    python bench/kernel_sass.py                 # any machine, ~1 minute; -> results/kernel_sass.csv
+    python bench/kernel_sass.py --field near    # the near field's
 
 ``--field near``: the near field's kernels (band 64, both backward plans: one kernel, or dq
 then dk/dv, ``near.MERGED_BACKWARD``); ``loop`` is then its longest loop, one key or query
@@ -14,9 +14,10 @@ kernel launch intercepted; each launch's arguments then go through Triton's own 
 specialisation and ``triton.compile`` for sm_90a (the H200), and Triton's bundled
 ``ptxas``/``nvdisasm`` give registers, spills and the SASS. The plan uses the H200's 132 SMs.
 
-Why: the causal far-field kernels are latency-bound at two 4-warp programs per SM
-(``docs/ncu_far_causal_64k.txt``), so their time follows the instructions each warp issues per
-chunk and the registers that cap the programs per SM. Both can be read off the compiled code
+Why: the causal far-field kernels are latency-bound at two 4-warp programs per SM (Nsight
+Compute's SpeedOfLight, Occupancy and WarpStateStats sections of a 64K causal step), so their
+time follows the instructions each warp issues per chunk and the registers that cap the
+programs per SM. Both can be read off the compiled code
 here, before any GPU time is spent. The loop is the kernel's longest backward branch (the walk
 over chunks); ``loop`` counts its SASS instructions, issued once per chunk by every warp, by
 category: for both feature maps where a causal walk takes them together (``far.PLAN
@@ -232,7 +233,9 @@ def main(argv=None) -> None:
     p.add_argument("--modes", nargs="+", default=["causal", "bidirectional"])
     p.add_argument("--field", choices=["far", "near"], default="far")
     p.add_argument("--note", default="", help="a label for the rows (e.g. the commit)")
-    p.add_argument("--out", type=Path, help="CSV to append to")
+    p.add_argument(
+        "--out", type=Path, default=REPO / "results" / "kernel_sass.csv", help="CSV to append to"
+    )
     a = p.parse_args(argv)
     rows = report(a.seq, [m == "causal" for m in a.modes], a.note, a.field)
     cols = list(rows[0])
@@ -240,6 +243,7 @@ def main(argv=None) -> None:
     for r in rows:
         print(" | ".join(str(r[c]) for c in cols[:-1]))
     if a.out:
+        a.out.parent.mkdir(parents=True, exist_ok=True)
         new = not a.out.exists()
         with a.out.open("a", newline="") as f:
             w = csv.DictWriter(f, fieldnames=cols)

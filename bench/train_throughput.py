@@ -1,6 +1,6 @@
 """Training throughput on one GPU: tokens/s and peak memory of paper configs, fmm vs softmax vs linear.
 
-    python bench/train_throughput.py --out-dir docs                 # both tasks, eager
+    python bench/train_throughput.py                # both tasks, eager; -> results/train_throughput.csv
     python bench/train_throughput.py --tasks retrieval --compile fmm
 
 Synthetic batches (no data needed), the models of ``fmmformer_pl.models`` and one full training
@@ -215,7 +215,7 @@ def main(argv=None):
     p.add_argument("--wikitext-batch", type=int, default=96)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--steps", type=int, default=10)
-    p.add_argument("--out-dir", type=Path, default=REPO / "docs")
+    p.add_argument("--out-dir", type=Path, default=REPO / "results")
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
         raise SystemExit("train_throughput.py needs a CUDA device")

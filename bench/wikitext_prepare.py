@@ -6,7 +6,7 @@ surrounded by blank lines, paragraphs of Zipf-distributed words (p(rank) ~ rank^
 vocabulary of ``--vocab`` words, among them ``<unk>``, ``@-@``, ``@,@``, ``@.@`` and punctuation),
 then runs ``WikiText103DataModule.prepare_data()`` in a fresh child process and reports its wall
 time and peak resident memory (``resource.getrusage(RUSAGE_CHILDREN).ru_maxrss``: the child
-alone, not the generator). Targets (issue 4): under 180 s and 4 GB for 100 M tokens on 2 cores.
+alone, not the generator). The budget: under 180 s and 4 GB for 100 M tokens on 2 cores.
 
     python bench/wikitext_prepare.py                     # 100 M train tokens (several minutes)
     python bench/wikitext_prepare.py --tokens 5000000    # a quick run
@@ -133,9 +133,7 @@ def main() -> None:
     parser.add_argument("--eval-tokens", type=int, default=250_000, help="valid/test words")
     parser.add_argument("--vocab", type=int, default=300_000, help="distinct words drawn from")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--csv", type=Path, default=REPO / "bench" / "results" / "wikitext_prepare.csv"
-    )
+    parser.add_argument("--csv", type=Path, default=REPO / "results" / "wikitext_prepare.csv")
     parser.add_argument("--_measure", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args._measure is not None:

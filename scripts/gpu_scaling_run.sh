@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# The scaling measurements of docs/scaling.md: ListOps (the LRA paper config, generated data),
-# 1 GPU vs 2 GPUs at one global batch, for ddp, deepspeed_stage2 and deepspeed_stage3, bf16.
+# The scaling measurements of docs/benchmarks.md (docs/scaling.md explains them): ListOps (the
+# LRA paper config, generated data), 1 GPU vs 2 GPUs at one global batch, for ddp,
+# deepspeed_stage2 and deepspeed_stage3, bf16.
 #
-#   scripts/gpu_scaling_run.sh OUT_DIR [RUN ...]
+#   scripts/gpu_scaling_run.sh [OUT_DIR [RUN ...]]      # OUT_DIR: results/scaling if not given
 #
 # RUN names (default: all, in this order, most important first):
 #   ddp2 ddp1 ds2_2 ds3_2             200 steps each (2 epochs of 100), checkpoint every epoch
@@ -17,7 +18,7 @@
 # probe/{loss.csv,summary.json} (scripts/scaling_probe.py), csv/ (Lightning's CSVLogger).
 # OUT_DIR/runs.tsv gets one line per run: name, exit status, wall seconds.
 #
-# Overrides of the paper config, the same for every run (see docs/scaling.md for why):
+# Overrides of the paper config, the same for every run (docs/scaling.md says why):
 # lr 1e-3 with 20 warmup steps (the paper's 1,000-step warmup would leave 200 steps flat),
 # dropout 0 (so 1- and 2-GPU curves differ only by arithmetic, not by dropout masks),
 # validation on 8 batches at each epoch end, CSV logging.
@@ -28,8 +29,8 @@
 set -uo pipefail
 
 cd "$(dirname "$0")/.."
-OUT=${1:?usage: $0 OUT_DIR [RUN ...]}
-shift
+OUT=${1:-results/scaling}
+[[ $# -gt 0 ]] && shift
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 

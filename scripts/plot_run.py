@@ -1,6 +1,6 @@
 """Plot a run's TensorBoard scalars into one PNG: losses, accuracy and the learned blend weights.
 
-    python scripts/plot_run.py logs/quickstart/version_0 --out docs/quickstart_run.png
+    python scripts/plot_run.py logs/quickstart/version_0    # -> results/quickstart_version_0.png
 
 Needs matplotlib (`pip install -e '.[plots]'`). Reads the event files with TensorBoard's own
 reader, so what it draws is exactly what `tensorboard --logdir logs` shows.
@@ -73,13 +73,22 @@ def plot(scalars: dict[str, tuple[list[int], list[float]]], out: Path, title: st
     print(f"wrote {out}")
 
 
+def default_out(run_dir: Path) -> Path:
+    """results/<experiment>_<version>.png for a run folder logs/.../<experiment>/version_<n>."""
+    name = run_dir.resolve().name
+    if name.startswith("version_"):
+        name = f"{run_dir.resolve().parent.name}_{name}"
+    return Path(__file__).resolve().parents[1] / "results" / f"{name}.png"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", type=Path, help="a run folder holding events.out.tfevents.*")
-    parser.add_argument("--out", type=Path, required=True, help="PNG to write")
+    parser.add_argument("--out", type=Path, default=None, help="PNG to write")
     parser.add_argument("--title", default=None)
     args = parser.parse_args()
-    plot(read_scalars(args.run_dir), args.out, args.title or str(args.run_dir))
+    out = args.out or default_out(args.run_dir)
+    plot(read_scalars(args.run_dir), out, args.title or str(args.run_dir))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
-"""Tables for docs/scaling.md from the output folder of ``scripts/gpu_scaling_run.sh``.
+"""Scaling tables (docs/benchmarks.md) from the output folder of ``scripts/gpu_scaling_run.sh``.
 
-    python scripts/scaling_report.py RESULTS_DIR [--out docs/scaling]
+    python scripts/scaling_report.py RUN_DIR [--out results/scaling]
 
 Writes into ``--out``:
   runs.csv     one row per training run: strategy, GPUs, steps, samples/s, tokens/s, peak
@@ -20,7 +20,7 @@ Checks (tolerances stated here, once; a check whose runs are missing is left out
                  the uninterrupted run's learning rate at that step (relative 1e-6), and its
                  mean loss over the resumed steps is within 0.05 of the uninterrupted run's
                  over the same steps. Not step for step: Lightning 2.6.6 reshuffles the epoch
-                 after an epoch-end checkpoint with the next sampler epoch (see docs).
+                 after an epoch-end checkpoint with the next sampler epoch (docs/scaling.md).
   convert_<s>    val/loss of ``cli.py validate`` from the converted single file vs val/loss
                  the DeepSpeed run logged at that step: relative difference <= 2 % (the
                  DeepSpeed run computed with bf16 weights, the file holds the fp32 master).
@@ -94,7 +94,7 @@ def markdown(rows: list[dict], columns: list[str]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("results", type=Path)
-    parser.add_argument("--out", type=Path, default=Path("docs/scaling"))
+    parser.add_argument("--out", type=Path, default=Path("results/scaling"))
     args = parser.parse_args(argv)
     results: Path = args.results
     if not results.is_dir():

@@ -1,5 +1,5 @@
 """The GPU benchmark scripts refuse clearly on a machine without CUDA (their numbers come from
-the GPU machine; docs/gpu.md has the commands) and parse their options."""
+the GPU machine; docs/benchmarks.md has the commands) and parse their options."""
 
 from __future__ import annotations
 
@@ -180,3 +180,15 @@ def test_eager_timeline_splits_a_step_into_lead_in_kernels_and_gaps():
     assert first["detail"][2]["launch"] == 200 and first["detail"][2]["start"] == 210
     with pytest.raises(ValueError, match="unmatched marks"):
         step_timelines(events[1:])
+
+
+def test_no_bench_or_scaling_script_writes_into_docs_by_default():
+    """Measurements go to the ignored results/ folder; docs/ holds guides only."""
+    scripts = sorted(BENCH.glob("*.py")) + sorted((BENCH.parent / "scripts").glob("*"))
+    offenders = [
+        p.name
+        for p in scripts
+        if p.is_file() and ('"docs"' in p.read_text() or "--out docs" in p.read_text())
+    ]
+    assert offenders == []
+    assert "results/" in (BENCH.parent / ".gitignore").read_text().split()

@@ -43,3 +43,11 @@ def test_plot_writes_a_png(tmp_path):
     out = tmp_path / "run.png"
     plot_run.plot(plot_run.read_scalars(tmp_path), out, "test")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_default_out_is_under_results_and_names_the_run(tmp_path):
+    run = tmp_path / "quickstart" / "version_3"
+    run.mkdir(parents=True)
+    out = plot_run.default_out(run)
+    assert out == SCRIPT.parents[1] / "results" / "quickstart_version_3.png"
+    assert plot_run.default_out(tmp_path / "quickstart") == out.with_name("quickstart.png")
