@@ -32,14 +32,17 @@ the same way. Both depend only on the orientation, so they are cached.
 
 Differences from ``snakes2.py`` (none changes the law of the label): a first paddle's free
 pixels are found with its zone centred on the pixel (the original looks one pixel down and right
-of it, through an off-centre structuring element); the last paddle of *both* target curves is
-marked occupied before distractors are drawn (the original marks only curve B's, so distractors
-could touch curve A's far end); ``use_single_paddles`` (LRA: off) is not implemented.
+of it, through an off-centre structuring element); a new paddle of a target curve must also
+clear the newest paddle of the other target curve, and the last paddle of *both* is marked
+occupied before distractors are drawn (the original checks neither, so the growing ends of the
+two target curves could cross, and distractors could touch curve A's far end: a negative could
+then show the two markers joined); ``use_single_paddles`` (LRA: off) is not implemented.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -216,9 +219,24 @@ def _geometry(settings: PathfinderSettings, margin: int) -> _Geometry:
 
 @dataclass
 class _Paddle:
-    rows: slice
+    rows: slice  # where it lies in the image
     cols: slice
-    zone: np.ndarray  # the part of the stamp's zone inside the image
+    ink: np.ndarray  # its drawing there (before contrast)
+    zone: np.ndarray  # its margin zone there
+    contrast: float
+
+
+def _crop(paddle: _Paddle, rows: slice, cols: slice) -> np.ndarray:
+    """``paddle``'s zone on the image window ``rows`` x ``cols`` (0 where it does not reach)."""
+    out = np.zeros((rows.stop - rows.start, cols.stop - cols.start), dtype=np.float32)
+    r0, r1 = max(rows.start, paddle.rows.start), min(rows.stop, paddle.rows.stop)
+    c0, c1 = max(cols.start, paddle.cols.start), min(cols.stop, paddle.cols.stop)
+    if r0 < r1 and c0 < c1:
+        out[r0 - rows.start : r1 - rows.start, c0 - cols.start : c1 - cols.start] = paddle.zone[
+            r0 - paddle.rows.start : r1 - paddle.rows.start,
+            c0 - paddle.cols.start : c1 - paddle.cols.start,
+        ]
+    return out
 
 
 @dataclass
@@ -227,6 +245,14 @@ class _Curve:
     angle: float
     last: _Paddle
     tip: tuple[int, int]  # the free end of the newest paddle
+    paddles: list[_Paddle]  # all of them, drawn once the curve is complete
+
+    def draw(self, size: int) -> np.ndarray:
+        """The curve's own drawing, ``(size, size)`` float32."""
+        canvas = np.zeros((size, size), dtype=np.float32)
+        for p in self.paddles:
+            np.maximum(canvas[p.rows, p.cols], p.ink * p.contrast, out=canvas[p.rows, p.cols])
+        return canvas
 
 
 class _Painter:
@@ -261,14 +287,11 @@ class _Painter:
             slice(cols.start - x0, cols.stop - x0),
         )
 
-    def paint(
-        self, canvas: np.ndarray, start: tuple[int, int], angle: float, contrast: float
-    ) -> _Paddle:
-        """Draw the paddle starting at ``start`` into ``canvas``; return where its zone lies."""
+    def place(self, start: tuple[int, int], angle: float, contrast: float) -> _Paddle:
+        """The paddle starting at ``start`` with ``angle``, cut to the image."""
         stamp = self.geo.stamp(angle)
         rows, cols, srows, scols = self.window(start, stamp)
-        np.maximum(canvas[rows, cols], stamp.ink[srows, scols] * contrast, out=canvas[rows, cols])
-        return _Paddle(rows, cols, stamp.zone[srows, scols])
+        return _Paddle(rows, cols, stamp.ink[srows, scols], stamp.zone[srows, scols], contrast)
 
     def occupy(self, paddle: _Paddle) -> None:
         view = self.occupied[paddle.rows, paddle.cols]
@@ -281,19 +304,21 @@ class _Painter:
         return int(self.rng.integers(-180, 180)) * math.pi / 180
 
     def first_paddle(
-        self, blocked: np.ndarray, fixed: str | None = None
+        self, blocked: Callable[[], np.ndarray], fixed: str | None = None
     ) -> tuple[tuple[int, int], float, tuple[int, int]] | None:
-        """A first paddle whose solid zone avoids ``blocked``: ``(start, angle, pivot)``.
+        """A first paddle whose solid zone avoids ``blocked()``: ``(start, angle, pivot)``.
 
-        ``fixed`` names a ``blocked`` that is the same in every image (its free pixels are
+        ``fixed`` names a ``blocked()`` that is the same in every image (its free pixels are
         then cached by angle).
         """
         length, margin = self.s.paddle_length, self.margin
+        mask = None
         for _ in range(self.s.max_paddle_retries + 1):
             angle = self.random_angle()
             free = self.geo.free.get((fixed, angle)) if fixed else None
             if free is None:
-                free = np.flatnonzero(~_dilate(blocked, self.geo.stamp(angle).core))
+                mask = blocked() if mask is None else mask
+                free = np.flatnonzero(~_dilate(mask, self.geo.stamp(angle).core))
                 if fixed:
                     self.geo.free[(fixed, angle)] = free
             if free.size == 0:
@@ -305,8 +330,12 @@ class _Painter:
                 return start, angle, pivot
         return None
 
-    def grow(self, curve: _Curve, canvas: np.ndarray, contrast: float) -> _Curve | None:
-        """Add one paddle to ``curve`` (see the module docstring); ``None`` when stuck."""
+    def grow(self, curve: _Curve, contrast: float, other: _Paddle | None = None) -> _Curve | None:
+        """Add one paddle to ``curve`` (see the module docstring); ``None`` when stuck.
+
+        ``other``: a paddle not yet marked occupied that the new one must not overlap either
+        (the newest paddle of the other target curve).
+        """
         s, geo = self.s, self.geo
         pivot = _translate(curve.pivot, curve.angle, s.paddle_length + 2 * self.margin)
         candidates = geo.around(pivot)
@@ -326,32 +355,28 @@ class _Painter:
             angle = float(geo.head_angles[which[index]])
             stamp = geo.stamp(_flip(angle))
             rows, cols, srows, scols = self.window(head, stamp)
-            if (self.occupied[rows, cols] + stamp.zone[srows, scols]).max() < _OVERLAP:
+            region = self.occupied[rows, cols]
+            if other is not None:
+                region = np.maximum(region, _crop(other, rows, cols))
+            zone = stamp.zone[srows, scols]
+            if (region + zone).max() < _OVERLAP:
                 break
         else:
             return None
-        paddle = self.paint(canvas, head, _flip(angle), contrast)
+        paddle = _Paddle(rows, cols, stamp.ink[srows, scols], zone, contrast)
         self.occupy(curve.last)
-        return _Curve(pivot, angle, paddle, head)
+        curve.paddles.append(paddle)
+        return _Curve(pivot, angle, paddle, head, curve.paddles)
 
-    def targets(
-        self,
-    ) -> tuple[list[np.ndarray], list[tuple[int, int]], list[tuple[int, int]]] | None:
-        """The two target curves: ``(drawings, start tips, far tips)``, or ``None`` when stuck."""
+    def targets(self) -> tuple[list[_Curve], list[tuple[int, int]]] | None:
+        """The two target curves and their start tips, or ``None`` when stuck."""
         s, rng = self.s, self.rng
         mus = list(rng.permutation(np.array(s.snake_contrasts * 2)))[:2]
-        canvases = [np.zeros((self.n, self.n), dtype=np.float32) for _ in range(2)]
-        band = 2 * s.seed_distance
-        blocked = self.occupied > _FREE
-        blocked[:band, :] = blocked[-band:, :] = True
-        blocked[:, :band] = blocked[:, -band:] = True
-        first = self.first_paddle(blocked, fixed="target")
+        first = self.first_paddle(self._target_blocked, fixed=f"target-{s.seed_distance}")
         if first is None:
             return None
         start_a, angle_a, pivot_a = first
-        paddle_a = self.paint(
-            canvases[0], start_a, angle_a, self.choose(s.paddle_contrasts) * mus[0]
-        )
+        paddle_a = self.place(start_a, angle_a, self.choose(s.paddle_contrasts) * mus[0])
         contrast_b = self.choose(s.paddle_contrasts) * mus[1]
         for _ in range(s.max_paddle_retries + 1):
             angle_b = self.random_angle()
@@ -366,45 +391,56 @@ class _Painter:
                 break
         else:
             return None
-        paddle_b = self.paint(canvases[1], start_b, angle_b, contrast_b)
+        paddle_b = self.place(start_b, angle_b, contrast_b)
         curves = [
-            _Curve(pivot_a, angle_a, paddle_a, start_a),
-            _Curve(pivot_b, angle_b, paddle_b, start_b),
+            _Curve(pivot_a, angle_a, paddle_a, start_a, [paddle_a]),
+            _Curve(pivot_b, angle_b, paddle_b, start_b, [paddle_b]),
         ]
         for _ in range(s.contour_length - 1):
             contrast = self.choose(s.paddle_contrasts)
             for i in range(2):
-                grown = self.grow(curves[i], canvases[i], contrast * mus[i])
+                grown = self.grow(curves[i], contrast * mus[i], curves[1 - i].last)
                 if grown is None:
                     return None
                 curves[i] = grown
         for curve in curves:
             self.occupy(curve.last)
-        return canvases, [start_a, start_b], [curves[0].tip, curves[1].tip]
+        return curves, [start_a, start_b]
 
-    def distractor(self) -> np.ndarray | None:
-        """One distractor curve drawn on its own canvas (occupancy updated), or ``None``."""
+    def _target_blocked(self) -> np.ndarray:
+        """Where the first target paddle may not go: occupied, or within ``2 * seed_distance``
+        of an edge."""
+        band = 2 * self.s.seed_distance
+        blocked = self.occupied > _FREE
+        blocked[:band, :] = blocked[-band:, :] = True
+        blocked[:, :band] = blocked[:, -band:] = True
+        return blocked
+
+    def distractor(self) -> _Curve | None:
+        """One distractor curve (occupancy updated), or ``None`` when stuck."""
         s = self.s
         if np.mean(self.occupied <= _FREE) < s.stop_with_availability:
             return None
-        blocked = self.occupied > _FREE
-        blocked[0, :] = blocked[-1, :] = blocked[:, 0] = blocked[:, -1] = True
         saved = self.occupied.copy()
-        first = self.first_paddle(blocked)
+        first = self.first_paddle(self._distractor_blocked)
         if first is None:
             return None
         start, angle, pivot = first
-        canvas = np.zeros((self.n, self.n), dtype=np.float32)
-        paddle = self.paint(canvas, start, angle, self.choose(s.snake_contrasts))
-        curve = _Curve(pivot, angle, paddle, start)
+        paddle = self.place(start, angle, self.choose(s.snake_contrasts))
+        curve = _Curve(pivot, angle, paddle, start, [paddle])
         for _ in range(s.distractor_length - 1):
-            grown = self.grow(curve, canvas, self.choose(s.snake_contrasts))
+            grown = self.grow(curve, self.choose(s.snake_contrasts))
             if grown is None:
                 self.occupied[...] = saved
                 return None
             curve = grown
         self.occupy(curve.last)
-        return canvas
+        return curve
+
+    def _distractor_blocked(self) -> np.ndarray:
+        blocked = self.occupied > _FREE
+        blocked[0, :] = blocked[-1, :] = blocked[:, 0] = blocked[:, -1] = True
+        return blocked
 
     def marker(self, centre: tuple[int, int]) -> np.ndarray:
         """A disk of ``marker_radius`` at ``centre``, drawn large and reduced: float32 in [0, 1]."""
@@ -426,19 +462,18 @@ def draw_sample(
         targets = painter.targets()
         if targets is not None:
             break
-    canvases, starts, tips = targets
-    image = np.maximum(canvases[0], canvases[1])
-    curves = list(canvases) if keep_curves else []
+    curves, starts = targets
     for _ in range(settings.num_distractors):
         for _ in range(settings.max_snake_retries + 1):
-            canvas = painter.distractor()
-            if canvas is not None:
-                np.maximum(image, canvas, out=image)
-                if keep_curves:
-                    curves.append(canvas)
+            distractor = painter.distractor()
+            if distractor is not None:
+                curves.append(distractor)
                 break
+    drawings = [curve.draw(settings.size) for curve in curves]
+    image = np.maximum.reduce(drawings)
+    tips = [curves[0].tip, curves[1].tip]
     origin = int(rng.integers(0, 2))
     other = origin if label == 1 else 1 - origin
     markers = (starts[origin], tips[other])
     np.maximum(image, np.maximum(painter.marker(markers[0]), painter.marker(markers[1])), out=image)
-    return Sample(bytescale(image), label, markers, margin, curves)
+    return Sample(bytescale(image), label, markers, margin, drawings if keep_curves else [])
