@@ -20,6 +20,7 @@ import pytest
 
 from data_modules.lra.pathfinder import PathfinderDataModule, main, parse_metadata_line
 from data_modules.lra.pathfinder_gen import write as write_module
+from data_modules.lra.pathfinder_gen.check import components, grow, joins_markers
 from data_modules.lra.pathfinder_gen.draw import Sample, draw_sample
 from data_modules.lra.pathfinder_gen.settings import PathfinderSettings, lra_settings
 from data_modules.lra.pathfinder_gen.write import MANIFEST, image_rng, write_pathfinder
@@ -43,59 +44,6 @@ def samples128() -> list[Sample]:
 # ---------------------------------------------------------------------------------------------
 # Pixels
 # ---------------------------------------------------------------------------------------------
-def components(binary: np.ndarray) -> np.ndarray:
-    """8-connected component labels of ``binary`` (0 = background, then 1, 2, ...)."""
-    height, width = binary.shape
-    labels = np.zeros(binary.shape, dtype=np.int32)
-    current = 0
-    for y, x in zip(*np.nonzero(binary), strict=True):
-        if labels[y, x]:
-            continue
-        current += 1
-        labels[y, x] = current
-        stack = [(y, x)]
-        while stack:
-            a, b = stack.pop()
-            for u in (a - 1, a, a + 1):
-                for v in (b - 1, b, b + 1):
-                    if 0 <= u < height and 0 <= v < width and binary[u, v] and not labels[u, v]:
-                        labels[u, v] = current
-                        stack.append((u, v))
-    return labels
-
-
-def grow(binary: np.ndarray, radius: int) -> np.ndarray:
-    """``binary`` dilated by a disk of ``radius`` pixels."""
-    out = binary.copy()
-    height, width = binary.shape
-    for dy in range(-radius, radius + 1):
-        for dx in range(-radius, radius + 1):
-            if dy * dy + dx * dx <= radius * radius:
-                shifted = np.zeros_like(binary)
-                shifted[max(dy, 0) : height + min(dy, 0), max(dx, 0) : width + min(dx, 0)] = binary[
-                    max(-dy, 0) : height + min(-dy, 0), max(-dx, 0) : width + min(-dx, 0)
-                ]
-                out |= shifted
-    return out
-
-
-def joins_markers(curve: np.ndarray, markers: tuple, gap_radius: int) -> bool:
-    """Do both markers lie on this curve's ink, in one piece once its dash gaps are bridged?
-
-    Ink: pixels above a tenth of the curve's peak (the anti-aliased fringe is fainter). The
-    paddles of one curve are ``2 * margin`` apart, give or take the rounding of each end to a
-    pixel, so growing the ink by a disk of radius ``margin + 1`` joins a whole curve into one
-    component. Only this curve's ink is looked at, so nothing is bridged across curves, however
-    close they come; and a marker counts only where it sits on the curve's own ink.
-    """
-    ink = curve > 0.1 * curve.max()
-    (y1, x1), (y2, x2) = markers
-    if not (ink[y1, x1] and ink[y2, x2]):
-        return False
-    labels = components(grow(ink, gap_radius))
-    return labels[y1, x1] == labels[y2, x2]
-
-
 def test_images_are_8_bit_squares_and_labels_balanced(samples32, samples128) -> None:
     for samples, size in ((samples32, 32), (samples128, 128)):
         for sample in samples:
@@ -141,6 +89,15 @@ def test_markers_are_joined_by_one_dashed_curve_exactly_for_positives(
         (y1, x1), (y2, x2) = sample.markers
         if sample.label:
             assert labels[y1, x1] == labels[y2, x2] != 0
+
+
+def test_checker_on_hand_drawn_curves() -> None:
+    dashes = np.zeros((12, 12))
+    dashes[2, 1:4] = dashes[2, 6:9] = 1  # one curve: two dashes, 2 pixels apart
+    assert joins_markers(dashes, ((2, 1), (2, 8)), gap_radius=2)
+    assert not joins_markers(dashes, ((2, 1), (2, 8)), gap_radius=0)
+    assert not joins_markers(dashes, ((2, 1), (5, 8)), gap_radius=2)  # a marker off the ink
+    assert components(grow(dashes > 0, 1)).max() == 1 and components(dashes > 0).max() == 2
 
 
 def test_dash_gap_needs_the_margin_radius(samples32) -> None:
@@ -273,3 +230,23 @@ def test_command_line(tmp_path: Path, capsys) -> None:
     with pytest.raises(SystemExit) as info:
         main(["generate", "--out", str(out), "--size", "48"])
     assert info.value.code == 2
+
+
+def test_paper_config_trains_on_generated_data(tmp_path: Path, monkeypatch) -> None:
+    """A paper config with the documented override generates its data and feeds the model."""
+    import torch
+
+    from cli import build_cli
+
+    monkeypatch.chdir(tmp_path)  # the trainer's logs/ land here
+    config = Path(__file__).resolve().parents[2] / "configs/lra/pathfinder/fmm2_band5.yaml"
+    args = ["--config", str(config), "--data.init_args.data_dir", str(tmp_path / "data"),
+            "--data.init_args.generate", "true", "--data.init_args.generate_count", "12",
+            "--data.init_args.generate_workers", "1", "--data.init_args.num_workers", "0",
+            "--trainer.accelerator", "cpu", "--trainer.logger", "false"]  # fmt: skip
+    cli = build_cli(args, run=False)
+    cli.datamodule.setup("fit")
+    batch = next(iter(cli.datamodule.train_dataloader()))
+    assert (tmp_path / "data" / TASK / MANIFEST).is_file()
+    with torch.no_grad():
+        assert cli.model({k: v[:2] for k, v in batch.items()}).shape == (2, 2)
