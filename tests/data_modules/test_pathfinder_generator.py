@@ -97,6 +97,8 @@ def test_checker_on_hand_drawn_curves() -> None:
     assert joins_markers(dashes, ((2, 1), (2, 8)), gap_radius=2)
     assert not joins_markers(dashes, ((2, 1), (2, 8)), gap_radius=0)
     assert not joins_markers(dashes, ((2, 1), (5, 8)), gap_radius=2)  # a marker off the ink
+    dashes[3, 8] = 0.2  # a neighbour's faint fringe under a marker does not put it on the curve
+    assert not joins_markers(dashes, ((2, 1), (3, 8)), gap_radius=2)
     assert components(grow(dashes > 0, 1)).max() == 1 and components(dashes > 0).max() == 2
 
 

@@ -52,14 +52,18 @@ def grow(binary: np.ndarray, radius: int) -> np.ndarray:
 
 
 def joins_markers(curve: np.ndarray, markers: tuple, gap_radius: int) -> bool:
-    """Do both markers lie on this curve's ink, in one piece once its dash gaps are bridged?
+    """Do both markers lie on this curve, in one piece once its dash gaps are bridged?
 
-    Ink: pixels above a tenth of the curve's peak (the anti-aliased fringe is fainter). A marker
-    counts only where its centre is the curve's own ink; ``gap_radius`` is ``margin + 1``.
+    A marker is centred on the end pixel of a paddle, where the stroke itself lies: it is on a
+    curve where that curve's drawing reaches half its peak there (measured: at least 0.6 on the
+    marker's own curve; at most 0.27 on any other curve, whose anti-aliased fringe may pass a
+    pixel or two away). Ink, for the flood fill: pixels above a tenth of the curve's peak.
+    ``gap_radius`` is ``margin + 1``.
     """
-    ink = curve > 0.1 * curve.max()
+    peak = curve.max()
     (y1, x1), (y2, x2) = markers
-    if not (ink[y1, x1] and ink[y2, x2]):
+    if not (curve[y1, x1] >= 0.5 * peak and curve[y2, x2] >= 0.5 * peak):
         return False
+    ink = curve > 0.1 * peak
     labels = components(grow(ink, gap_radius))
     return bool(labels[y1, x1] == labels[y2, x2])
