@@ -66,6 +66,7 @@ from data_modules.common.paths import LRA_DOWNLOAD_HINT, resolve_task_dir
 from data_modules.lra.pathfinder_gen.settings import DIFFICULTY_CONTOUR_LENGTH, lra_settings
 from data_modules.lra.pathfinder_gen.write import (
     MANIFEST,
+    Progress,
     directory_lock,
     manifest_for,
     write_pathfinder,
@@ -327,8 +328,11 @@ class PathfinderDataModule(ClassificationDataModule):
                             folder)  # fmt: skip
             workers = self.generate_workers or os.cpu_count() or 1
             start = time.perf_counter()
+            log.info("generating %d Pathfinder images into %s with %d processes",
+                     self.generate_count, folder, workers)  # fmt: skip
             write_pathfinder(folder, self.generator_settings, self.generate_count,
-                             self.generate_seed, workers, per_folder=1000)  # fmt: skip
+                             self.generate_seed, workers, per_folder=1000,
+                             progress=Progress(log.info, every=30))  # fmt: skip
             log.info("generated %d Pathfinder images into %s in %.1f s", self.generate_count,
                      folder, time.perf_counter() - start)  # fmt: skip
 

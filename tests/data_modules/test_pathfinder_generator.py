@@ -23,7 +23,7 @@ from data_modules.lra.pathfinder_gen import write as write_module
 from data_modules.lra.pathfinder_gen.check import components, grow, joins_markers
 from data_modules.lra.pathfinder_gen.draw import Sample, draw_sample
 from data_modules.lra.pathfinder_gen.settings import PathfinderSettings, lra_settings
-from data_modules.lra.pathfinder_gen.write import MANIFEST, image_rng, write_pathfinder
+from data_modules.lra.pathfinder_gen.write import MANIFEST, Progress, image_rng, write_pathfinder
 
 N32 = 240  # images drawn for the statistics (about 8 s)
 TASK = Path("pathfinder32") / "curv_contour_length_14"
@@ -252,3 +252,14 @@ def test_paper_config_trains_on_generated_data(tmp_path: Path, monkeypatch) -> N
     assert (tmp_path / "data" / TASK / MANIFEST).is_file()
     with torch.no_grad():
         assert cli.model({k: v[:2] for k, v in batch.items()}).shape == (2, 2)
+
+
+def test_progress_reports_images_done_and_time_left() -> None:
+    lines: list[str] = []
+    progress = Progress(lines.append, every=0)
+    progress(50, 200)
+    progress(200, 200)  # the end is reported by the caller, not here
+    assert len(lines) == 1 and lines[0].startswith("50/200 images, ") and "s left" in lines[0]
+    quiet = Progress(lines.append, every=3600)
+    quiet(10, 200)
+    assert len(lines) == 1

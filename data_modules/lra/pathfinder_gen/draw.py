@@ -176,7 +176,8 @@ class _Geometry:
         found = None
         if which.size:
             grown = self.heads_grown[which] + (pivot[0] + m, pivot[1] + m)
-            found = (which, heads[which], grown[..., 0] * (n + 2 * m) + grown[..., 1])
+            disks = (grown[..., 0] * (n + 2 * m) + grown[..., 1]).astype(np.int32)
+            found = (which, heads[which], disks)
         self.candidates[pivot] = found
         return found
 

@@ -26,7 +26,7 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +47,15 @@ try:
 except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["MANIFEST", "directory_lock", "image_rng", "main", "manifest_for", "write_pathfinder"]
+__all__ = [
+    "MANIFEST",
+    "Progress",
+    "directory_lock",
+    "image_rng",
+    "main",
+    "manifest_for",
+    "write_pathfinder",
+]
 
 MANIFEST = "pathfinder_generator.json"
 GENERATOR_VERSION = 1
@@ -100,6 +108,22 @@ def directory_lock(folder: Path, name: str = ".pathfinder_generate.lock") -> Ite
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
+class Progress:
+    """A ``progress`` callback that reports through ``report`` at most every ``every`` seconds."""
+
+    def __init__(self, report: Callable[[str], None], every: float = 10.0) -> None:
+        self.report, self.every = report, every
+        self.start = self.last = time.perf_counter()
+
+    def __call__(self, done: int, count: int) -> None:
+        now = time.perf_counter()
+        if now - self.last < self.every or done == count:
+            return
+        self.last = now
+        left = (now - self.start) / done * (count - done)
+        self.report(f"{done}/{count} images, {now - self.start:.0f} s, about {left:.0f} s left")
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -132,12 +156,14 @@ def write_pathfinder(
     seed: int = 0,
     workers: int = 1,
     per_folder: int = 1000,
+    progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Draw ``count`` images and install them as ``task_dir`` (see the module docstring).
 
     A ``task_dir`` made earlier by this generator is replaced once the new set is complete;
     any other existing ``task_dir`` is an error (``FileExistsError``). ``workers`` > 1 draws in
-    that many processes. Returns the manifest.
+    that many processes. ``progress(done, count)`` is called as images are finished (see
+    :class:`Progress`). Returns the manifest.
     """
     if count < 1:
         raise ValueError(f"count must be >= 1, got {count}")
@@ -160,17 +186,21 @@ def write_pathfinder(
             for first in range(k * per_folder, end, _CHUNK):
                 jobs.append((stage, settings, seed, per_folder, first, min(_CHUNK, end - first)))
         lines: dict[int, list[str]] = {}
-        if workers > 1:
-            methods = multiprocessing.get_all_start_methods()
-            # fork: workers need not re-import the caller (torch, Lightning) to draw
-            context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
-            with context.Pool(min(workers, len(jobs))) as pool:
-                for first, _, chunk in pool.imap_unordered(_draw_chunk, jobs):
-                    lines[first] = chunk
-        else:
-            for job in jobs:
-                first, _, chunk = _draw_chunk(job)
+        done = 0
+        with contextlib.ExitStack() as stack:
+            if workers > 1:
+                methods = multiprocessing.get_all_start_methods()
+                # fork: workers need not re-import the caller (torch, Lightning) to draw
+                context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+                pool = stack.enter_context(context.Pool(min(workers, len(jobs))))
+                results: Iterator = pool.imap_unordered(_draw_chunk, jobs)
+            else:
+                results = map(_draw_chunk, jobs)
+            for first, drawn, chunk in results:
                 lines[first] = chunk
+                done += drawn
+                if progress is not None:
+                    progress(done, count)
         for k in range(folders):
             text = "".join(line for first in sorted(lines) if first // per_folder == k
                            for line in lines[first])  # fmt: skip
@@ -239,7 +269,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.workers < 1:
             raise ValueError(f"--workers must be >= 1, got {args.workers}")
         settings = lra_settings(args.size, args.contour_length)
-        write_pathfinder(task_dir, settings, args.count, args.seed, args.workers, args.per_folder)
+        progress = Progress(lambda line: print(line, file=sys.stderr, flush=True))
+        write_pathfinder(
+            task_dir, settings, args.count, args.seed, args.workers, args.per_folder, progress
+        )
     except (ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
