@@ -276,7 +276,7 @@ class _Painter:
     def inside(self, *points: tuple[int, int]) -> bool:
         return all(0 <= y < self.n and 0 <= x < self.n for y, x in points)
 
-    def window(self, start: tuple[int, int], stamp: _Stamp) -> tuple[slice, slice, slice, slice]:
+    def window(self, start: tuple[int, int]) -> tuple[slice, slice, slice, slice]:
         r, n = self.geo.radius, self.n
         y0, x0 = start[0] - r, start[1] - r
         rows = slice(max(y0, 0), min(y0 + 2 * r + 1, n))
@@ -291,7 +291,7 @@ class _Painter:
     def place(self, start: tuple[int, int], angle: float, contrast: float) -> _Paddle:
         """The paddle starting at ``start`` with ``angle``, cut to the image."""
         stamp = self.geo.stamp(angle)
-        rows, cols, srows, scols = self.window(start, stamp)
+        rows, cols, srows, scols = self.window(start)
         return _Paddle(rows, cols, stamp.ink[srows, scols], stamp.zone[srows, scols], contrast)
 
     def occupy(self, paddle: _Paddle) -> None:
@@ -355,7 +355,7 @@ class _Painter:
             head = (int(heads[index, 0]), int(heads[index, 1]))
             angle = float(geo.head_angles[which[index]])
             stamp = geo.stamp(_flip(angle))
-            rows, cols, srows, scols = self.window(head, stamp)
+            rows, cols, srows, scols = self.window(head)
             region = self.occupied[rows, cols]
             if other is not None:
                 region = np.maximum(region, _crop(other, rows, cols))
@@ -373,7 +373,9 @@ class _Painter:
         """The two target curves and their start tips, or ``None`` when stuck."""
         s, rng = self.s, self.rng
         mus = list(rng.permutation(np.array(s.snake_contrasts * 2)))[:2]
-        first = self.first_paddle(self._target_blocked, fixed=f"target-{s.seed_distance}")
+        first = self.first_paddle(
+            self._target_blocked, fixed=f"target-{s.seed_distance}-{s.padding}"
+        )
         if first is None:
             return None
         start_a, angle_a, pivot_a = first
