@@ -16,7 +16,6 @@ Where each value comes from (see docs/pathfinder_generator.md for the full table
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 
 __all__ = [
@@ -114,11 +113,6 @@ class PathfinderSettings:
         failed = [message for message, ok in checks.items() if not ok]
         if failed:
             raise ValueError("; ".join(failed) + f" (got {self})")
-
-    @property
-    def stamp_radius(self) -> int:
-        """Half the side of the square a paddle is drawn in, around its start pixel."""
-        return self.paddle_length + math.ceil(self.paddle_thickness) + max(self.paddle_margins)
 
     def to_dict(self) -> dict:
         return {
