@@ -34,13 +34,26 @@ Caching: the decoded pixels of each split, ``uint8``, under ``<task>/.fmmformer_
 cache key covers the metadata files and the ``imgs/<k>`` folders (size and mtime: a folder's
 mtime changes when files are added, removed or renamed, not when one is rewritten in place --
 delete the cache folder after repairing images in place).
+
+Generating the data (LRA's generator reimplemented with a seed; docs/pathfinder_generator.md)::
+
+    python -m data_modules.lra.pathfinder generate --out DIR --size 32 --contour-length 14 \
+        --count 200000 --seed 0 --workers 16
+
+or ``PathfinderDataModule(data_dir, generate=True, ...)``, which makes them on first use.
 """
 
 from __future__ import annotations
 
+import json
+import logging
+import os
 import re
 import struct
+import sys
+import time
 import zlib
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +63,15 @@ from data_modules.common.base import BadRowPolicy, BadRows, ClassificationDataMo
 from data_modules.common.cache import CacheWriter
 from data_modules.common.errors import DataFormatError, DataNotFoundError
 from data_modules.common.paths import LRA_DOWNLOAD_HINT, resolve_task_dir
+from data_modules.lra.pathfinder_gen.settings import DIFFICULTY_CONTOUR_LENGTH, lra_settings
+from data_modules.lra.pathfinder_gen.write import (
+    MANIFEST,
+    Progress,
+    directory_lock,
+    manifest_for,
+    write_pathfinder,
+)
+from data_modules.lra.pathfinder_gen.write import main as generator_main
 
 __all__ = [
     "DIFFICULTIES",
@@ -61,8 +83,14 @@ __all__ = [
     "split_rows",
 ]
 
-DIFFICULTIES = ("curv_baseline", "curv_contour_length_9", "curv_contour_length_14")
+log = logging.getLogger(__name__)
+
+DIFFICULTIES = tuple(DIFFICULTY_CONTOUR_LENGTH)  # curv_baseline, curv_contour_length_{9,14}
 RESOLUTIONS = (32, 64, 128)
+_HINT = LRA_DOWNLOAD_HINT + (
+    "; or generate Pathfinder with `python -m data_modules.lra.pathfinder generate --out DIR` "
+    "or PathfinderDataModule(generate=True)"
+)
 _IMG_DIR = re.compile(r"imgs/\d+")
 _IMG_NAME = re.compile(r"sample_\d+\.png")
 # Decoded data must be 8-bit grayscale; these modes are accepted when every pixel is gray.
@@ -191,6 +219,14 @@ class PathfinderDataModule(ClassificationDataModule):
         resolution: 32, 64 or 128 (Path-X).
         difficulty: ``curv_baseline``, ``curv_contour_length_9`` or ``curv_contour_length_14``.
         split_seed: seed of the 80/10/10 permutation.
+        generate: if ``data_dir`` holds no such data, generate them there
+            (``<data_dir>/pathfinder<resolution>/<difficulty>``) with LRA's settings for this
+            resolution and difficulty. Data generated earlier with other ``generate_*`` values
+            (their ``pathfinder_generator.json`` differs) are generated again; data without it
+            (the release) are never touched.
+        generate_count: images to generate (the release: 200,000 per difficulty).
+        generate_seed: the generator's seed (the files depend only on it and the settings).
+        generate_workers: processes drawing images; 0 = every CPU core.
 
     ``vocab_size`` 256, ``num_classes`` 2. Use ``on_bad_row="skip"`` on the real release (see
     the module docstring). Batches: ``{"input_ids": (B, resolution**2) long, "padding_mask":
@@ -211,6 +247,10 @@ class PathfinderDataModule(ClassificationDataModule):
         on_bad_row: BadRowPolicy = "error",
         cache_dir: str | None = None,
         split_seed: int = 0,
+        generate: bool = False,
+        generate_count: int = 200_000,
+        generate_seed: int = 0,
+        generate_workers: int = 0,
     ) -> None:
         if resolution not in RESOLUTIONS:
             raise ValueError(f"resolution must be one of {RESOLUTIONS}, got {resolution}")
@@ -223,6 +263,19 @@ class PathfinderDataModule(ClassificationDataModule):
         self.resolution = resolution
         self.difficulty = difficulty
         self.split_seed = split_seed
+        self.generate = generate
+        self.generate_count = generate_count
+        self.generate_seed = generate_seed
+        self.generate_workers = generate_workers
+        if generate:
+            self.generator_settings = lra_settings(
+                resolution, DIFFICULTY_CONTOUR_LENGTH[difficulty]
+            )  # fmt: skip
+            if generate_count < 1 or generate_workers < 0:
+                raise ValueError(
+                    f"generate_count must be >= 1 and generate_workers >= 0, got "
+                    f"{generate_count} and {generate_workers}"
+                )
         self.save_hyperparameters()
 
     @property
@@ -245,14 +298,47 @@ class PathfinderDataModule(ClassificationDataModule):
         """The difficulty folder, wherever ``data_dir`` points in the release."""
         task_folder = f"pathfinder{self.resolution}/{self.difficulty}"
         try:
-            return resolve_task_dir(self.data_dir, task_folder, ["metadata", "imgs"])
+            return resolve_task_dir(self.data_dir, task_folder, ["metadata", "imgs"], _HINT)
         except DataNotFoundError:
             folder = self.data_dir / self.difficulty  # data_dir = .../pathfinder<res>
             if (folder / "metadata").is_dir() and (folder / "imgs").is_dir():
                 return folder
             raise
 
+    def _ensure_generated(self) -> None:
+        """Generate the data into ``data_dir`` unless they are there (see ``generate``)."""
+        wanted = manifest_for(self.generator_settings, self.generate_count, self.generate_seed,
+                              per_folder=1000)  # fmt: skip
+        with directory_lock(self.data_dir):
+            try:
+                folder = self.task_dir()
+            except DataNotFoundError:
+                folder = self.data_dir / f"pathfinder{self.resolution}" / self.difficulty
+            else:
+                manifest = folder / MANIFEST
+                if not manifest.is_file():
+                    return  # the release, or files the user made: use them as they are
+                try:
+                    previous = json.loads(manifest.read_text())
+                except (OSError, ValueError):
+                    previous = None
+                if previous == wanted:
+                    return
+                log.warning("Pathfinder in %s was generated with other settings; regenerating",
+                            folder)  # fmt: skip
+            workers = self.generate_workers or os.cpu_count() or 1
+            start = time.perf_counter()
+            log.info("generating %d Pathfinder images into %s with %d processes",
+                     self.generate_count, folder, workers)  # fmt: skip
+            write_pathfinder(folder, self.generator_settings, self.generate_count,
+                             self.generate_seed, workers, per_folder=1000,
+                             progress=Progress(log.info, every=30))  # fmt: skip
+            log.info("generated %d Pathfinder images into %s in %.1f s", self.generate_count,
+                     folder, time.perf_counter() - start)  # fmt: skip
+
     def locate_sources(self) -> tuple[Path, dict[str, list[Path]]]:
+        if self.generate:
+            self._ensure_generated()
         folder = self.task_dir()
         files = metadata_files(folder)
         # The imgs/<k> folders too: adding, removing or renaming an image changes their mtime.
@@ -280,3 +366,12 @@ class PathfinderDataModule(ClassificationDataModule):
             labels.append(label)
         writer.save("label", np.asarray(labels, dtype=np.int64))
         writer.meta.update(rows=len(labels), metadata_rows=len(rows))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m data_modules.lra.pathfinder generate ...`` (see ``pathfinder_gen.write``)."""
+    return generator_main(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

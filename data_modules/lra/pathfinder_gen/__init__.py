@@ -1,0 +1,6 @@
+"""A seeded, offline reimplementation of the Pathfinder generator (Linsley et al., 2018).
+
+``settings`` holds the settings and LRA's values, ``draw`` draws one image, ``write`` writes a
+data set in the release's layout (``python -m data_modules.lra.pathfinder generate``). See
+docs/pathfinder_generator.md.
+"""
