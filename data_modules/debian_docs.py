@@ -45,7 +45,7 @@ _NUMBER_SEP = re.compile(r"(?<=\d)([,.])(?=\d)")
 _HYPHEN = re.compile(r"(?<=\w)-(?=\w)")
 _NT = re.compile(r"(\w)(n't)\b", re.IGNORECASE)
 _CLITIC = re.compile(r"(\w)('(?:s|re|ve|ll|d|m))\b", re.IGNORECASE)
-_PUNCT = re.compile(r"([^\w\s@'])")
+_PUNCT = re.compile(r"(?<!@)([^\w\s@'])(?!@)")
 
 
 def tokenize(text: str) -> list[str]:
@@ -187,7 +187,7 @@ def _lines(title: list[str], body: list[list[str]], keep) -> list[str]:
         if not words:
             continue
         if level:
-            marks = " ".join(["="] * (min(level, 3) + 1))
+            marks = " ".join(["="] * min(level, 3))  # the title is level 1
             out += [f" {marks} " + " ".join(words) + f" {marks} ", ""]
         else:
             out += [" " + " ".join(words) + " ", ""]
@@ -237,7 +237,7 @@ def prepare(
             for title, body in split_docs:
                 f.writelines(_lines(title, body, keep))
         tmp.replace(out / f"wiki.{split}.tokens")
-    return {**sizes, "vocab": len(vocab) + (UNK not in vocab)}
+    return {**sizes, "vocab": len(vocab | {UNK, "="})}  # "=" marks headings
 
 
 def main(argv: list[str] | None = None) -> int:
