@@ -45,6 +45,7 @@ _NUMBER_SEP = re.compile(r"(?<=\d)([,.])(?=\d)")
 _HYPHEN = re.compile(r"(?<=\w)-(?=\w)")
 _NT = re.compile(r"(\w)(n't)\b", re.IGNORECASE)
 _CLITIC = re.compile(r"(\w)('(?:s|re|ve|ll|d|m))\b", re.IGNORECASE)
+_CLITICS = {"'s", "'re", "'ve", "'ll", "'d", "'m"}
 _PUNCT = re.compile(r"(?<!@)([^\w\s@'])(?!@)")
 
 
@@ -55,12 +56,14 @@ def tokenize(text: str) -> list[str]:
     text = _NT.sub(r"\1 \2", text)
     text = _CLITIC.sub(r"\1 \2", text)
     text = _PUNCT.sub(r" \1 ", text)
-    # A quote that is not a clitic ('tis, 'quoted') stands alone.
-    return [t for w in text.split() for t in ([w] if not w.startswith("'") or w in _CLITICS
-                                              else ["'", w[1:]] if len(w) > 1 else [w])]  # fmt: skip
+    tokens = []
+    for word in text.split():
+        if word.startswith("'") and len(word) > 1 and word.lower() not in _CLITICS:
+            tokens += ["'", word[1:]]  # an opening quote ('tis, 'quoted'), not a clitic
+        else:
+            tokens.append(word)
+    return tokens
 
-
-_CLITICS = {"'s", "'re", "'ve", "'ll", "'d", "'m", "'S", "'RE", "'VE", "'LL", "'D", "'M"}
 
 # ------------------------------------------------------------------------------ sources
 

@@ -77,7 +77,10 @@ def test_missing_packages_name_the_apt_line_and_exit_2(tmp_path, capsys):
 
 @pytest.mark.parametrize(
     "text, tokens",
-    [("don't stop", ["do", "n't", "stop"]), ("e-mail, 2.5%", ["e", "@-@", "mail", ",", "2", "@.@", "5", "%"])],
+    [
+        ("don't stop", ["do", "n't", "stop"]),
+        ("e-mail, 2.5%", ["e", "@-@", "mail", ",", "2", "@.@", "5", "%"]),
+    ],
 )
 def test_tokenize(text, tokens):
     assert debian_docs.tokenize(text) == tokens
