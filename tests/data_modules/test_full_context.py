@@ -22,7 +22,7 @@ def _brute_force(model, tokens):
     return torch.stack(nll)
 
 
-@pytest.mark.parametrize("batch_size, world_size", [(4, 1), (3, 2), (50, 1)])
+@pytest.mark.parametrize("batch_size, world_size", [(3, 2), (50, 1)])
 def test_every_target_once_with_a_full_window(batch_size, world_size):
     torch.manual_seed(0)
     config = DecoderConfig(dim=8, depth=1, num_heads=2, ffn_dim=16, dropout=0.0,
