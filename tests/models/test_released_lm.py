@@ -2,6 +2,7 @@
 released layer (lmtool-fwms ``MultiHeadAttnSparseLowrank`` with ``sparse_ratio 2.5``, two
 kernels, band 20; ``PositionwiseFF``; post-LN), written here from a reading of that code."""
 
+import copy
 import math
 
 import pytest
@@ -118,3 +119,22 @@ def test_feature_normalised_far_field_refuses_the_cuda_backend():
     q = torch.randn(1, 1, 4, 4)
     with pytest.raises(RuntimeError, match="feature_normalize"):
         far_field(q, q, q, feature_normalize=True, backend="cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_released_block_on_cuda_equals_the_cpu_block():
+    # On CUDA the near field and the blend take the Triton kernels, the feature-normalised
+    # far field the PyTorch reference (docs/models.md): forward and backward as on the CPU.
+    torch.manual_seed(0)
+    block = block_stack(_released_decoder(bandwidth=BAND), causal=True)[0].eval()
+    with torch.no_grad():
+        block.attn.blend.near.weight.uniform_(0.5, 1.5)
+    x = torch.randn(3, 300, DIM, requires_grad=True)
+    x_cuda = x.detach().cuda().requires_grad_()
+    block_cuda = copy.deepcopy(block).cuda()
+    out, out_cuda = block(x), block_cuda(x_cuda)
+    torch.testing.assert_close(out_cuda.cpu(), out, atol=1e-3, rtol=1e-3)
+    out.square().sum().backward()
+    out_cuda.square().sum().backward()
+    torch.testing.assert_close(x_cuda.grad.cpu(), x.grad, atol=5e-3, rtol=5e-3)
