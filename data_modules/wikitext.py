@@ -29,6 +29,16 @@ context: window k ends at ``e_k = min(k * stride + T, n_step - 1)`` and starts a
 scored by an earlier window count: the batch carries ``"loss_mask"`` (B, T) bool, True where the
 target counts. Every target of a stream is scored exactly once.
 
+Full-context evaluation (``val_full_context`` / ``test_full_context``), as the released
+``eval_sliding_window.py`` (Transformer-XL's data iterator with ``sliding_window=True``, batch 1)
+scores: the whole split is one stream of n tokens; window w holds inputs ``tokens[w : w+T]``
+and targets ``tokens[w+1 : w+T+1]``; window 0 scores all its T targets, every later window
+only its last, so every target from the T-th on is predicted from exactly T tokens before it,
+and every target is scored once (n - 1 in all, nothing dropped). Windows are independent, so
+``eval_batch_size`` consecutive windows make one batch (a final short batch is padded with
+windows whose ``loss_mask`` is all False); with DDP, rank r takes windows r*B .. r*B + B-1 of
+each group of B * world_size. Cost: n - T + 1 windows of T tokens, T times a plain pass.
+
 Caching (:class:`data_modules.common.cache.ArrayCache`): the first use numericalises all three
 files into ``int32`` ``.npy`` arrays plus ``vocab.txt`` (one word per line, id = line number)
 under ``<cache_dir>/wikitext103-<key>/`` (default ``cache_dir``: ``wikitext-103/.fmmformer_cache``),
@@ -68,6 +78,7 @@ from data_modules.common.errors import (
 __all__ = [
     "EOS",
     "UNK",
+    "FullContextDataset",
     "LMStreamDataset",
     "WikiText103DataModule",
     "build_corpus",
@@ -537,6 +548,53 @@ class LMStreamDataset(IterableDataset):
             yield self.batch(index)
 
 
+class FullContextDataset(IterableDataset):
+    """Full-context evaluation batches of one split (module docstring): yields
+    ``{"input_ids", "target_ids", "loss_mask"}``, each ``(batch_size, L)``, L = min(T, n - 1)."""
+
+    def __init__(
+        self, tokens: np.ndarray, batch_size: int, tgt_len: int, rank: int = 0, world_size: int = 1
+    ) -> None:
+        if batch_size < 1 or tgt_len < 1 or world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(
+                f"need batch_size >= 1, tgt_len >= 1, 0 <= rank < world_size; got "
+                f"batch_size={batch_size}, tgt_len={tgt_len}, rank={rank}, world_size={world_size}"
+            )
+        n_targets = len(tokens) - 1
+        if n_targets < 1:
+            raise DataError(f"A split of {len(tokens)} tokens has no target to score")
+        self.tokens = tokens
+        self.length = min(tgt_len, n_targets)  # L
+        self.n_windows = n_targets - self.length + 1
+        self.batch_size, self.rank, self.world_size = batch_size, rank, world_size
+
+    def __len__(self) -> int:
+        return -(-self.n_windows // (self.batch_size * self.world_size))
+
+    def batch(self, index: int) -> dict[str, torch.Tensor]:
+        first = (index * self.world_size + self.rank) * self.batch_size
+        windows = np.arange(first, first + self.batch_size)  # (B,) window w starts at token w
+        real = windows < self.n_windows
+        begins = np.minimum(windows, self.n_windows - 1)  # padding repeats the last window
+        rows = begins[:, None] + np.arange(self.length)[None, :]  # (B, L)
+        inputs = np.asarray(self.tokens[rows], dtype=np.int64)
+        targets = np.asarray(self.tokens[rows + 1], dtype=np.int64)
+        mask = np.zeros(rows.shape, dtype=bool)  # (B, L)
+        mask[:, -1] = real
+        mask[windows == 0] = True  # the first window scores every target
+        return {
+            "input_ids": torch.from_numpy(inputs),
+            "target_ids": torch.from_numpy(targets),
+            "loss_mask": torch.from_numpy(mask),
+        }
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        info = get_worker_info()
+        start, step = (0, 1) if info is None else (info.id, info.num_workers)
+        for index in range(start, len(self), step):
+            yield self.batch(index)
+
+
 # ---------------------------------------------------------------------------------------------
 # The LightningDataModule
 # ---------------------------------------------------------------------------------------------
@@ -555,6 +613,12 @@ class WikiText103DataModule(L.LightningDataModule):
             batches); see the module docstring.
         eval_stride: how far a sliding window advances (default ``eval_tgt_len // 2``; 1 gives
             every target a full context of ``eval_tgt_len`` at ``eval_tgt_len`` times the cost).
+        val_full_context, test_full_context: score that split as the released
+            ``eval_sliding_window.py`` does (every target with ``eval_tgt_len`` tokens of
+            context, one stream, ``eval_batch_size`` windows per batch; module docstring).
+            Takes precedence over ``sliding_window`` for that split.
+        full_context_batch_size: windows per full-context batch (default ``eval_batch_size``;
+            it changes the speed, not the result).
         num_workers: DataLoader workers (0 is right: a batch is one slice of a memory map).
         on_bad_row: ``"error"`` raises :class:`DataFormatError` on an undecodable line (or, with
             no ``<unk>`` in train, a valid/test line with an unknown word); ``"skip"`` drops the
@@ -576,6 +640,9 @@ class WikiText103DataModule(L.LightningDataModule):
         eval_tgt_len: Optional[int] = None,
         sliding_window: bool = False,
         eval_stride: Optional[int] = None,
+        val_full_context: bool = False,
+        test_full_context: bool = False,
+        full_context_batch_size: Optional[int] = None,
         num_workers: int = 0,
         on_bad_row: OnBadRow = "error",
         cache_dir: Optional[str] = None,
@@ -589,6 +656,7 @@ class WikiText103DataModule(L.LightningDataModule):
             ("eval_batch_size", eval_batch_size),
             ("eval_tgt_len", eval_tgt_len),
             ("eval_stride", eval_stride),
+            ("full_context_batch_size", full_context_batch_size),
         ):
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
@@ -601,6 +669,8 @@ class WikiText103DataModule(L.LightningDataModule):
         self.eval_batch_size = eval_batch_size or batch_size
         self.eval_tgt_len = eval_tgt_len or tgt_len
         self.sliding_window = sliding_window
+        self.full_context = {"valid": val_full_context, "test": test_full_context}
+        self.full_context_batch_size = full_context_batch_size or self.eval_batch_size
         self.eval_stride = eval_stride or max(1, self.eval_tgt_len // 2)
         if self.eval_stride > self.eval_tgt_len:
             raise ValueError(
@@ -687,6 +757,15 @@ class WikiText103DataModule(L.LightningDataModule):
         return self._loader("train", self.batch_size, self.tgt_len, None)
 
     def _eval_loader(self, split: str) -> DataLoader:
+        if self.full_context[split]:
+            if split not in self._tokens:
+                self.setup()
+            rank, world_size = self._process_index()
+            dataset = FullContextDataset(
+                self._tokens[split], self.full_context_batch_size, self.eval_tgt_len, rank,
+                world_size,
+            )  # fmt: skip
+            return DataLoader(dataset, batch_size=None, num_workers=self.num_workers)
         stride = self.eval_stride if self.sliding_window else None
         return self._loader(split, self.eval_batch_size, self.eval_tgt_len, stride)
 

@@ -10,8 +10,9 @@ configs/quickstart.yaml is written by hand and not touched here.
 
 Sources: LRA sizes, batches, warmup and steps from the FMMformer paper (Appendix; the issue's
 table); the attention blends from ``fmmformer_pl.attention.blend.PAPER_SCHEMES`` (read off the
-released code); WikiText-103 from the released ``lmtool-fwms`` run scripts (Adam, lr 2.5e-4,
-warmup 2,000, 500,000 steps, clip 0.25, batch 96, context 256, dropatt 0).
+released code); WikiText-103 from the released ``lmtool-fwms`` README commands and its model and training
+code (Adam, lr 2.5e-4, warmup 2,000, cosine over 500,000 steps, clip 0.25, batch 96, context
+256, dropatt 0; the model's layout in WT103_DECODER).
 """
 
 from __future__ import annotations
@@ -122,23 +123,32 @@ def lra_config(task: str, variant: str) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------- WikiText-103
+# The released lmtool-fwms runs (its README, one command per run): --attn_type 2 (softmax),
+# 34 (linear), 201 with --diag_size / --sparse_ratio / --kernels (band, FMM).
 WT103_VARIANTS = {
     "softmax": lambda: AttentionConfig(kind="softmax", dropout=0.0),
     "linear": lambda: paper_scheme("wt103_linear"),
+    "band5": lambda: paper_scheme("wt103_band5"),
     "band20": lambda: paper_scheme("wt103_band20"),
     "fmm1_band20": lambda: paper_scheme("wt103_fmm_1kernel_band20"),
     "fmm2_band20": lambda: paper_scheme("wt103_fmm_2kernel_band20"),
 }
+# The released model (a Transformer-XL fork, attn_type 2/34/201): post-LN blocks (pre_lnorm
+# False), ReLU FFN, no final LayerNorm but a dropout before the output layer, embeddings
+# times sqrt(d_model) plus sinusoidal positions counted down to the window's end, projections
+# without bias, far field phi(x) / sum phi(x) with denominator + 1e-5, LayerNorm weights
+# N(1, 0.02); adaptive softmax 20k/40k/200k, div_val 1, tied; dropout 0.1, dropatt 0.
+WT103_DECODER = dict(
+    dim=128, depth=16, num_heads=8, ffn_dim=2048, dropout=0.1, activation="relu",
+    positions="transformer_xl", adaptive_softmax_cutoffs=[20000, 40000, 200000],
+    adaptive_softmax_div_value=1.0, norm="post", final_norm=False, final_dropout=True,
+    embedding_scale=True, attention_bias=False, far_feature_normalize=True, far_eps=1e-5,
+    layer_norm_init_std=0.02,
+)  # fmt: skip
 
 
 def wikitext_config(variant: str) -> dict[str, Any]:
-    decoder = DecoderConfig(
-        dim=128, depth=16, num_heads=8, ffn_dim=2048, dropout=0.1,
-        adaptive_softmax_cutoffs=[20000, 40000, 200000],
-        # div_val 1 in the released lmtool-fwms runs: every tail row is tied to the embedding.
-        adaptive_softmax_div_value=1.0,
-        attention=WT103_VARIANTS[variant](),
-    )  # fmt: skip
+    decoder = DecoderConfig(**WT103_DECODER, attention=WT103_VARIANTS[variant]())
     return {
         "seed_everything": 0,
         "trainer": {
@@ -155,13 +165,18 @@ def wikitext_config(variant: str) -> dict[str, Any]:
             "class_path": "fmmformer_pl.tasks.LanguageModelTask",
             "init_args": {
                 "decoder": dataclasses.asdict(decoder),
+                # Adam, linear warm-up, then CosineAnnealingLR(T_max=max_step, eta_min=0).
                 "optim": dict(name="adam", lr=2.5e-4, betas=[0.9, 0.999], eps=1e-8,
-                              weight_decay=0.0, warmup_steps=2000, schedule="cosine"),
+                              weight_decay=0.0, warmup_steps=2000, schedule="cosine_total"),
             },
         },
         "data": {
             "class_path": "data_modules.wikitext.WikiText103DataModule",
-            "init_args": {"data_dir": "data", "batch_size": 96, "tgt_len": 256},
+            # Validation as train.py (10 streams of 256-token windows); test as
+            # eval_sliding_window.py (every token with 256 tokens of context).
+            "init_args": {"data_dir": "data", "batch_size": 96, "tgt_len": 256,
+                          "eval_batch_size": 10, "eval_tgt_len": 256,
+                          "test_full_context": True, "full_context_batch_size": 256},
         },
     }  # fmt: skip
 

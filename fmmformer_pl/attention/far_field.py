@@ -35,6 +35,8 @@ def far_field(
     normalize: bool = True,
     key_padding_mask: torch.Tensor | None = None,
     backend: str = "auto",
+    feature_normalize: bool = False,
+    eps: float = 0.0,
 ) -> torch.Tensor:
     """Kernelised linear attention (the FMMformer far field).
 
@@ -51,6 +53,14 @@ def far_field(
           authors ran (the Nystromformer LRA ``LinearAttention``) computes: it scales phi(Q) and
           phi(K) each by seq ** -1/4, zeroes phi(K) and V at padding, and returns
           phi(Q) (phi(K)^T V) with no denominator.
+
+    feature_normalize=True (the released LM code, ``lmtool-fwms``): each feature vector is
+    divided by its sum over the feature dimension before use, phi(x) <- phi(x) / sum_d phi(x)_d,
+    for queries and keys. With normalize=True the query's factor cancels (except against eps);
+    the key's weights key j by 1 / sum_d phi(k_j)_d. ``eps`` is added to the denominator,
+    out_i = numer_i / (denom_i + eps) (that code uses 1e-5). Neither is a pre-scaling of the
+    kernels' inputs (the kernels apply phi themselves), so either setting runs this PyTorch
+    path on every device (``backend="cuda"`` raises).
 
     Padding keys contribute nothing (phi(k_j) is zeroed there); padded queries still get an
     output, which callers ignore. bf16/fp16 inputs are accumulated in float32; the result
@@ -71,6 +81,8 @@ def far_field(
             f"feature_map must be a name or a callable, got {type(feature_map).__name__}"
         )
 
+    if feature_normalize or eps:
+        backend = _reference_only(backend)
     fast = _fast_path("far_field_cuda", backend, q)
     if fast is not None:
         out = fast(
@@ -94,6 +106,9 @@ def far_field(
 
     phi_q = phi(_compute_dtype(q))  # (b, h, seq, d)
     phi_k = phi(_compute_dtype(k))
+    if feature_normalize:
+        phi_q = phi_q / phi_q.sum(dim=-1, keepdim=True)
+        phi_k = phi_k / phi_k.sum(dim=-1, keepdim=True)
     v = _compute_dtype(v)
     if key_padding_mask is not None:
         keep = ~key_padding_mask.to(phi_k.device)
@@ -106,13 +121,27 @@ def far_field(
         numer = phi_q @ state  # (b, h, seq, dv)
         denom = phi_q @ phi_k.sum(dim=-2).unsqueeze(-1)  # (b, h, seq, 1)
 
-    if normalize:
-        positive = denom > 0
-        # Divide by 1 where the denominator is 0 so the discarded branch has no NaN gradient.
-        out = torch.where(positive, numer / torch.where(positive, denom, 1.0), 0.0)
-    else:
-        out = numer / math.sqrt(seq)
-    return out.to(out_dtype)
+    return _finish(numer, denom, normalize, eps, seq).to(out_dtype)
+
+
+def _finish(numer, denom, normalize: bool, eps: float, seq: int) -> torch.Tensor:
+    """numer / (denom + eps) (0 where that is 0), or numer / sqrt(seq) when not normalising."""
+    if not normalize:
+        return numer / math.sqrt(seq)
+    denom = denom + eps
+    positive = denom > 0
+    # Divide by 1 where the denominator is 0 so the discarded branch has no NaN gradient.
+    return torch.where(positive, numer / torch.where(positive, denom, 1.0), 0.0)
+
+
+def _reference_only(backend: str) -> str:
+    """The backend for options the GPU kernels lack (feature normalisation, eps)."""
+    if backend == "cuda":
+        raise RuntimeError(
+            "backend='cuda': the GPU far-field kernels support neither feature_normalize nor "
+            "eps (use backend='auto' or 'reference')"
+        )
+    return "reference"
 
 
 def far_fields(
@@ -124,6 +153,8 @@ def far_fields(
     normalize: bool = True,
     key_padding_mask: torch.Tensor | None = None,
     backend: str = "auto",
+    feature_normalize: bool = False,
+    eps: float = 0.0,
 ) -> list[torch.Tensor]:
     """``[far_field(q, k, v, phi) for phi in feature_maps]`` (same arguments and results).
 
@@ -138,6 +169,8 @@ def far_fields(
     for m in maps:
         if isinstance(m, str):
             get_feature_map(m)  # unknown names fail here, whichever path runs
+    if feature_normalize or eps:
+        backend = _reference_only(backend)
     fast = _fast_path("far_fields_cuda", backend, q)
     if fast is not None:
         outs = fast(
@@ -147,7 +180,8 @@ def far_fields(
             return outs
         if backend == "cuda":
             raise RuntimeError("backend='cuda': far_fields_cuda does not support this case")
-    kw = dict(causal=causal, normalize=normalize, key_padding_mask=key_padding_mask)
+    kw = dict(causal=causal, normalize=normalize, key_padding_mask=key_padding_mask,
+              feature_normalize=feature_normalize, eps=eps)  # fmt: skip
     return [far_field(q, k, v, m, backend=backend, **kw) for m in maps]
 
 

@@ -94,7 +94,24 @@ class AttentionState:
 
 
 class FMMAttention(nn.Module):
-    def __init__(self, dim: int, num_heads: int, config: AttentionConfig, causal: bool):
+    """Multi-head attention computing the fields of ``config`` (module docstring).
+
+    bias: the q/k/v and output projections have biases (the released LM code has none).
+    far_feature_normalize, far_eps: the released LM code's far field, phi(x) / sum_d phi(x)_d
+        and a denominator + eps (``far_field``); these run the far field in PyTorch on every
+        device, since the GPU kernels apply phi themselves and have neither.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        config: AttentionConfig,
+        causal: bool,
+        bias: bool = True,
+        far_feature_normalize: bool = False,
+        far_eps: float = 0.0,
+    ):
         super().__init__()
         if num_heads < 1 or dim % num_heads != 0:
             raise ValueError(f"dim ({dim}) must be a positive multiple of num_heads ({num_heads})")
@@ -106,10 +123,13 @@ class FMMAttention(nn.Module):
             raise ValueError(f"attention dropout must be in [0, 1), got {config.dropout}")
         self.config, self.causal = config, causal
         self.dim, self.num_heads, self.head_dim = dim, num_heads, dim // num_heads
-        self.q_proj = nn.Linear(dim, dim)
-        self.k_proj = nn.Linear(dim, dim)
-        self.v_proj = nn.Linear(dim, dim)
-        self.out_proj = nn.Linear(dim, dim)
+        if far_eps < 0:
+            raise ValueError(f"far_eps must be >= 0, got {far_eps}")
+        self.far_feature_normalize, self.far_eps = far_feature_normalize, far_eps
+        self.q_proj = nn.Linear(dim, dim, bias=bias)
+        self.k_proj = nn.Linear(dim, dim, bias=bias)
+        self.v_proj = nn.Linear(dim, dim, bias=bias)
+        self.out_proj = nn.Linear(dim, dim, bias=bias)
         self.has_near = config.kind in ("band", "fmm")
         self.has_far = config.kind in ("linear", "fmm")
         self.blend = Blend(config, num_heads, self.head_dim) if self.has_far else None
@@ -152,7 +172,8 @@ class FMMAttention(nn.Module):
             )  # fmt: skip
             if not self.has_far:
                 return near
-        kw = dict(causal=self.causal, normalize=cfg.far_normalize, backend=cfg.backend)
+        kw = dict(causal=self.causal, normalize=cfg.far_normalize, backend=cfg.backend,
+                  feature_normalize=self.far_feature_normalize, eps=self.far_eps)  # fmt: skip
         far = far_fields(q, k, v, cfg.feature_maps, key_padding_mask=key_padding_mask, **kw)
         if far_length is not None and not cfg.far_normalize:
             # far_field divided by sqrt(seq); the unnormalised field is linear in that scale.
@@ -163,8 +184,8 @@ class FMMAttention(nn.Module):
         """Near + far + blend as one GPU autograd node (``cuda.fmm_attention_cuda``), or None
         where it does not apply (CPU, ``backend="reference"``, a callable feature map, ...)."""
         cfg = self.config
-        if not self.has_far:
-            return None
+        if not self.has_far or self.far_feature_normalize or self.far_eps:
+            return None  # the kernels lack these: the unfused path runs the far field in PyTorch
         if torch.compiler.is_compiling():
             # The custom ops trace into the compiled graph; the Function would break it.
             fast = _compiled_fast_path(cfg.backend, q)
@@ -250,7 +271,7 @@ class FMMAttention(nn.Module):
             state.keys = F.pad(k, (0, 0, max(width - seq, 0), 0))[:, :, -width:]
             state.values = F.pad(v, (0, 0, max(width - seq, 0), 0))[:, :, -width:]
         if self.has_far:
-            phi_k = torch.stack([phi(_acc(k)) for phi in self.phis])  # (r, b, h, seq, hd)
+            phi_k = self._features(k)  # (r, b, h, seq, hd)
             state.kv = phi_k.transpose(-1, -2) @ _acc(v)  # (r, b, h, hd, hd)
             state.k_sum = phi_k.sum(dim=-2)  # (r, b, h, hd)
         state.seen = seq
@@ -301,15 +322,23 @@ class FMMAttention(nn.Module):
 
     def _far_step(self, q, k, v, kv, k_sum, length):
         """Add phi_l(k) v^T to S_l and phi_l(k) to z_l; read them with phi_l(q)."""
-        phi_q = torch.stack([phi(_acc(q)) for phi in self.phis])  # (r, batch, heads, 1, hd)
-        phi_k = torch.stack([phi(_acc(k)) for phi in self.phis])  # (r, batch, heads, 1, hd)
+        phi_q = self._features(q)  # (r, batch, heads, 1, hd)
+        phi_k = self._features(k)  # (r, batch, heads, 1, hd)
         kv = kv + phi_k.transpose(-1, -2) @ _acc(v)  # (r, batch, heads, hd, hd)
         k_sum = k_sum + phi_k[..., 0, :]  # (r, batch, heads, hd)
         numer = phi_q @ kv  # (r, batch, heads, 1, hd)
         if self.config.far_normalize:
-            denom = phi_q @ k_sum.unsqueeze(-1)  # (r, batch, heads, 1, 1)
+            denom = phi_q @ k_sum.unsqueeze(-1) + self.far_eps  # (r, batch, heads, 1, 1)
             positive = denom > 0
             out = torch.where(positive, numer / torch.where(positive, denom, 1.0), 0.0)
         else:
             out = numer / math.sqrt(length)  # far_field's 1/sqrt(seq), seq = length
         return list(out.to(q.dtype).unbind(0)), kv, k_sum
+
+    def _features(self, x: torch.Tensor) -> torch.Tensor:
+        """phi_l(x) for every kernel l, ``(..., hd) -> (r, ..., hd)`` in accumulation precision;
+        divided by their sum over features with ``far_feature_normalize``."""
+        phi = torch.stack([phi(_acc(x)) for phi in self.phis])
+        if self.far_feature_normalize:
+            phi = phi / phi.sum(dim=-1, keepdim=True)
+        return phi

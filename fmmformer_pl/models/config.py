@@ -38,7 +38,25 @@ class EncoderConfig:
 
 @dataclass
 class DecoderConfig:
-    """Causal decoder LM (WikiText-103). Paper: 16 layers, d 128, 8 heads x 16, FFN 2,048."""
+    """Causal decoder LM (WikiText-103). Paper: 16 layers, d 128, 8 heads x 16, FFN 2,048.
+
+    The defaults are our design (pre-LN, GELU, learned positions, final LayerNorm). The
+    released LM code (``lmtool-fwms``, a Transformer-XL fork) differs in the options below;
+    ``configs/wikitext103/*.yaml`` set them as it runs (docs/models.md):
+
+    norm: ``"pre"`` x + f(LN(x)); ``"post"`` LN(x + f(x)) (Transformer-XL's pre_lnorm=False).
+    final_norm: a LayerNorm on the last block's output (the released code has none).
+    final_dropout: dropout on the last hidden state before the output layer (it has one).
+    positions: ``learned``; ``sinusoidal`` (sin/cos interleaved, position = index);
+        ``transformer_xl``: [sin(p f), cos(p f)] concatenated with p counted down to the end
+        of a ``max_length`` window, p = max_length - 1 - t (see embeddings.py).
+    embedding_scale: token embeddings times sqrt(dim) before the positions are added.
+    attention_bias: biases on the q/k/v and output projections (none in the released code).
+    far_feature_normalize, far_eps: the released far field, phi(x) / sum_d phi(x)_d for
+        queries and keys, and a denominator + eps (1e-5 there); see attention/far_field.py.
+    layer_norm_init_std: LayerNorm weights start at N(1, std) (Transformer-XL's init_std 0.02);
+        0 keeps them at 1.
+    """
 
     dim: int = 128
     depth: int = 16
@@ -46,9 +64,17 @@ class DecoderConfig:
     ffn_dim: int = 2048
     dropout: float = 0.1
     activation: Literal["gelu", "relu"] = "gelu"
-    positions: Literal["learned", "sinusoidal"] = "learned"
+    positions: Literal["learned", "sinusoidal", "transformer_xl"] = "learned"
     tie_embeddings: bool = True
     # None: a full softmax over the vocabulary. WikiText-103: [20000, 40000, 200000].
     adaptive_softmax_cutoffs: Optional[list[int]] = None
     adaptive_softmax_div_value: float = 4.0
     attention: AttentionConfig = field(default_factory=lambda: AttentionConfig(bandwidth=20))
+    norm: Literal["pre", "post"] = "pre"
+    final_norm: bool = True
+    final_dropout: bool = False
+    embedding_scale: bool = False
+    attention_bias: bool = True
+    far_feature_normalize: bool = False
+    far_eps: float = 0.0
+    layer_norm_init_std: float = 0.0

@@ -1,6 +1,9 @@
 """Causal decoder language model (WikiText-103) with constant-state generation.
 
     h = LN(Block_L(... Block_1(E[x] + P)))       (causal FMM attention in every block)
+
+(the released LM's layout, ``final_norm=False`` and ``final_dropout=True``: h = Dropout(Block_L(...)),
+with post-LN blocks and scaled embeddings; see DecoderConfig)
     log p(. | x_<=t) = log_softmax(h_t E^T)       (tied), or the adaptive softmax below
 
 Shapes: input_ids / target_ids ``(batch, seq)`` long; hidden ``(batch, seq, dim)``;
@@ -27,7 +30,7 @@ from torch import nn
 
 from fmmformer_pl.attention.layer import AttentionState
 
-from .blocks import block_stack, init_weights
+from .blocks import block_stack, init_layer_norms, init_weights
 from .config import DecoderConfig
 from .embeddings import TokenPositionEmbedding
 
@@ -151,10 +154,12 @@ class FMMDecoderLM(nn.Module):
             raise ValueError(f"depth must be >= 1, got {config.depth}")
         self.config, self.vocab_size, self.max_length = config, vocab_size, max_length
         self.embed = TokenPositionEmbedding(
-            vocab_size, config.dim, max_length, config.positions, config.dropout
-        )
+            vocab_size, config.dim, max_length, config.positions, config.dropout,
+            scale=config.embedding_scale,
+        )  # fmt: skip
         self.blocks = block_stack(config, causal=True)
-        self.ln_final = nn.LayerNorm(config.dim)
+        self.ln_final = nn.LayerNorm(config.dim) if config.final_norm else nn.Identity()
+        self.final_drop = nn.Dropout(config.dropout if config.final_dropout else 0.0)
         self.adaptive = None
         self.lm_head = None
         if config.adaptive_softmax_cutoffs:
@@ -168,6 +173,7 @@ class FMMDecoderLM(nn.Module):
         elif not config.tie_embeddings:
             self.lm_head = nn.Linear(config.dim, vocab_size, bias=False)
         self.apply(init_weights)
+        init_layer_norms(self, config.layer_norm_init_std)
 
     # ------------------------------------------------------------------ training / scoring
 
@@ -180,7 +186,7 @@ class FMMDecoderLM(nn.Module):
         x = self.embed(input_ids)  # (batch, seq, dim)
         for block in self.blocks:
             x = block(x)
-        return self.ln_final(x)  # (batch, seq, dim)
+        return self.final_drop(self.ln_final(x))  # (batch, seq, dim)
 
     def log_probs(self, hidden: torch.Tensor) -> torch.Tensor:
         """``(..., dim) -> (..., vocab)`` log-probabilities (float32)."""
@@ -201,11 +207,29 @@ class FMMDecoderLM(nn.Module):
             raise ValueError(f"target ids must lie in [0, {self.vocab_size})")
         hidden = self(input_ids)  # (batch, seq, dim)
         flat_h, flat_t = hidden.reshape(-1, hidden.shape[-1]), target_ids.reshape(-1)
+        return self._token_nll(flat_h, flat_t).view(target_ids.shape)
+
+    def nll_at(
+        self, input_ids: torch.Tensor, target_ids: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
+        """``-log p(target)`` at the positions where ``mask (batch, seq)`` is True: ``(n,)``,
+        in row-major order. The output layer runs on those positions only (a sliding-window
+        evaluation scores one position of each window)."""
+        if target_ids.shape != input_ids.shape or mask.shape != input_ids.shape:
+            raise ValueError(
+                f"input_ids {tuple(input_ids.shape)}, target_ids {tuple(target_ids.shape)} and "
+                f"mask {tuple(mask.shape)} must have one shape"
+            )
+        hidden = self(input_ids)[mask]  # (n, dim)
+        return self._token_nll(hidden, target_ids[mask])
+
+    def _token_nll(self, hidden: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        # hidden (n, dim), target (n,) -> (n,) float32
+        if target.numel() and (target.min() < 0 or target.max() >= self.vocab_size):
+            raise ValueError(f"target ids must lie in [0, {self.vocab_size})")
         if self.adaptive is not None:
-            nll = self.adaptive.nll(flat_h, flat_t, self._tied_weight())
-        else:
-            nll = -self.log_probs(flat_h).gather(1, flat_t[:, None])[:, 0]
-        return nll.view(target_ids.shape)
+            return self.adaptive.nll(hidden, target, self._tied_weight())
+        return -self.log_probs(hidden).gather(1, target[:, None])[:, 0]
 
     # ------------------------------------------------------------------ decoding
 
@@ -224,7 +248,7 @@ class FMMDecoderLM(nn.Module):
         for block in self.blocks:
             x, state = block.prefill(x, self.max_length)
             states.append(state)
-        hidden = self.ln_final(x[:, -1])  # (batch, dim)
+        hidden = self.final_drop(self.ln_final(x[:, -1]))  # (batch, dim)
         return self.log_probs(hidden), DecoderState(states, input_ids.shape[1])
 
     def step(
@@ -243,7 +267,7 @@ class FMMDecoderLM(nn.Module):
         for block, layer_state in zip(self.blocks, state.layers, strict=True):
             x, layer_state = block.step(x, layer_state)
             layers.append(layer_state)
-        hidden = self.ln_final(x[:, 0])  # (batch, dim)
+        hidden = self.final_drop(self.ln_final(x[:, 0]))  # (batch, dim)
         return self.log_probs(hidden), DecoderState(layers, state.position + 1)
 
     @torch.no_grad()
@@ -282,7 +306,7 @@ class FMMDecoderLM(nn.Module):
             raise ValueError(
                 f"a {prompt_ids.shape[1]}-token prompt plus {max_new_tokens} new tokens needs "
                 f"position {last_position}, beyond the {self.max_length} learned positions "
-                "(use positions='sinusoidal' to generate past max_length)"
+                "(use sinusoidal or transformer_xl positions to generate past max_length)"
             )
         was_training = self.training
         self.eval()

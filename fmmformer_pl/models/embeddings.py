@@ -1,5 +1,18 @@
 """Token embeddings plus absolute positions (learned, or sinusoidal as in Vaswani et al.).
 
+    x = s * E[token] + P[position],   s = sqrt(dim) with ``scale`` (Transformer-XL's emb_scale)
+
+Positions:
+    learned         a table of ``max_positions`` rows;
+    sinusoidal      P[p, 2i] = sin(p w_i), P[p, 2i+1] = cos(p w_i), p = index in the sequence;
+    transformer_xl  P[p] = [sin(p w), cos(p w)] concatenated (Transformer-XL's PositionalEmbedding)
+                    with p counted down: p = max_positions - 1 - t. The released LM code counts
+                    down to the end of its input (p = len - 1 - t); for windows of
+                    ``max_positions`` tokens (training, sliding-window evaluation) the two agree.
+                    Anchoring at max_positions keeps a token's embedding independent of the tokens
+                    after it, so decoding can match the forward; past max_positions p < 0.
+    w_i = 10000^(-2i/dim).
+
 Shapes: input_ids ``(batch, seq)`` long -> ``(batch, seq, dim)``.
 """
 
@@ -26,8 +39,18 @@ def sinusoidal_positions(positions: torch.Tensor, dim: int) -> torch.Tensor:
     return pe
 
 
+def transformer_xl_positions(positions: torch.Tensor, dim: int) -> torch.Tensor:
+    """[sin(p w), cos(p w)] concatenated, w_i = 10000^(-2i/dim): ``(len,) -> (len, dim)``."""
+    inv_freq = 1.0 / (10000 ** (torch.arange(0.0, dim, 2.0, device=positions.device) / dim))
+    angles = positions.to(torch.float32)[:, None] * inv_freq[None, :]  # (len, ceil(dim / 2))
+    return torch.cat([angles.sin(), angles.cos()], dim=-1)[:, :dim]
+
+
+_POSITIONS = ("learned", "sinusoidal", "transformer_xl")
+
+
 class TokenPositionEmbedding(nn.Module):
-    """``x = E[token] + P[position]``, then dropout."""
+    """``x = s * E[token] + P[position]``, then dropout (module docstring)."""
 
     def __init__(
         self,
@@ -36,6 +59,7 @@ class TokenPositionEmbedding(nn.Module):
         max_positions: int,
         positions: str = "learned",
         dropout: float = 0.0,
+        scale: bool = False,
     ):
         super().__init__()
         if vocab_size < 1 or dim < 1 or max_positions < 1:
@@ -43,13 +67,14 @@ class TokenPositionEmbedding(nn.Module):
                 f"vocab_size, dim and max_positions must be >= 1, got {vocab_size}, {dim}, "
                 f"{max_positions}"
             )
-        if positions not in ("learned", "sinusoidal"):
-            raise ValueError(f"positions must be 'learned' or 'sinusoidal', got {positions!r}")
+        if positions not in _POSITIONS:
+            raise ValueError(f"positions must be one of {_POSITIONS}, got {positions!r}")
         self.vocab_size, self.dim = vocab_size, dim
         self.max_positions, self.positions = max_positions, positions
         self.tokens = nn.Embedding(vocab_size, dim)
         self.learned = nn.Embedding(max_positions, dim) if positions == "learned" else None
         self.drop = nn.Dropout(dropout)
+        self.scale = math.sqrt(dim) if scale else 1.0
 
     def position_embedding(self, start: int, length: int, device) -> torch.Tensor:
         """Embeddings of positions start .. start + length - 1: ``(length, dim)``."""
@@ -62,7 +87,11 @@ class TokenPositionEmbedding(nn.Module):
         pos = torch.arange(start, end, device=device)
         if self.learned is not None:
             return self.learned(pos)
-        return sinusoidal_positions(pos, self.dim).to(self.tokens.weight.dtype)
+        if self.positions == "transformer_xl":
+            pe = transformer_xl_positions(self.max_positions - 1 - pos, self.dim)
+        else:
+            pe = sinusoidal_positions(pos, self.dim)
+        return pe.to(self.tokens.weight.dtype)
 
     def token_embedding(self, input_ids: torch.Tensor) -> torch.Tensor:
         if input_ids.dtype != torch.long:
@@ -71,6 +100,6 @@ class TokenPositionEmbedding(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, start: int = 0) -> torch.Tensor:
         # input_ids: (batch, seq); positions start .. start + seq - 1
-        x = self.token_embedding(input_ids)  # (batch, seq, dim)
+        x = self.token_embedding(input_ids) * self.scale  # (batch, seq, dim)
         x = x + self.position_embedding(start, input_ids.shape[1], input_ids.device)
         return self.drop(x)

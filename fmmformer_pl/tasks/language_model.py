@@ -80,10 +80,19 @@ class LanguageModelTask(TaskBase):
         return loss
 
     def _eval_step(self, batch: dict[str, torch.Tensor], stage: str) -> None:
-        nll, mask = self._nll(batch)
+        mask = batch.get("loss_mask")
+        if mask is not None:
+            # Only the counted positions reach the output layer (a full-context evaluation
+            # counts one position per window).
+            nll = self.model.nll_at(batch["input_ids"], batch["target_ids"], mask)  # (n,)
+            mask = torch.ones_like(nll, dtype=torch.bool)
+        else:
+            nll, mask = self._nll(batch)
         perplexity = getattr(self, f"{stage}_ppl")
         perplexity.update(nll, mask)
         count = int(mask.sum())
+        if count == 0:  # a padding batch of a full-context evaluation
+            return
         # Weighted by the token count, the epoch value is the per-token loss of the whole split
         # (= log ppl), not a mean of batch means.
         self.log(

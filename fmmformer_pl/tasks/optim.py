@@ -5,6 +5,9 @@ Schedules (t = optimiser step, W = warmup_steps, T = total_steps, m = min_lr_rat
     warmup      lr(t) = lr * t / W                                  for t < W
     linear      lr(t) = lr * (1 - (1 - m) * p)                      p = (t - W) / (T - W)
     cosine      lr(t) = lr * (m + (1 - m) * (1 + cos(pi * p)) / 2)
+    cosine_total  as cosine with p = t / T: the cosine runs over all T steps, warm-up included
+                (Transformer-XL's CosineAnnealingLR(T_max=max_step) after a linear warm-up,
+                as the released LM code trains)
     constant    lr(t) = lr
     one_cycle   torch's OneCycleLR with its defaults, as the released LRA code runs it:
                 pct_start = W / T, up from lr / 25 to lr at t = W, then down to lr / 25e4 at
@@ -25,7 +28,7 @@ from typing import Literal, Optional
 import torch
 from torch import nn
 
-Schedule = Literal["constant", "linear", "cosine", "one_cycle"]
+Schedule = Literal["constant", "linear", "cosine", "cosine_total", "one_cycle"]
 
 
 @dataclass
@@ -72,13 +75,18 @@ def lr_factor(
         return step / warmup_steps
     if schedule == "constant":
         return 1.0
+    if schedule == "cosine_total":
+        progress = min(1.0, step / max(1, total_steps))
+        return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
     decay_steps = max(1, total_steps - warmup_steps)
     progress = min(1.0, (step - warmup_steps) / decay_steps)
     if schedule == "linear":
         return 1.0 - (1.0 - min_lr_ratio) * progress
     if schedule == "cosine":
         return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
-    raise ValueError(f"unknown schedule {schedule!r}; expected constant, linear or cosine")
+    raise ValueError(
+        f"unknown schedule {schedule!r}; expected constant, linear, cosine or cosine_total"
+    )
 
 
 def parameter_groups(module: nn.Module, weight_decay: float) -> list[dict]:

@@ -34,12 +34,22 @@ def _one_thread():
     torch.set_num_threads(threads)
 
 
-def _model(case, positions="learned", cutoffs=None, max_length=MAX_LEN):
+# The released LM's layout (configs/wikitext103): post-LN, Transformer-XL positions, scaled
+# embeddings, no final LayerNorm, bias-free projections, feature-normalised far field + eps.
+RELEASED = dict(
+    norm="post", positions="transformer_xl", embedding_scale=True, final_norm=False,
+    final_dropout=True, attention_bias=False, far_feature_normalize=True, far_eps=1e-5,
+    activation="relu", layer_norm_init_std=0.02,
+)  # fmt: skip
+
+
+def _model(case, positions="learned", cutoffs=None, max_length=MAX_LEN, released=False):
     torch.manual_seed(0)
     attention = AttentionConfig(bandwidth=BANDWIDTH, **CASES[case])
+    layout = RELEASED if released else dict(positions=positions)
     config = DecoderConfig(
-        dim=16, depth=2, num_heads=2, ffn_dim=32, dropout=0.1, positions=positions,
-        adaptive_softmax_cutoffs=cutoffs, attention=attention,
+        dim=16, depth=2, num_heads=2, ffn_dim=32, dropout=0.1,
+        adaptive_softmax_cutoffs=cutoffs, attention=attention, **layout,
     )  # fmt: skip
     model = FMMDecoderLM(VOCAB, max_length, config).eval()
     for name, p in model.named_parameters():
@@ -71,6 +81,19 @@ def test_prefill_then_steps_equal_the_full_forward(case):
     log_probs, state = model.prefill(ids[:, :6])
     torch.testing.assert_close(log_probs, full[:, 5], atol=1e-4, rtol=0)
     for t in range(6, 11):
+        log_probs, state = model.step(ids[:, t], state)
+        torch.testing.assert_close(log_probs, full[:, t], atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("case", ["fmm_r2", "band", "linear", "softmax"])
+def test_released_layout_decodes_as_its_full_forward(case):
+    # Past max_length too: Transformer-XL positions count down (negative there).
+    model = _model(case, max_length=8, released=True)
+    ids = torch.randint(0, VOCAB, (2, 13))
+    full = model.log_probs(model(ids))
+    log_probs, state = model.prefill(ids[:, :5])
+    torch.testing.assert_close(log_probs, full[:, 4], atol=1e-4, rtol=0)
+    for t in range(5, 13):
         log_probs, state = model.step(ids[:, t], state)
         torch.testing.assert_close(log_probs, full[:, t], atol=1e-4, rtol=0)
 
