@@ -159,7 +159,7 @@ def wikitext_config(variant: str) -> dict[str, Any]:
             "gradient_clip_val": 0.25,
             "val_check_interval": 4000,
             "logger": tensorboard(f"wikitext103/{variant}"),
-            "callbacks": [checkpoint("val/ppl", "min")],
+            "callbacks": [checkpoint("val/ppl", "min", save_last=False), latest_checkpoint(4000)],
         },
         "model": {
             "class_path": "fmmformer_pl.tasks.LanguageModelTask",

@@ -4,9 +4,10 @@ PNG of the validation curves.
 
     python scripts/reproduce.py lra --task listops --seeds 0 1 2 --parallel 15
     python scripts/reproduce.py lra --task text --data-dir data --variants softmax fmm2_band5
+    python scripts/reproduce.py lm --data-dir data/wikitext-103 --parallel 4 -- --trainer.max_steps=2000
     python scripts/reproduce.py report results/reproduce/lra-listops   # tables and plot again
 
-Each run is ``python cli.py fit --config configs/lra/<task>/<variant>.yaml`` then
+Each run is ``python cli.py fit --config configs/<lra/<task>|wikitext103>/<variant>.yaml`` then
 ``python cli.py test ... --ckpt_path <best checkpoint>``, in its own folder
 ``<out>/runs/<variant>-seed<seed>/``. Several runs share the machine at once (``--parallel``;
 the LRA model is tiny: 15 ListOps runs fit one GPU). Killed or stopped at ``--time-limit``, it
@@ -44,6 +45,16 @@ PAPER_LRA: dict[str, dict[str, float]] = {
     "softmax": dict(listops=37.10, text=64.17, retrieval=80.71, image=39.06, pathfinder=72.48),
     "linear": dict(listops=18.30, text=64.22, retrieval=81.37, image=38.29, pathfinder=71.17),
     "fmm2_band5": dict(listops=36.74, text=67.84, retrieval=81.88, image=45.10, pathfinder=72.12),
+}
+
+# The paper's Table 2 (WikiText-103 test perplexity).
+PAPER_LM = {"softmax": 34.29, "linear": 38.40, "fmm2_band20": 36.11}
+LM_VARIANTS = ("softmax", "linear", "band5", "band20", "fmm1_band20", "fmm2_band20")
+
+# What a table reports: the validation metric that picks the best checkpoint, and the test one.
+METRICS = {
+    "lra": dict(val="val/acc", mode="max", test="test/acc", scale=100.0, unit="accuracy (%)"),
+    "lm": dict(val="val/ppl", mode="min", test="test/ppl", scale=1.0, unit="perplexity"),
 }
 
 LISTOPS_RECIPE = dict(train=96_000, val=2_000, test=2_000, shards=16, seed=0)
@@ -195,9 +206,10 @@ def read_curve(run: Run, tag: str = "val/acc") -> list[tuple[int, float]]:
 class Scheduler:
     """Runs each run's fit then test as child processes, ``parallel`` at a time."""
 
-    def __init__(self, runs, data_dir, args, max_steps):
+    def __init__(self, runs, data_dir, args, max_steps, metric):
         self.pending = [r for r in runs if not r.result_file.exists()]
         self.data_dir, self.args, self.max_steps = data_dir, args, max_steps
+        self.metric = metric
         self.active: dict[str, tuple[Run, str, subprocess.Popen, Any, float]] = {}
         self.failed: list[str] = []
 
@@ -234,14 +246,20 @@ class Scheduler:
             self.pending.insert(0, run)  # its test next
             return
         best = best_checkpoint(run)
-        curve = read_curve(run)
-        best_step, best_val = max(curve, key=lambda p: (p[1], -p[0])) if curve else (None, None)
+        curve = read_curve(run, self.metric["val"])
+        sign = 1 if self.metric["mode"] == "max" else -1
+        best_step, best_val = (
+            max(curve, key=lambda p: (sign * p[1], -p[0])) if curve else (None, None)
+        )
+        rate = [v for _, v in read_curve(run, "train/tokens_per_sec")]
         fit = json.loads((run.folder / "fit.json").read_text())
         result = {"variant": run.variant, "seed": run.seed, "best_step": checkpoint_step(best),
-                  "best_val_acc": best_val, "best_val_step": best_step,
+                  "best_val": best_val, "best_val_step": best_step,
+                  "train_tokens_per_s": statistics.median(rate) if rate else None,
                   **read_test_metrics(run), "fit_seconds": fit["fit_seconds"]}  # fmt: skip
         run.result_file.write_text(json.dumps(result, indent=1))
-        print(f"  {run.name}: test/acc {result.get('test/acc', float('nan')):.4f} "
+        test = self.metric["test"]
+        print(f"  {run.name}: {test} {result.get(test, float('nan')):.4f} "
               f"at step {result['best_step']}", flush=True)  # fmt: skip
 
     def stop_all(self, why: str) -> None:
@@ -298,46 +316,51 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 def report(out: Path) -> None:
     """results.csv, table.md, curves.csv and val_curves.png from the finished runs."""
     meta = json.loads((out / "reproduce.json").read_text())
+    metric = METRICS[meta.get("kind", "lra")]
     runs = [Run(v, s, Path(meta["configs"][v]), out / "runs" / f"{v}-seed{s}")
             for v in meta["variants"] for s in meta["seeds"]]  # fmt: skip
     results = [json.loads(r.result_file.read_text()) for r in runs if r.result_file.exists()]
     if not results:
         print(f"no finished run under {out}/runs yet")
         return
-    fields = ["variant", "seed", "test/acc", "test/loss", "best_val_acc", "best_step",
-              "fit_seconds"]  # fmt: skip
+    test, scale = metric["test"], metric["scale"]
+    fields = ["variant", "seed", test, test.replace("ppl", "loss").replace("acc", "loss"),
+              "best_val", "best_step", "train_tokens_per_s", "fit_seconds"]  # fmt: skip
     with open(out / "results.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fields, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(results)
-    task = meta["task"]
-    lines = ["| variant | test accuracy, mean +- std (%) | seeds | best val accuracy (%) | "
-             "paper (%) |", "|---|---|---|---|---|"]  # fmt: skip
+    task, unit = meta["task"], metric["unit"]
+    lines = [f"| variant | test {unit}, mean +- std (each seed) | seeds | best validation "
+             f"{unit} | training tokens/s | paper, test {unit} |",
+             "|---|---|---|---|---|---|"]  # fmt: skip
     for variant in meta["variants"]:
-        rows = [r for r in results if r["variant"] == variant]
+        rows = sorted((r for r in results if r["variant"] == variant), key=lambda r: r["seed"])
         if not rows:
             continue
-        acc = _mean_std([100 * r["test/acc"] for r in rows])
-        val = _mean_std([100 * r["best_val_acc"] for r in rows])
-        paper = PAPER_LRA.get(variant, {}).get(task)
-        each = ", ".join(
-            f"{100 * r['test/acc']:.2f}" for r in sorted(rows, key=lambda r: r["seed"])
-        )
+        acc = _mean_std([scale * r[test] for r in rows])
+        val = _mean_std([scale * r["best_val"] for r in rows])
+        rate = [r["train_tokens_per_s"] for r in rows if r.get("train_tokens_per_s")]
+        paper = (PAPER_LM.get(variant) if meta.get("kind") == "lm"
+                 else PAPER_LRA.get(variant, {}).get(task))  # fmt: skip
+        each = ", ".join(f"{scale * r[test]:.2f}" for r in rows)
         lines.append(f"| {variant} | {acc[0]:.2f} +- {acc[1]:.2f} ({each}) | {len(rows)} | "
                      f"{val[0]:.2f} +- {val[1]:.2f} | "
+                     f"{f'{statistics.fmean(rate):,.0f}' if rate else '—'} | "
                      f"{'—' if paper is None else f'{paper:.2f}'} |")  # fmt: skip
     (out / "table.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
-    curves = {r.name: read_curve(r) for r in runs if r.result_file.exists()}
+    curves = {r.name: read_curve(r, metric["val"]) for r in runs if r.result_file.exists()}
     with open(out / "curves.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["run", "step", "val_acc"])
+        writer.writerow(["run", "step", metric["val"]])
         for name, points in curves.items():
             writer.writerows((name, step, value) for step, value in points)
-    plot_curves(curves, meta, out / "val_curves.png")
+    plot_curves(out)
 
 
-def plot_curves(curves: dict[str, list[tuple[int, float]]], meta: dict, path: Path) -> None:
+def plot_curves(out: Path) -> None:
+    """val_curves.png from curves.csv (so it can be drawn again where the runs are not)."""
     try:
         import matplotlib
 
@@ -346,39 +369,56 @@ def plot_curves(curves: dict[str, list[tuple[int, float]]], meta: dict, path: Pa
     except ImportError:
         print("matplotlib is missing (pip install -e '.[plots]'): no PNG written")
         return
+    meta = json.loads((out / "reproduce.json").read_text())
+    with open(out / "curves.csv", newline="") as handle:
+        reader = csv.reader(handle)
+        tag = next(reader)[2]
+        curves: dict[str, list[tuple[int, float]]] = {}
+        for name, step, value in reader:
+            curves.setdefault(name, []).append((int(step), float(value)))
     fig, ax = plt.subplots(figsize=(8, 4.5))
     colours = dict(
         zip(meta["variants"], plt.rcParams["axes.prop_cycle"].by_key()["color"], strict=False)
     )
-    for name, points in curves.items():
+    labelled = set()
+    for name, points in sorted(curves.items()):
         variant = name.rsplit("-seed", 1)[0]
-        if points:
-            steps, values = zip(*points, strict=False)
-            label = variant if name.endswith("seed" + str(meta["seeds"][0])) else None
-            ax.plot(steps, values, color=colours.get(variant), alpha=0.8, lw=1, label=label)
-    ax.set(xlabel="training step", ylabel="validation accuracy",
-           title=f"LRA {meta['task']}: validation accuracy, {len(meta['seeds'])} seeds each")  # fmt: skip
+        steps, values = zip(*points, strict=False)
+        label = None if variant in labelled else variant
+        labelled.add(variant)
+        ax.plot(steps, values, color=colours.get(variant), alpha=0.8, lw=1, label=label)
+    what = "WikiText-103 decoder" if meta.get("kind") == "lm" else f"LRA {meta['task']}"
+    ax.set(xlabel="training step", ylabel=tag,
+           title=f"{what}: {tag} per run, {len(meta['seeds'])} seed(s) each")  # fmt: skip
+    if meta.get("kind") == "lm":
+        ax.set_yscale("log")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    print(f"wrote {path}")
+    fig.savefig(out / "val_curves.png", dpi=120)
+    print(f"wrote {out / 'val_curves.png'}")
 
 
 # ---------------------------------------------------------------------------------- main
+def _common(parser: argparse.ArgumentParser, variants: tuple[str, ...], seeds: list[int]) -> None:
+    parser.add_argument("--variants", nargs="+", choices=variants, default=list(variants))
+    parser.add_argument("--seeds", nargs="+", type=int, default=seeds)
+    parser.add_argument("--data-dir", type=Path, default=Path("data"))
+    parser.add_argument("--out", type=Path, help="default results/reproduce/<table>")
+    parser.add_argument("--parallel", type=int, default=1, help="runs at once (default 1)")
+    parser.add_argument("--num-workers", type=int, default=1, help="loader workers per run")
+    parser.add_argument("--time-limit", type=float, help="stop (resumable) after so many seconds")
+    parser.add_argument("cli_args", nargs="*", help="after --: more cli.py options for every run")
+
+
 def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     lra = commands.add_parser("lra", help="an LRA table: variants x seeds of one task")
     lra.add_argument("--task", choices=LRA_TASKS, default="listops")
-    lra.add_argument("--variants", nargs="+", choices=LRA_VARIANTS, default=list(LRA_VARIANTS))
-    lra.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    lra.add_argument("--data-dir", type=Path, default=Path("data"))
-    lra.add_argument("--out", type=Path, help="default results/reproduce/lra-<task>")
-    lra.add_argument("--parallel", type=int, default=1, help="runs at once (default 1)")
-    lra.add_argument("--num-workers", type=int, default=1, help="loader workers per run")
-    lra.add_argument("--time-limit", type=float, help="stop (resumable) after this many seconds")
-    lra.add_argument("cli_args", nargs="*", help="after --: more cli.py options for every run")
+    _common(lra, LRA_VARIANTS, [0, 1, 2])
+    lm = commands.add_parser("lm", help="the WikiText-103 table (or a corpus in its layout)")
+    _common(lm, LM_VARIANTS, [0])
     rep = commands.add_parser("report", help="write the tables and the plot again")
     rep.add_argument("out", type=Path)
     return parser.parse_args(argv)
@@ -392,28 +432,32 @@ def main(argv: list[str] | None = None) -> int:
                 raise UsageError(f"{args.out} holds no reproduction (no reproduce.json)")
             report(args.out)
             return 0
-        return reproduce_lra(args)
+        return reproduce(args)
     except UsageError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
 
 
-def reproduce_lra(args: argparse.Namespace) -> int:
+def reproduce(args: argparse.Namespace) -> int:
     import yaml
 
-    out = args.out or Path("results/reproduce") / f"lra-{args.task}"
     if args.parallel < 1:
         raise UsageError(f"--parallel must be >= 1, got {args.parallel}")
-    configs = {v: ROOT / "configs" / "lra" / args.task / f"{v}.yaml" for v in args.variants}
     data_dir = args.data_dir
-    if args.task == "listops":
-        data_dir = find_or_generate_listops(data_dir, min(os.cpu_count() or 1, 16))
-    elif not data_dir.exists():
-        raise UsageError(
-            f"{data_dir} does not exist: put the {args.task} data there (README, Data)"
-        )
+    if args.command == "lra":
+        task, folder = args.task, ROOT / "configs" / "lra" / args.task
+        if task == "listops":
+            data_dir = find_or_generate_listops(data_dir, min(os.cpu_count() or 1, 16))
+    else:
+        task, folder = "wikitext103", ROOT / "configs" / "wikitext103"
+    if not data_dir.exists():
+        raise UsageError(f"{data_dir} does not exist: put the {task} data there (README, Data)")
+    out = args.out or Path("results/reproduce") / (
+        f"lra-{task}" if args.command == "lra" else f"lm-{data_dir.name}"
+    )
+    configs = {v: folder / f"{v}.yaml" for v in args.variants}
     out.mkdir(parents=True, exist_ok=True)
-    meta = {"task": args.task, "variants": args.variants, "seeds": args.seeds,
+    meta = {"kind": args.command, "task": task, "variants": args.variants, "seeds": args.seeds,
             "configs": {v: str(p) for v, p in configs.items()}, "data_dir": str(data_dir),
             "cli_args": args.cli_args}  # fmt: skip
     previous = out / "reproduce.json"
@@ -432,7 +476,8 @@ def reproduce_lra(args: argparse.Namespace) -> int:
     todo = sum(not r.result_file.exists() for r in runs)
     print(f"{len(runs)} runs, {len(runs) - todo} finished before; {args.parallel} at a time; "
           f"{steps} steps each; results in {out}", flush=True)  # fmt: skip
-    code = Scheduler(runs, data_dir, args, steps).run(args.parallel, args.time_limit)
+    scheduler = Scheduler(runs, data_dir, args, steps, METRICS[args.command])
+    code = scheduler.run(args.parallel, args.time_limit)
     report(out)
     return code
 

@@ -35,11 +35,11 @@ def test_real_runs_write_results_and_a_rerun_trains_nothing(tiny_listops, tmp_pa
     assert reproduce.main(argv) == 0
     result = json.loads((out / "runs" / "fmm2_band5-seed0" / "result.json").read_text())
     assert 0.0 <= result["test/acc"] <= 1.0 and result["best_step"] in (2, 4)
-    assert result["best_val_acc"] is not None
+    assert result["best_val"] is not None
     table = (out / "table.md").read_text()
     assert "| fmm2_band5 |" in table and "36.74" in table  # next to the paper's number
     assert (out / "results.csv").read_text().startswith("variant,seed,test/acc")
-    assert "run,step,val_acc" in (out / "curves.csv").read_text()
+    assert "run,step,val/acc" in (out / "curves.csv").read_text()
     capsys.readouterr()
     assert reproduce.main(argv) == 0  # finished: nothing is trained again
     assert "1 runs, 1 finished before" in capsys.readouterr().out
