@@ -450,6 +450,8 @@ def reproduce(args: argparse.Namespace) -> int:
             data_dir = find_or_generate_listops(data_dir, min(os.cpu_count() or 1, 16))
     else:
         task, folder = "wikitext103", ROOT / "configs" / "wikitext103"
+    if "--data.init_args.generate=true" in args.cli_args:  # the data module makes it
+        data_dir.mkdir(parents=True, exist_ok=True)
     if not data_dir.exists():
         raise UsageError(f"{data_dir} does not exist: put the {task} data there (README, Data)")
     out = args.out or Path("results/reproduce") / (
