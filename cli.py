@@ -26,6 +26,7 @@ import difflib
 import importlib.util
 import logging
 import os
+import pickle
 import random
 import re
 import shlex
@@ -161,7 +162,7 @@ def check_checkpoint(path: str) -> None:
     if not target.exists():
         folder = target.parent
         near = sorted(p.name for p in folder.glob("*.ckpt"))[:5] if folder.is_dir() else []
-        hint = f" ({folder} holds: {', '.join(near)})" if near else ""
+        hint = f" (checkpoints in {folder}/: {', '.join(near)})" if near else ""
         raise CheckpointError(f"checkpoint {path}: no such file or folder{hint}")
     if target.is_dir():
         if (target / "latest").is_file() or (target / "checkpoint").is_dir():
@@ -215,6 +216,42 @@ def resume_version(init_args: Namespace, ckpt_path: str) -> Optional[str]:
     if version.parent != logger_root.resolve():
         return None
     return version.name
+
+
+def guard_restore(trainer: Trainer) -> None:
+    """Makes a checkpoint that fails to load into this run a :class:`CheckpointError` naming
+    the file and what is wrong (not a Lightning checkpoint, another model's weights, ...),
+    instead of a traceback from deep inside Lightning."""
+    connector = trainer._checkpoint_connector
+    for name in ("_restore_modules_and_callbacks", "restore_training_state"):
+        original = getattr(connector, name, None)
+        if original is None:
+            continue
+
+        def guarded(*args: Any, _original: Any = original, **kwargs: Any) -> Any:
+            try:
+                return _original(*args, **kwargs)
+            except (KeyError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError) as error:
+                path = args[0] if args and args[0] else connector._ckpt_path
+                raise CheckpointError(f"checkpoint {path}: {_restore_failure(error)}") from error
+
+        setattr(connector, name, guarded)
+
+
+def _restore_failure(error: BaseException) -> str:
+    if isinstance(error, KeyError):
+        return (
+            f"it has no {error.args[0]!r} entry, so it is not a checkpoint of this "
+            "application's fit (a bare state dict or another program's file?)"
+        )
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    if lines and lines[0].startswith("Error(s) in loading state_dict"):
+        detail = lines[1][:160] if len(lines) > 1 else ""
+        return (
+            f"its weights do not fit this model ({detail}); pass the config it was trained "
+            "with (its run folder's config.yaml)"
+        )
+    return f"cannot be restored ({lines[0][:200] if lines else type(error).__name__})"
 
 
 class SaveRunConfig(SaveConfigCallback):
@@ -315,6 +352,10 @@ class FMMCLI(LightningCLI):
         """Instantiates as LightningCLI does; an invalid value (a ``ValueError`` from a config
         dataclass or a module's ``__init__``) or a configuration Lightning refuses becomes a
         :class:`ConfigError` with the innermost message."""
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        if isinstance(config.get("trainer"), Namespace):
+            # Here, not at parse time: a config file may name a GPU that only its run needs.
+            check_accelerator(config.trainer.get("accelerator"))
         try:
             super().instantiate_classes()
         except (ValueError, MisconfigurationException) as error:
@@ -344,7 +385,9 @@ class FMMCLI(LightningCLI):
             for c in callbacks
             if not (isinstance(c, PeriodicCheckpoint) and (not checkpointing or not c.enabled))
         ]
-        return super()._instantiate_trainer(config, callbacks)
+        trainer = super()._instantiate_trainer(config, callbacks)
+        guard_restore(trainer)
+        return trainer
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         super().parse_arguments(parser, args)
@@ -363,7 +406,6 @@ class FMMCLI(LightningCLI):
         try:
             if isinstance(trainer, Namespace):
                 check_strategy(trainer.get("strategy"))
-                check_accelerator(trainer.get("accelerator"))
             if subcommand:
                 self._check_weights(subcommand, config)
         except ConfigError as error:
@@ -509,19 +551,6 @@ def main(args: Optional[Sequence[str]] = None) -> int:
     except (UserError, DataError) as error:
         _cleanup()
         sys.stderr.write(f"error: {error}\n")
-        return 2
-    except RuntimeError as error:
-        message = str(error)
-        if not message.startswith("Error(s) in loading state_dict"):
-            raise
-        _cleanup()
-        cli = _ACTIVE
-        ckpt = cli.config[cli.subcommand].get("ckpt_path") if cli is not None else None
-        first = message.splitlines()[1].strip() if len(message.splitlines()) > 1 else message
-        sys.stderr.write(
-            f"error: checkpoint {ckpt} does not fit this model ({first}): pass the config the "
-            "checkpoint was trained with\n"
-        )
         return 2
     except (Interrupted, KeyboardInterrupt, SIGTERMException) as stop:
         if not isinstance(stop, Interrupted):
