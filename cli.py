@@ -40,19 +40,23 @@ from pathlib import Path
 from textwrap import indent
 from typing import Any, NoReturn, Optional
 
-import torch.distributed
-from jsonargparse import Namespace
-from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch import LightningDataModule, LightningModule, Trainer
-from lightning.pytorch.callbacks import ProgressBar, RichProgressBar
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
-from lightning.pytorch.loggers import TensorBoardLogger
-from lightning.pytorch.strategies import StrategyRegistry
-from lightning.pytorch.utilities.exceptions import SIGTERMException
+# jsonargparse 4.49 deprecated calls that LightningCLI 2.6 still makes (instantiate_classes,
+# skip_none): the library's own switch turns their warnings off; they are not ours to fix.
+os.environ.setdefault("JSONARGPARSE_DEPRECATION_WARNINGS", "off")
 
-from data_modules.common.errors import DataError
-from fmmformer_pl.tasks.attention_maps import AttentionMapLogger
-from fmmformer_pl.tasks.callbacks import (
+import torch.distributed  # noqa: E402
+from jsonargparse import Namespace  # noqa: E402
+from lightning.fabric.utilities.exceptions import MisconfigurationException  # noqa: E402
+from lightning.pytorch import LightningDataModule, LightningModule, Trainer  # noqa: E402
+from lightning.pytorch.callbacks import ProgressBar, RichProgressBar  # noqa: E402
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback  # noqa: E402
+from lightning.pytorch.loggers import TensorBoardLogger  # noqa: E402
+from lightning.pytorch.strategies import StrategyRegistry  # noqa: E402
+from lightning.pytorch.utilities.exceptions import SIGTERMException  # noqa: E402
+
+from data_modules.common.errors import DataError  # noqa: E402
+from fmmformer_pl.tasks.attention_maps import AttentionMapLogger  # noqa: E402
+from fmmformer_pl.tasks.callbacks import (  # noqa: E402
     BestMetricLogger,
     BlendWeightMonitor,
     MajorityBaseline,
@@ -60,8 +64,8 @@ from fmmformer_pl.tasks.callbacks import (
     PlainProgressBar,
     TrainingMonitor,
 )
-from fmmformer_pl.tasks.errors import CheckpointError, ConfigError, Interrupted, UserError
-from fmmformer_pl.tasks.signals import StopOnSignal, threading_main
+from fmmformer_pl.tasks.errors import CheckpointError, ConfigError, Interrupted, UserError  # noqa: E402
+from fmmformer_pl.tasks.signals import StopOnSignal, threading_main  # noqa: E402
 
 DESCRIPTION = (
     "fmmformer-pl: train and evaluate FMMformer (attention = banded softmax near field + "
@@ -260,7 +264,7 @@ class SaveRunConfig(SaveConfigCallback):
     naming the run's checkpoint folder."""
 
     def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        text = self.parser.dump(self.config, skip_none=False)
+        text = self.parser.dump(self.config)
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
                 # Indented: TensorBoard renders text as Markdown, and this keeps it verbatim.
@@ -530,6 +534,8 @@ def _quiet_lightning() -> None:
 
 
 _quiet_lightning()
+# Lightning 2.6's pytree helper calls an API torch 2.13 deprecated, on every batch of every run.
+warnings.filterwarnings("ignore", r"`isinstance\(treespec, LeafSpec\)` is deprecated")
 
 
 def _raise_interrupted(signum: int, frame: Any) -> None:
