@@ -55,11 +55,11 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 from torchdata.stateful_dataloader import StatefulDataLoader
 
-# torchdata 0.11 calls torch.set_vital, which torch 2.13 deprecated, in every loader it makes.
-warnings.filterwarnings("ignore", "'set_vital' is deprecated", UserWarning)
-
 from data_modules.common.cache import CACHE_DIRNAME, ArrayCache, CachedArrays, CacheWriter
 from data_modules.common.errors import DataFormatError, SkippedRowsWarning, TruncatedRowsWarning
+
+# torchdata 0.11 calls torch.set_vital, which torch 2.13 deprecated, in every loader it makes.
+warnings.filterwarnings("ignore", "'set_vital' is deprecated", UserWarning)
 
 __all__ = [
     "BadRows",
