@@ -120,6 +120,15 @@ def test_a_listops_row_longer_than_max_length_warns_with_the_count(folder):
         data.setup("fit")
 
 
+def test_help_says_what_the_program_is(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "fmmformer-pl: train and evaluate FMMformer" in out
+    assert "Lightning Trainer command line tool" not in out
+
+
 if __name__ == "__main__":  # print the table's rows from this machine's messages
     import contextlib
     import io

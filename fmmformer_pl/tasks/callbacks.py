@@ -314,14 +314,38 @@ class PeriodicCheckpoint(ModelCheckpoint):
         return self.minutes is not None or self.steps is not None
 
     def on_train_batch_end(self, trainer: Trainer, *args: Any, **kwargs: Any) -> None:
-        if self.enabled:
+        if not self.enabled or self._should_skip_saving_checkpoint(trainer):
+            return
+        if not epoch_ends(trainer):
             super().on_train_batch_end(trainer, *args, **kwargs)
+            return
+        # A checkpoint written after an epoch's last batch but before its end hooks resumes
+        # into the next epoch differently from the run that went on (Lightning 2.6): save
+        # that one at the epoch's end instead, where ModelCheckpoint itself saves.
+        now = time.monotonic()
+        due = self.steps is not None and trainer.global_step % self.steps == 0
+        if self.steps is None and self._last_time_checked is not None:
+            due = now - self._last_time_checked >= self._train_time_interval.total_seconds()
+            due = trainer.strategy.broadcast(due)  # rank 0's clock decides
+        self._save_at_epoch_end = bool(due)
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if getattr(self, "_save_at_epoch_end", False):
+            self._save_at_epoch_end = False
+            self._last_time_checked = time.monotonic()
+            self._save_none_monitor_checkpoint(trainer, self._monitor_candidates(trainer))
 
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         pass  # periodic only: the config's own ModelCheckpoint saves at validations
 
-    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        pass
+
+def epoch_ends(trainer: Trainer) -> bool:
+    """Whether the training batch that just ended is the last of its epoch."""
+    loop = trainer.fit_loop.epoch_loop
+    try:
+        return bool(loop.batch_progress.is_last_batch or loop._num_ready_batches_reached())
+    except Exception:  # noqa: BLE001 - private loop state; without it, treat as mid-epoch
+        return False
 
 
 class BestMetricLogger(Callback):

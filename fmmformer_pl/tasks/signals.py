@@ -32,6 +32,7 @@ from typing import Any, Optional
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import Checkpoint, EarlyStopping, ModelCheckpoint
 
+from fmmformer_pl.tasks.callbacks import epoch_ends
 from fmmformer_pl.tasks.errors import Interrupted
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -158,7 +159,7 @@ class StopOnSignal(Callback):
     ) -> None:
         if not self._agreed(trainer):
             return
-        if _validation_follows(trainer) or _epoch_ends(trainer):
+        if _validation_follows(trainer) or epoch_ends(trainer):
             # Finish the step: its validation and the epoch's end hooks (where ModelCheckpoint
             # saves when validation runs once per epoch) come first.
             self._stop_pending = True
@@ -170,7 +171,7 @@ class StopOnSignal(Callback):
             return
         # (every rank holds the same _stop_pending: it is set after an agreed decision)
         if self._stop_pending or self._agreed(trainer):
-            if _epoch_ends(trainer):
+            if epoch_ends(trainer):
                 self._stop_pending = True  # stop in on_train_epoch_end
             else:
                 self._stop_fit(trainer)
@@ -218,13 +219,4 @@ def _validation_follows(trainer: Trainer) -> bool:
     try:
         return bool(loop._should_check_val_fx(trainer.fit_loop._data_fetcher))
     except Exception:  # noqa: BLE001 - a private API: without it, stop before the validation
-        return False
-
-
-def _epoch_ends(trainer: Trainer) -> bool:
-    """Whether the batch that just ended is the last of its epoch."""
-    loop = trainer.fit_loop.epoch_loop
-    try:
-        return bool(loop.batch_progress.is_last_batch or loop._num_ready_batches_reached())
-    except Exception:  # noqa: BLE001 - a private API: without it, stop before the epoch's end
         return False
