@@ -129,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=20, help="steps of each ListOps run (20)")
     parser.add_argument("--memory-steps", type=int, default=6, help="steps of each memory run")
     parser.add_argument("--cpu", action="store_true", help="test the script on the CPU")
+    parser.add_argument("--only", choices=["resume", "memory"], help="run one part only")
     args = parser.parse_args(argv)
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -159,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
              "--data.init_args.max_length", "64", "--trainer.accelerator", "cpu",
              "--data.init_args.num_workers", "0"] if args.cpu else []  # fmt: skip
 
-    for stage in (2, 3):
+    for stage in (2, 3) if args.only != "memory" else ():
         strategy = (
             [] if args.cpu else ["--config", str(STRATEGIES / f"deepspeed_stage{stage}.yaml")]
         )
@@ -253,12 +254,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.cpu:
         runs = {"fp32": [], "fp32_again": []}
     peaks = {}
-    for name, strategy in runs.items():
+    for name, strategy in runs.items() if args.only != "resume" else ():
         logs = out / "memory" / name
         result = cli(["fit", "--config", str(WIKITEXT), *strategy, "--data.init_args.data_dir",
                       str(corpus.parent), *wide, "--trainer.max_steps", str(args.memory_steps),
                       "--trainer.limit_val_batches", "0", "--trainer.log_every_n_steps", "1",
-                      "--trainer.enable_checkpointing", "false",
+                      "--trainer.callbacks", "[]", "--trainer.enable_checkpointing", "false",
                       "--trainer.logger.init_args.save_dir", str(logs)],
                      out / "memory" / f"{name}.log", env)  # fmt: skip
         text = (out / "memory" / f"{name}.log").read_text()
