@@ -539,7 +539,7 @@ warnings.filterwarnings("ignore", r"`isinstance\(treespec, LeafSpec\)` is deprec
 
 
 def _raise_interrupted(signum: int, frame: Any) -> None:
-    raise Interrupted(signum, stage="start-up")
+    raise Interrupted(signum, stage="run")
 
 
 def main(args: Optional[Sequence[str]] = None) -> int:
