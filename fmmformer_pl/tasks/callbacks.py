@@ -374,9 +374,11 @@ class BestMetricLogger(Callback):
                 if not isinstance(logger, TensorBoardLogger):
                     continue
                 if not self._declared:
+                    from lightning.fabric.utilities.logger import _convert_params, _flatten_dict
                     from torch.utils.tensorboard.summary import hparams
 
-                    params = {k: v for k, v in logger.hparams.items() if _scalar(v)}
+                    flat = _flatten_dict(_convert_params(dict(logger.hparams)))
+                    params = {k: v if _scalar(v) else str(v) for k, v in flat.items()}
                     for summary in hparams(params, {"hp_metric": self.best}):
                         logger.experiment._get_file_writer().add_summary(summary)
                     self._declared = True

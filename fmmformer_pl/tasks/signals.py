@@ -190,7 +190,7 @@ class StopOnSignal(Callback):
         path = None
         if self.checkpoint:
             path = str(run_checkpoint_dir(trainer) / CHECKPOINT_NAME)
-            trainer.save_checkpoint(path)
+            trainer.save_checkpoint(path, weights_only=False)  # the full state: a resume
         raise Interrupted(self._signum(), path, trainer.global_step, stage="fit")
 
     def _stop_evaluation(self, trainer: Trainer) -> None:
