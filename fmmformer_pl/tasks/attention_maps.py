@@ -25,6 +25,7 @@ from typing import Any, Optional
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_warn
 
 from fmmformer_pl.attention.layer import FMMAttention
 from fmmformer_pl.attention.naive import visible_keys
@@ -69,9 +70,11 @@ def attention_matrices(
                 field = field / math.sqrt(seq or length)
             fields.append(field)
         out["far_field"] = sum(fields)
-        coeffs = attn.blend.coefficients().detach().float()[:, head].mean(-1).tolist()
-        parts = ([near] if attn.blend.near is not None else []) + fields
-        out["blend"] = sum(c * f for c, f in zip(coeffs, parts, strict=True))
+        weights = [p for p in attn.blend.parameters()] + [b for b in attn.blend.buffers()]
+        if all(w.numel() > 0 for w in weights):  # (ZeRO-3 leaves only shards outside forward)
+            coeffs = attn.blend.coefficients().detach().float()[:, head].mean(-1).tolist()
+            parts = ([near] if attn.blend.near is not None else []) + fields
+            out["blend"] = sum(c * f for c, f in zip(coeffs, parts, strict=True))
     return out
 
 
@@ -95,7 +98,7 @@ class AttentionMapLogger(Callback):
 
     def _target(self, pl_module: LightningModule) -> Optional[FMMAttention]:
         layers = attention_layers(pl_module)
-        if self.layer >= len(layers) or layers[self.layer].config.kind == "softmax":
+        if not 0 <= self.layer < len(layers) or layers[self.layer].config.kind == "softmax":
             return None
         if self.head >= layers[self.layer].num_heads:
             return None
@@ -170,7 +173,14 @@ class AttentionMapLogger(Callback):
         heads, head_dim = attn.num_heads, attn.head_dim
         q = captured["q"].view(-1, heads, head_dim)[:, self.head]  # (L, head_dim)
         k = captured["k"].view(-1, heads, head_dim)[:, self.head]
-        matrices = attention_matrices(attn, q, k, captured.get("mask"), self.head, captured["seq"])
+        try:
+            matrices = attention_matrices(
+                attn, q, k, captured.get("mask"), self.head, captured["seq"]
+            )
+        except Exception as error:  # noqa: BLE001 - a picture must never end a training run
+            rank_zero_warn(f"AttentionMapLogger: no attention maps from now on ({error})")
+            self.layer = -1  # _target finds no layer: off for the rest of the run
+            return
         tag = f"attention/layer{self.layer}_head{self.head}"
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
