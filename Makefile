@@ -16,7 +16,8 @@ TORCH_PIP_ARGS ?=
 EXTRAS ?= dev,deepspeed,kernels-cpu
 STAMP := $(VENV)/.fmmformer-installed
 IMAGE ?= fmmformer-pl
-QUICKSTART_CKPT := logs/quickstart/checkpoints/last.ckpt
+# `latest` links to the folder of the newest quick-start fit: the one `make quickstart` just ran.
+QUICKSTART_CKPT := logs/quickstart/latest/checkpoints/last.ckpt
 
 .DEFAULT_GOAL := help
 .PHONY: help install quickstart test lint bench tensorboard docker-build docker-run clean

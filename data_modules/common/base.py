@@ -56,7 +56,10 @@ from torch.utils.data.distributed import DistributedSampler
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 from data_modules.common.cache import CACHE_DIRNAME, ArrayCache, CachedArrays, CacheWriter
-from data_modules.common.errors import DataFormatError, SkippedRowsWarning
+from data_modules.common.errors import DataFormatError, SkippedRowsWarning, TruncatedRowsWarning
+
+# torchdata 0.11 calls torch.set_vital, which torch 2.13 deprecated, in every loader it makes.
+warnings.filterwarnings("ignore", "'set_vital' is deprecated", UserWarning)
 
 __all__ = [
     "BadRows",
@@ -396,6 +399,16 @@ class ClassificationDataModule(LightningDataModule):
             writer.meta.update(skipped_rows=bad_rows.skipped, first_bad_row=bad_rows.first)
 
         cached = cache.get_or_build(builder)
+        truncated = int(cached.meta.get("truncated_rows", 0))
+        if truncated:  # on every load, not only when built: a cut row changes what is learnt
+            warnings.warn(
+                f"{type(self).__name__}: {truncated} of {cached.meta.get('rows', '?')} rows of the "
+                f"{source} split are longer than truncate_length={self.truncate_length} tokens "
+                f"and were cut to it (the longest has {cached.meta.get('longest_row', '?')}); "
+                "raise data.init_args.max_length to keep them whole",
+                TruncatedRowsWarning,
+                stacklevel=2,
+            )
         skipped = int(cached.meta.get("skipped_rows", 0))
         self.skipped_rows[source] = skipped
         if skipped and built:

@@ -69,3 +69,7 @@ class DataNotFoundError(DataError):
 
 class SkippedRowsWarning(UserWarning):
     """Malformed rows were skipped because the data module was built with ``on_bad_row="skip"``."""
+
+
+class TruncatedRowsWarning(UserWarning):
+    """Rows longer than the data module's ``truncate_length`` were cut to it (with the count)."""

@@ -517,9 +517,11 @@ class ListOpsDataModule(ClassificationDataModule):
     ) -> None:
         sequences = writer.sequences("input", np.uint8)
         labels: list[int] = []
-        unknown = 0
+        unknown = truncated = longest = 0
         for path in files:
             for _, ids, label in read_listops_tsv(path, bad_rows):
+                longest = max(longest, len(ids))
+                truncated += len(ids) > self.truncate_length
                 kept = ids[: self.truncate_length]
                 unknown += kept.count(UNK_ID)
                 sequences.append(kept)
@@ -531,7 +533,9 @@ class ListOpsDataModule(ClassificationDataModule):
                 stacklevel=2,
             )
         writer.save("label", np.asarray(labels, dtype=np.int64))
-        writer.meta.update(rows=len(labels), unknown_tokens=unknown)
+        writer.meta.update(
+            rows=len(labels), unknown_tokens=unknown, truncated_rows=truncated, longest_row=longest
+        )
 
 
 # ---------------------------------------------------------------------------------------------

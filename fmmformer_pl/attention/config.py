@@ -18,6 +18,7 @@ model dimension), an initial value, and is learnable or fixed. Examples (paper s
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
@@ -42,6 +43,16 @@ class BlendWeight:
     granularity: Granularity = "head"
     learnable: bool = True
     tied: Optional[Tie] = None
+
+    def __post_init__(self) -> None:
+        if self.granularity not in ("scalar", "head", "channel"):
+            raise ValueError(
+                f"blend weight granularity must be scalar, head or channel, got {self.granularity!r}"
+            )
+        if not math.isfinite(self.init):
+            raise ValueError(f"blend weight init must be a finite number, got {self.init}")
+        if self.tied not in (None, "one_minus_near"):
+            raise ValueError(f"blend weight tied must be 'one_minus_near' or null, got {self.tied!r}")
 
 
 @dataclass
@@ -76,3 +87,39 @@ class AttentionConfig:
     far_weights: list[BlendWeight] = field(default_factory=lambda: [BlendWeight()])
     far_group_weight: Optional[BlendWeight] = None
     backend: Backend = "auto"
+
+    def __post_init__(self) -> None:
+        # The errors a user meets from a YAML value, named by their config key.
+        from .feature_maps import FEATURE_MAPS
+
+        kinds = ("softmax", "linear", "band", "fmm")
+        if self.kind not in kinds:
+            raise ValueError(f"attention.kind must be one of {kinds}, got {self.kind!r}")
+        near, far = self.kind in ("band", "fmm"), self.kind in ("linear", "fmm")
+        if near and (isinstance(self.bandwidth, bool) or self.bandwidth < 1):
+            raise ValueError(
+                f"attention.bandwidth must be >= 1 (keys with |i - j| < bandwidth), got "
+                f"{self.bandwidth}"
+            )
+        if far:
+            if not self.feature_maps:
+                raise ValueError(f"attention.feature_maps: kind {self.kind!r} needs at least one")
+            unknown = [name for name in self.feature_maps if name not in FEATURE_MAPS]
+            if unknown:
+                raise ValueError(
+                    f"attention.feature_maps: unknown feature map {', '.join(map(repr, unknown))}; "
+                    "known: "
+                    f"{', '.join(sorted(FEATURE_MAPS))}"
+                )
+            if len(self.far_weights) not in (1, len(self.feature_maps)):
+                raise ValueError(
+                    f"attention.far_weights has {len(self.far_weights)} entries for "
+                    f"{len(self.feature_maps)} feature maps; give one entry per feature map, or a "
+                    "single entry"
+                )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"attention.dropout must lie in [0, 1), got {self.dropout}")
+        if self.backend not in ("auto", "reference", "cuda"):
+            raise ValueError(
+                f"attention.backend must be auto, reference or cuda, got {self.backend!r}"
+            )

@@ -35,6 +35,9 @@ class EncoderConfig:
     init: Literal["lra", "normal"] = "lra"
     attention: AttentionConfig = field(default_factory=AttentionConfig)
 
+    def __post_init__(self) -> None:
+        check_sizes("encoder", self)
+
 
 @dataclass
 class DecoderConfig:
@@ -78,3 +81,32 @@ class DecoderConfig:
     far_feature_normalize: bool = False
     far_eps: float = 0.0
     layer_norm_init_std: float = 0.0
+
+    def __post_init__(self) -> None:
+        check_sizes("decoder", self)
+        cutoffs = list(self.adaptive_softmax_cutoffs or [])
+        if any(c < 1 for c in cutoffs) or cutoffs != sorted(set(cutoffs)):
+            raise ValueError(
+                "decoder.adaptive_softmax_cutoffs must be increasing positive token ids, got "
+                f"{self.adaptive_softmax_cutoffs}"
+            )
+        if self.adaptive_softmax_div_value <= 0:
+            raise ValueError(
+                "decoder.adaptive_softmax_div_value must be > 0, got "
+                f"{self.adaptive_softmax_div_value}"
+            )
+
+
+def check_sizes(name: str, config: EncoderConfig | DecoderConfig) -> None:
+    """Raises ValueError, naming the config key, for a size or rate no model can have."""
+    for key in ("dim", "depth", "num_heads", "ffn_dim"):
+        value = getattr(config, key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name}.{key} must be a positive integer, got {value!r}")
+    if config.dim % config.num_heads:
+        raise ValueError(
+            f"{name}.dim ({config.dim}) must be a multiple of {name}.num_heads "
+            f"({config.num_heads}): each head gets dim / num_heads channels"
+        )
+    if not 0.0 <= config.dropout < 1.0:
+        raise ValueError(f"{name}.dropout must lie in [0, 1), got {config.dropout}")

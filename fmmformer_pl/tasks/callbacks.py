@@ -5,18 +5,22 @@
 - :class:`MajorityBaseline`: at the end of ``fit``, validation accuracy beside the accuracy of
   always predicting the most frequent training label.
 - :class:`PlainProgressBar`: one plain line every few steps, for logs that are not a terminal.
+- :class:`PeriodicCheckpoint`: a resumable checkpoint every few minutes of training, one file.
+- :class:`BestMetricLogger`: TensorBoard's ``hp_metric`` as the best validation metric so far.
 """
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from collections import deque
+from datetime import timedelta
 from typing import Any, Optional
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
-from lightning.pytorch.callbacks import ProgressBar
+from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from fmmformer_pl.tasks.base import TaskBase
@@ -266,3 +270,127 @@ class PlainProgressBar(ProgressBar):
         }
         line = " | ".join(f"{key} {value:.4g}" for key, value in sorted(metrics.items()))
         self._print(trainer, f"validation at step {trainer.global_step} | {line}")
+
+
+class PeriodicCheckpoint(ModelCheckpoint):
+    """A resumable checkpoint every ``minutes`` of training, or every ``steps`` optimiser steps,
+    saved mid-epoch at a step's end and kept as ONE file, ``periodic-step=<n>.ckpt`` (each new
+    one replaces the previous), beside the run's other checkpoints (``<log dir>/checkpoints``
+    unless ``dirpath`` says otherwise). A killed job loses at most that much training.
+
+    The CLI adds one to every fit (config key ``periodic_checkpoint``):
+
+        periodic_checkpoint:
+          minutes: 10      # by training time (the default)
+          steps: null      # or every n steps (takes precedence over minutes)
+
+    ``minutes: null`` with ``steps: null`` turns it off, as does
+    ``trainer.enable_checkpointing: false``. Under DDP rank 0's clock decides for all ranks.
+    """
+
+    def __init__(
+        self,
+        minutes: Optional[float] = 10.0,
+        steps: Optional[int] = None,
+        dirpath: Optional[str] = None,
+    ) -> None:
+        if minutes is not None and not (minutes > 0 and math.isfinite(minutes)):
+            raise ValueError(f"periodic_checkpoint.minutes must be > 0 or null, got {minutes}")
+        if steps is not None and steps < 1:
+            raise ValueError(f"periodic_checkpoint.steps must be >= 1 or null, got {steps}")
+        self.minutes, self.steps = minutes, steps
+        trigger: dict[str, Any] = {}
+        if steps is not None:
+            trigger["every_n_train_steps"] = steps
+        elif minutes is not None:
+            trigger["train_time_interval"] = timedelta(minutes=minutes)
+        super().__init__(
+            dirpath=dirpath, filename="periodic-{step}", monitor=None, save_top_k=1,
+            save_last=False, save_on_train_epoch_end=False, **trigger,
+        )  # fmt: skip
+
+    @property
+    def enabled(self) -> bool:
+        return self.minutes is not None or self.steps is not None
+
+    def on_train_batch_end(self, trainer: Trainer, *args: Any, **kwargs: Any) -> None:
+        if not self.enabled or self._should_skip_saving_checkpoint(trainer):
+            return
+        if not epoch_ends(trainer):
+            super().on_train_batch_end(trainer, *args, **kwargs)
+            return
+        # A checkpoint written after an epoch's last batch but before its end hooks resumes
+        # into the next epoch differently from the run that went on (Lightning 2.6): save
+        # that one at the epoch's end instead, where ModelCheckpoint itself saves.
+        now = time.monotonic()
+        due = self.steps is not None and trainer.global_step % self.steps == 0
+        if self.steps is None and self._last_time_checked is not None:
+            due = now - self._last_time_checked >= self._train_time_interval.total_seconds()
+            due = trainer.strategy.broadcast(due)  # rank 0's clock decides
+        self._save_at_epoch_end = bool(due)
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if getattr(self, "_save_at_epoch_end", False):
+            self._save_at_epoch_end = False
+            self._last_time_checked = time.monotonic()
+            self._save_none_monitor_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        pass  # periodic only: the config's own ModelCheckpoint saves at validations
+
+
+def epoch_ends(trainer: Trainer) -> bool:
+    """Whether the training batch that just ended is the last of its epoch."""
+    loop = trainer.fit_loop.epoch_loop
+    try:
+        return bool(loop.batch_progress.is_last_batch or loop._num_ready_batches_reached())
+    except Exception:  # noqa: BLE001 - private loop state; without it, treat as mid-epoch
+        return False
+
+
+class BestMetricLogger(Callback):
+    """Logs TensorBoard's ``hp_metric`` as the best value so far of ``val/acc`` (higher is
+    better) or ``val/ppl`` (lower is better), after each validation of a fit; the first one
+    also declares it in the HPARAMS tab beside the run's hyper-parameters. (Lightning's
+    default writes a constant -1; the CLI turns that off with ``default_hp_metric: false``.)
+    """
+
+    METRICS = {"val/acc": max, "val/ppl": min}
+
+    def __init__(self) -> None:
+        self.best: Optional[float] = None
+        self._declared = False
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero or trainer.state.fn != "fit":
+            return
+        for name, better in self.METRICS.items():
+            value = trainer.callback_metrics.get(name)
+            if value is None or value.numel() != 1:
+                continue
+            value = float(value)
+            self.best = value if self.best is None else better(self.best, value)
+            for logger in trainer.loggers:
+                if not isinstance(logger, TensorBoardLogger):
+                    continue
+                if not self._declared:
+                    from lightning.fabric.utilities.logger import _convert_params, _flatten_dict
+                    from torch.utils.tensorboard.summary import hparams
+
+                    flat = _flatten_dict(_convert_params(dict(logger.hparams)))
+                    params = {k: v if _scalar(v) else str(v) for k, v in flat.items()}
+                    for summary in hparams(params, {"hp_metric": self.best}):
+                        logger.experiment._get_file_writer().add_summary(summary)
+                    self._declared = True
+                logger.log_metrics({"hp_metric": self.best}, step=trainer.global_step)
+            return
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.best = state_dict.get("best")
+
+
+def _scalar(value: Any) -> bool:
+    return isinstance(value, (bool, int, float, str))
