@@ -179,7 +179,13 @@ class _Parsed(Exception):
 
 
 # The released LRA code's evaluation interval (run_tasks.py's eval_frequency), per task.
-RELEASED_EVAL_EVERY = {"listops": 50, "text": 500, "retrieval": 300, "image": 175, "pathfinder": 312}
+RELEASED_EVAL_EVERY = {
+    "listops": 50,
+    "text": 500,
+    "retrieval": 300,
+    "image": 175,
+    "pathfinder": 312,
+}
 LRA_CONFIGS = [p for p in RUN_CONFIGS if p.parts[-3] == "lra"]
 
 

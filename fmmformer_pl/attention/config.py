@@ -52,7 +52,9 @@ class BlendWeight:
         if not math.isfinite(self.init):
             raise ValueError(f"blend weight init must be a finite number, got {self.init}")
         if self.tied not in (None, "one_minus_near"):
-            raise ValueError(f"blend weight tied must be 'one_minus_near' or null, got {self.tied!r}")
+            raise ValueError(
+                f"blend weight tied must be 'one_minus_near' or null, got {self.tied!r}"
+            )
 
 
 @dataclass

@@ -219,7 +219,9 @@ def test_sharded_generation_depends_on_seed_and_shards_not_workers(tmp_path: Pat
     for split in ("train", "val", "test"):
         one = (tmp_path / "one" / f"basic_{split}.tsv").read_bytes()
         assert one == (tmp_path / "two" / f"basic_{split}.tsv").read_bytes()
-    rows = [r for s in ("train", "val", "test") for r in read_rows(tmp_path / "one" / f"basic_{s}.tsv")]
+    rows = [
+        r for s in ("train", "val", "test") for r in read_rows(tmp_path / "one" / f"basic_{s}.tsv")
+    ]
     assert len(rows) == 29 and len({source for source, _ in rows}) == 29
     assert '"shards": 3' in (tmp_path / "one" / "listops_generator.json").read_text()
     single = write_dataset(tmp_path / "single", 20, 4, 5, **dict(settings, shards=1))
