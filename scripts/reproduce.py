@@ -350,7 +350,9 @@ def report(out: Path) -> None:
                      f"{'—' if paper is None else f'{paper:.2f}'} |")  # fmt: skip
     (out / "table.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
-    curves = {r.name: read_curve(r, metric["val"]) for r in runs if r.result_file.exists()}
+    # Every run's curve, unfinished ones too (a reproduction in progress can be watched).
+    curves = {r.name: read_curve(r, metric["val"]) for r in runs}
+    curves = {name: points for name, points in curves.items() if points}
     with open(out / "curves.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["run", "step", metric["val"]])
