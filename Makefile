@@ -47,7 +47,7 @@ lint: $(STAMP) ## ruff (code) and hadolint (Dockerfile)
 	$(VENV)/bin/hadolint Dockerfile
 
 bench: $(STAMP) ## CPU attention benchmark (table + CSV); GPU ones: bench/attention_gpu.py, bench/train_throughput.py
-	$(PY) bench/attention_cpu.py --csv logs/bench_attention_cpu.csv
+	$(PY) bench/attention_cpu.py
 
 tensorboard: $(STAMP) ## Serve the TensorBoard logs in logs/ on http://localhost:6006
 	$(VENV)/bin/tensorboard --logdir logs --port 6006

@@ -8,8 +8,8 @@ Each written YAML is complete (no includes), so one file tells the whole run; th
 where they are changed, and tests/test_configs.py fails when a file and the script disagree.
 configs/quickstart.yaml is written by hand and not touched here.
 
-Sources: LRA sizes, batches, warmup and steps from the FMMformer paper (Appendix; the issue's
-table); the attention blends from ``fmmformer_pl.attention.blend.PAPER_SCHEMES`` (read off the
+Sources: LRA sizes, batches, warmup, steps, init, pooling, schedule and evaluation from the
+released LRA code (``lra_config.py``, ``run_tasks.py``; docs/reproduce.md); the attention blends from ``fmmformer_pl.attention.blend.PAPER_SCHEMES`` (read off the
 released code); WikiText-103 from the released ``lmtool-fwms`` README commands and its model and training
 code (Adam, lr 2.5e-4, warmup 2,000, cosine over 500,000 steps, clip 0.25, batch 96, context
 256, dropatt 0; the model's layout in WT103_DECODER).
@@ -205,7 +205,7 @@ STRATEGY_NOTES = {
     "compile_cudagraphs": "# torch.compile of the model, replayed as CUDA graphs (inductor's "
     "reduce-overhead):\n# no per-kernel launch cost. CUDA only; the first steps compile (about "
     "20 s), and each new\n# batch shape records another graph. LRA Retrieval on an H200: 7.0-7.3 "
-    "ms per step,\n# eager 14.6-23.5 (docs/gpu.md).\n",
+    "ms per step,\n# eager 14.6-23.5 (docs/benchmarks.md).\n",
 }
 
 

@@ -96,7 +96,7 @@ PLAN = {
     "chunk_bidir": 64,
     # Positions per step of the state kernels (a divisor of the chunk: segments are whole
     # chunks, the state kernels may walk them in smaller steps, with fewer registers; 32 was
-    # slower on the H200: 1.16 vs 0.95 ms bidirectional, docs/kernel_tune_graph2.csv).
+    # slower on the H200: 1.16 vs 0.95 ms bidirectional).
     "state_chunk": 64,
     # Chunks per program of the bidirectional main kernels (no state carried between them).
     "main_chunks_bidir": 1,
@@ -105,7 +105,7 @@ PLAN = {
     "min_segment_chunks": 4,
     # Up to this many chunks a causal (batch, head) is one segment: no forward state pass and no
     # cumsums (three launches fewer; the backward state pass always runs). Longer ones are split so that more programs run: at 1K tokens
-    # (16 chunks) one segment took 0.62 ms of GPU time, split 0.21 (docs/kernel_tune_1k.csv).
+    # (16 chunks) one segment took 0.62 ms of GPU time, split 0.21.
     "single_segment_chunks": 4,
     # Feature maps per call (1 or MAPS_PER_CALL). Two read the inputs once; one per call
     # keeps a causal walk's registers to one map's tiles.
@@ -115,7 +115,7 @@ PLAN = {
     # PAIR: both states in registers); the others walk once per map.
     "pair_maps_causal": ("fwd", "dq"),
 }
-# bench/far_tune.py --graph, H200, 64K tokens, r = 2 (docs/kernel_tune_graph.csv: kernel time
+# bench/far_tune.py --graph, H200, 64K tokens, r = 2 (kernel time
 # without launch overhead): a 128-register cap (two programs per SM) for the bidirectional
 # kernels (0.96 vs 1.32 ms); 4 warps and 3 stages for the causal ones (2.29 vs 2.88 ms with
 # chunks of 64, 8 warps: 4.1 ms).

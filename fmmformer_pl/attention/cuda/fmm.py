@@ -40,7 +40,7 @@ DC_IN_STATE_PASS = {"causal": True, "bidirectional": False}
 # Where the far kernels do not form the blend: whether the near field's forward kernel does,
 # run after the far fields (it reads them back, as the blend kernel would, but from inside a
 # kernel that is not bandwidth-bound, and one launch fewer), or the blend kernel. H200, 64K,
-# as above (bench/far_tune.py --graph --fields layer, docs/kernel_tune_layer.csv): causal
+# as above (bench/far_tune.py --graph --fields layer): causal
 # 1.762 against 1.807 ms; bidirectional with the far kernels' blend off, 1.589 against 1.632
 # (and 1.597-1.602 with it on: the two fused blends are even there).
 BLEND_IN_NEAR_FORWARD = {"causal": True, "bidirectional": True}

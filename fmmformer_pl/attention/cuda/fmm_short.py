@@ -53,12 +53,12 @@ from .near import _LOG2E, _tiles
 # (that many per row, in parallel), and the main kernel sums their states; with 0 every
 # program of the main kernel walks the whole row itself (one launch each way, but a chain of
 # seq / state_step dependent steps). pdl: the main kernels start under programmatic dependent
-# launch (Hopper only), beside their state kernels. H200, fwd+bwd as graph replays, the
-# ninth session (bench/far_tune.py --fields short; docs/kernel_tune_short_session9.csv):
+# launch (Hopper only), beside their state kernels. H200, fwd+bwd as graph replays
+# (bench/far_tune.py --fields short):
 # batch 1 x 8 heads x 64, band 64: 512 / 2,048 tokens 0.045-0.049 / 0.100 ms against 0.091 /
-# 0.115 on the general path, 4,096 tokens 0.185 against 0.163 (call 8); 1,024 tokens 0.065-0.066
-# against 0.091-0.092 (docs/short_pdl_session9.csv, calls 5-6); the LRA-like batch 16 x 2
-# heads x 32, band 5, 1K (512 blocks) 0.084 (call 5) against 0.123 (call 4); LRA Image's
+# 0.115 on the general path, 4,096 tokens 0.185 against 0.163; 1,024 tokens 0.065-0.066
+# against 0.091-0.092; the LRA-like batch 16 x 2
+# heads x 32, band 5, 1K (512 blocks) 0.084 against 0.123; LRA Image's
 # 256 x 2 x 32 (8,192 blocks) 1.15 against 1.10. state_segments 8: 3% faster at 1K, batch 1,
 # but 2% slower in the LRA-like batch and 25% at 512 tokens. Not measured: 2,048 tokens in
 # grids of 257-528 blocks (batch 2 x 8 heads), which max_seq 2,048 now sends here.
@@ -72,7 +72,7 @@ SHORT = {
 }
 # The backward at 4 warps: its two sides double the grid, and two programs fit on an SM
 # beside a reverse-state program (at 8 warps one fills it): 0.066 against 0.073 ms at 1K,
-# batch 1 (docs/short_pdl_session9.csv, call 5). At 8 warps, head_dim 32 and band 5 the
+# batch 1. At 8 warps, head_dim 32 and band 5 the
 # compiled backward faults on the H200 (an illegal address in every combination of PDL and
 # dropout tried; head_dim 64 or band 64 run), a setting the path does not use (the tests
 # cover 4 warps). Likely, not confirmed: at 8 warps Triton splits the narrow band's 16-key

@@ -3,7 +3,7 @@
 ``kernel[grid](*args, **kwargs)`` binds and specialises every argument on every call (Triton's
 generated binder, the cache key, the launch metadata): ~36 µs of Python for a 40-argument
 kernel on the H200 machine's host, against ~14 µs for the compiled kernel's own launcher
-(``docs/host_profile.txt``). A step of the FMM layer makes 16 launches, and at 64K tokens that
+(bench/host_profile.py). A step of the FMM layer makes 16 launches, and at 64K tokens that
 host work is about as long as the GPU work (``docs/gpu.md``).
 
 ``launch(kernel, grid, *args, **kwargs)`` does the same launch through two caches:

@@ -168,7 +168,7 @@ def _band_fwd_kernel(
 
 
 # Launch settings (tuned on an H200, bf16, head_dim 64; see docs/gpu.md).
-# bench/far_tune.py, H200, 64K tokens (docs/kernel_tune_eager.csv): 4 warps beat 8 (0.90 vs
+# bench/far_tune.py, H200, 64K tokens: 4 warps beat 8 (0.90 vs
 # 1.46 ms bidirectional, 0.96 vs 1.24 causal); 64 x 64 blocks beat 128 x 64, 64 x 32, 32 x 32.
 LAUNCH = {
     "fwd": dict(num_warps=4, num_stages=2),
@@ -181,7 +181,7 @@ LAUNCH = {
 # 64 x 64; narrow: ``NARROW_TILES``). The merged kernel reads q, k, v, out and dout once per
 # block instead of once per kernel, and writes no delta, but needs 255 registers at 4 warps
 # (the dk/dv kernel 220, dq 165: bench/kernel_sass.py --field near). H200, band 64, 64K,
-# fwd+bwd as graph replays (docs/kernel_tune_near_merged.csv): 0.546 / 0.476 ms merged
+# fwd+bwd as graph replays: 0.546 / 0.476 ms merged
 # against 0.532 / 0.440 in two kernels (bidirectional / causal); 8 warps 1.01 / 0.79. LRA
 # Retrieval's near field (band 5, 16-tiles): 0.772 / 0.682 against 0.778 / 0.681, even.
 MERGED_BACKWARD = {"wide": False, "narrow": False}
