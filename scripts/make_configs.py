@@ -99,7 +99,7 @@ def lra_config(task: str, variant: str) -> dict[str, Any]:
         "logger": tensorboard(f"lra/{task}/{variant}"),
         "callbacks": [
             checkpoint("val/acc", "max", save_last=False),
-            latest_checkpoint(spec["val_every"]),
+            latest_checkpoint(),
         ],
     }
     # Every data module finds its files under data/ (the unpacked release or data set there).
@@ -159,7 +159,7 @@ def wikitext_config(variant: str) -> dict[str, Any]:
             "gradient_clip_val": 0.25,
             "val_check_interval": 4000,
             "logger": tensorboard(f"wikitext103/{variant}"),
-            "callbacks": [checkpoint("val/ppl", "min", save_last=False), latest_checkpoint(4000)],
+            "callbacks": [checkpoint("val/ppl", "min", save_last=False), latest_checkpoint()],
         },
         "model": {
             "class_path": "fmmformer_pl.tasks.LanguageModelTask",
@@ -232,13 +232,16 @@ def checkpoint(monitor: str, mode: str, save_last: bool = True) -> dict[str, Any
     }
 
 
-def latest_checkpoint(every_n_steps: int) -> dict[str, Any]:
-    """``last.ckpt`` every ``every_n_steps`` steps, whatever the metrics: a killed run loses
-    at most that many steps (one validation interval) and resumes from there."""
+def latest_checkpoint() -> dict[str, Any]:
+    """``last.ckpt`` (and ``latest-step=N.ckpt``) at every validation, whatever the metrics:
+    a killed run loses at most one validation interval and resumes from there. (The step,
+    maximised, always improves; a plain ``monitor: null`` would share a user-added
+    ModelCheckpoint's state key.)"""
     return {
         "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
         "init_args": {
-            "every_n_train_steps": every_n_steps,
+            "monitor": "step",
+            "mode": "max",
             "save_top_k": 1,
             "save_last": True,
             "filename": "latest-{step}",

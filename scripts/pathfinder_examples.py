@@ -1,6 +1,6 @@
 """Draw a grid of generated Pathfinder-32 and Path-X (128) images, positives and negatives.
 
-    python scripts/pathfinder_examples.py [--out docs/pathfinder_examples.png] [--seed 0]
+    python scripts/pathfinder_examples.py [--out FILE] [--seed 0]   # results/pathfinder_examples.png
 
 Rows: Pathfinder-32 label 1, label 0 (shown 4x larger, nearest neighbour, so each pixel stays
 visible), Path-X label 1, label 0 (native size). Images are the generator's output as written
@@ -40,7 +40,7 @@ def first_of_each_label(size: int, seed: int, per_label: int) -> dict[int, list[
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("docs/pathfinder_examples.png"))
+    parser.add_argument("--out", type=Path, default=Path("results/pathfinder_examples.png"))
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     rows = []

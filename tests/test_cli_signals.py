@@ -54,7 +54,8 @@ def fit_args(data_root: Path, *extra: str) -> list[str]:
             "--model.init_args.encoder.dropout", "0",
             "--model.init_args.encoder.attention.dropout", "0",
             "--model.init_args.optim.warmup_steps", "2", "--trainer.max_steps", str(STEPS),
-            "--trainer.val_check_interval", "1.0", "--trainer.limit_val_batches", "1",
+            "--trainer.val_check_interval", "1.0", "--trainer.check_val_every_n_epoch", "1",
+            "--trainer.limit_val_batches", "1",
             "--trainer.log_every_n_steps", "1", "--seed_everything", "7", *extra]  # fmt: skip
 
 

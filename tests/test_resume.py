@@ -45,7 +45,8 @@ def fit(args: list[str], folder: Path, monkeypatch, *extra: str):
     folder.mkdir()
     monkeypatch.chdir(folder)  # logs/ and checkpoints land here
     return build_cli(["fit", *args, "--seed_everything", "7", "--trainer.log_every_n_steps", "1",
-                      "--trainer.limit_val_batches", "1", "--trainer.val_check_interval", "1.0", *extra])  # fmt: skip
+                      "--trainer.limit_val_batches", "1", "--trainer.val_check_interval", "1.0",
+                      "--trainer.check_val_every_n_epoch", "1", *extra])  # fmt: skip
 
 
 def assert_same_run(straight, resumed) -> None:

@@ -114,7 +114,9 @@ def build_scheduler(
     if total_steps <= 0:
         raise ValueError(f"the schedule needs a positive number of steps, got {total_steps}")
     if cfg.schedule == "one_cycle":
-        pct_start = min(max(cfg.warmup_steps / total_steps, 1e-6), 0.999)
+        # A one-step warm-up counts as none: OneCycleLR cannot end a phase at step 0.
+        warmup = cfg.warmup_steps if cfg.warmup_steps > 1 else 0
+        pct_start = min(max(warmup / total_steps, 1e-6), 0.999)
         return torch.optim.lr_scheduler.OneCycleLR(
             optimizer,
             max_lr=cfg.lr,
