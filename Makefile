@@ -38,8 +38,11 @@ quickstart: $(STAMP) ## Train an FMMformer on generated ListOps (CPU, a few minu
 	$(PY) cli.py fit --config configs/quickstart.yaml
 	$(PY) cli.py test --config configs/quickstart.yaml --ckpt_path $(QUICKSTART_CKPT)
 
+# Test processes (pytest-xdist); the suite's Python-bound kernel-interpreter tests halve on 2 cores.
+TEST_WORKERS ?= 2
+
 test: $(STAMP) ## Run the test suite (GPU tests are skipped without CUDA)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS)
 
 lint: $(STAMP) ## ruff (code) and hadolint (Dockerfile)
 	$(VENV)/bin/ruff check .
