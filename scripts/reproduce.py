@@ -222,7 +222,7 @@ class Scheduler:
         log = open(run.folder / f"{stage}.log", "a")
         log.write(f"\n$ {' '.join(command)}\n")
         log.flush()
-        # A session of its own: a terminal's Ctrl-C reaches this script only, which stops the
+        # Its own process group: a terminal's Ctrl-C reaches this script only, which stops the
         # children in order (each saves its state) instead of all at once.
         child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
                                  start_new_session=True)  # fmt: skip
