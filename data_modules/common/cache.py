@@ -40,11 +40,7 @@ from typing import Any
 import numpy as np
 
 from data_modules.common.errors import DataError
-
-try:  # POSIX only; on other systems the atomic rename is the only protection.
-    import fcntl
-except ImportError:  # pragma: no cover - exercised on Windows only
-    fcntl = None  # type: ignore[assignment]
+from data_modules.common.locks import file_lock
 
 __all__ = [
     "CACHE_DIRNAME",
@@ -259,15 +255,8 @@ class ArrayCache:
                 f"Cannot create the cache folder {self.root} ({error.strerror}); pass a writable "
                 "cache_dir to the data module."
             ) from error
-        if fcntl is None:  # pragma: no cover
+        with file_lock(self.root / f"{self.name}-{self.key}.lock"):
             yield
-            return
-        with open(self.root / f"{self.name}-{self.key}.lock", "a") as handle:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
     def get_or_build(self, builder: Callable[[CacheWriter], None]) -> CachedArrays:
         """Load the entry, building it first with ``builder`` if it is missing or incomplete.

@@ -40,12 +40,8 @@ import numpy as np
 from data_modules.common.base import BadRowPolicy, BadRows, ClassificationDataModule
 from data_modules.common.cache import CacheWriter
 from data_modules.common.errors import DataError, DataFormatError, DataNotFoundError
+from data_modules.common.locks import file_lock
 from data_modules.common.paths import LRA_DOWNLOAD_HINT, resolve_task_dir
-
-try:
-    import fcntl
-except ImportError:  # pragma: no cover - Windows
-    fcntl = None  # type: ignore[assignment]
 
 __all__ = [
     "END",
@@ -381,15 +377,8 @@ def read_listops_tsv(
 @contextlib.contextmanager
 def _dir_lock(folder: Path) -> Iterator[None]:
     folder.mkdir(parents=True, exist_ok=True)
-    if fcntl is None:  # pragma: no cover
+    with file_lock(folder / ".listops_generate.lock"):
         yield
-        return
-    with open(folder / ".listops_generate.lock", "a") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
 class ListOpsDataModule(ClassificationDataModule):

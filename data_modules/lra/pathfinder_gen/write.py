@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from data_modules.common.locks import file_lock
 from data_modules.lra.pathfinder_gen.draw import draw_sample
 from data_modules.lra.pathfinder_gen.settings import (
     DIFFICULTY_CONTOUR_LENGTH,
@@ -41,11 +42,6 @@ from data_modules.lra.pathfinder_gen.settings import (
     difficulty_name,
     lra_settings,
 )
-
-try:
-    import fcntl
-except ImportError:  # pragma: no cover - Windows
-    fcntl = None  # type: ignore[assignment]
 
 __all__ = [
     "MANIFEST",
@@ -97,15 +93,8 @@ def _draw_chunk(job: tuple) -> tuple[int, int, list[str]]:
 def directory_lock(folder: Path, name: str = ".pathfinder_generate.lock") -> Iterator[None]:
     """An exclusive ``flock`` on ``folder/name`` (no-op where ``fcntl`` is missing)."""
     folder.mkdir(parents=True, exist_ok=True)
-    if fcntl is None:  # pragma: no cover
+    with file_lock(folder / name):
         yield
-        return
-    with open(folder / name, "a") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
 class Progress:
