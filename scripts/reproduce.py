@@ -6,6 +6,8 @@ PNG of the validation curves.
     python scripts/reproduce.py lra --task text --data-dir data --variants softmax fmm2_band5
     python scripts/reproduce.py lm --data-dir data/wikitext-103 --parallel 4 -- --trainer.max_steps=2000
     python scripts/reproduce.py report results/reproduce/lra-listops   # tables and plot again
+    python scripts/reproduce.py compare results/reproduce/lra-listops results/reproduce/lra-listops-fp32 \\
+        --labels "paper config" "fp32" --variants fmm2_band5       # an ablation in one table and plot
 
 Each run is ``python cli.py fit --config configs/<lra/<task>|wikitext103>/<variant>.yaml`` then
 ``python cli.py test ... --ckpt_path <best checkpoint>``, in its own folder
@@ -401,6 +403,90 @@ def plot_curves(out: Path) -> None:
     print(f"wrote {out / 'val_curves.png'}")
 
 
+def compare(
+    outs: list[Path], labels: list[str] | None, to: Path, variants: list[str] | None = None
+) -> None:
+    """One table and one plot over several reproductions of the same task that differ in
+    their ``--`` options (an ablation): ``compare.csv`` (every run), ``compare.md`` (test
+    accuracy per setting and variant, mean +- std over seeds) and ``compare.png`` (validation
+    curves, one colour per setting)."""
+    metas = []
+    for out in outs:
+        if not (out / "reproduce.json").exists():
+            raise UsageError(f"{out} holds no reproduction (no reproduce.json)")
+        metas.append(json.loads((out / "reproduce.json").read_text()))
+    if len({(m.get("kind", "lra"), m["task"]) for m in metas}) > 1:
+        raise UsageError("compare takes reproductions of one task")
+    if labels is None:
+        labels = [" ".join(m.get("cli_args") or []) or "paper config" for m in metas]
+    if len(labels) != len(outs):
+        raise UsageError(f"{len(outs)} reproductions but {len(labels)} labels")
+    metric = METRICS[metas[0].get("kind", "lra")]
+    test, scale, unit = metric["test"], metric["scale"], metric["unit"]
+    rows, curves = [], {}
+    for out, meta, label in zip(outs, metas, labels, strict=True):
+        for variant in meta["variants"]:
+            if variants and variant not in variants:
+                continue
+            for seed in meta["seeds"]:
+                run = Run(variant, seed, Path(meta["configs"][variant]),
+                          out / "runs" / f"{variant}-seed{seed}")  # fmt: skip
+                if run.result_file.exists():
+                    rows.append(dict(json.loads(run.result_file.read_text()), setting=label))
+        with open(out / "curves.csv", newline="") as handle:
+            reader = csv.reader(handle)
+            next(reader)
+            for name, step, value in reader:
+                if not variants or name.rsplit("-seed", 1)[0] in variants:
+                    curves.setdefault((label, name), []).append((int(step), float(value)))
+    if not rows:
+        raise UsageError("no finished run in these reproductions")
+    to.mkdir(parents=True, exist_ok=True)
+    fields = ["setting", "variant", "seed", test, "best_val", "best_step"]
+    with open(to / "compare.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fields, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    lines = [f"| setting | variant | test {unit}, mean +- std (each seed) | best validation "
+             f"{unit} |", "|---|---|---|---|"]  # fmt: skip
+    for label in labels:
+        for variant in dict.fromkeys(r["variant"] for r in rows if r["setting"] == label):
+            mine = sorted((r for r in rows if (r["setting"], r["variant"]) == (label, variant)),
+                          key=lambda r: r["seed"])  # fmt: skip
+            acc = _mean_std([scale * r[test] for r in mine])
+            val = _mean_std([scale * r["best_val"] for r in mine])
+            each = ", ".join(f"{scale * r[test]:.2f}" for r in mine)
+            lines.append(f"| {label} | {variant} | {acc[0]:.2f} +- {acc[1]:.2f} ({each}) | "
+                         f"{val[0]:.2f} +- {val[1]:.2f} |")  # fmt: skip
+    (to / "compare.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is missing (pip install -e '.[plots]'): no PNG written")
+        return
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    colours = dict(zip(labels, plt.rcParams["axes.prop_cycle"].by_key()["color"], strict=False))
+    labelled = set()
+    for (label, name), points in sorted(curves.items()):
+        steps, values = zip(*sorted(points), strict=False)
+        many = len({r["variant"] for r in rows}) > 1
+        legend = f"{label}: {name.rsplit('-seed', 1)[0]}" if many else label
+        ax.plot(steps, values, color=colours[label], alpha=0.8, lw=1,
+                label=None if legend in labelled else legend)  # fmt: skip
+        labelled.add(legend)
+    ax.set(xlabel="training step", ylabel=metric["val"],
+           title=f"{metas[0]['task']}: {metric['val']} per run, by setting")  # fmt: skip
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(to / "compare.png", dpi=120)
+    print(f"wrote {to / 'compare.png'}")
+
+
 # ---------------------------------------------------------------------------------- main
 def _common(parser: argparse.ArgumentParser, variants: tuple[str, ...], seeds: list[int]) -> None:
     parser.add_argument("--variants", nargs="+", choices=variants, default=list(variants))
@@ -423,6 +509,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     _common(lm, LM_VARIANTS, [0])
     rep = commands.add_parser("report", help="write the tables and the plot again")
     rep.add_argument("out", type=Path)
+    cmp = commands.add_parser("compare", help="one table and plot over several reproductions "
+                              "of one task (an ablation)")  # fmt: skip
+    cmp.add_argument("outs", type=Path, nargs="+", help="reproduction folders")
+    cmp.add_argument("--labels", nargs="+", help="one per folder (default: its -- options)")
+    cmp.add_argument("--to", type=Path, default=Path("results/reproduce/compare"))
+    cmp.add_argument("--variants", nargs="+", help="only these variants (default: all)")
     return parser.parse_args(argv)
 
 
@@ -433,6 +525,9 @@ def main(argv: list[str] | None = None) -> int:
             if not (args.out / "reproduce.json").exists():
                 raise UsageError(f"{args.out} holds no reproduction (no reproduce.json)")
             report(args.out)
+            return 0
+        if args.command == "compare":
+            compare(args.outs, args.labels, args.to, args.variants)
             return 0
         return reproduce(args)
     except UsageError as error:

@@ -95,3 +95,39 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path):
     result = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert result.stderr.startswith("error: ") and "Traceback" not in result.stderr
+
+
+def _finished(out: Path, accs: dict[int, float], cli_args: list[str]) -> Path:
+    """A reproduction folder as ``reproduce.py lra`` leaves it, for fmm2_band5 x seeds."""
+    config = str(ROOT / "configs" / "lra" / "listops" / "fmm2_band5.yaml")
+    meta = {"kind": "lra", "task": "listops", "variants": ["fmm2_band5"], "seeds": list(accs),
+            "configs": {"fmm2_band5": config}, "cli_args": cli_args}  # fmt: skip
+    out.mkdir(parents=True)
+    (out / "reproduce.json").write_text(json.dumps(meta))
+    curves = ["run,step,val/acc"]
+    for seed, acc in accs.items():
+        run = out / "runs" / f"fmm2_band5-seed{seed}"
+        run.mkdir(parents=True)
+        result = {"variant": "fmm2_band5", "seed": seed, "test/acc": acc, "best_val": acc,
+                  "best_step": 50}  # fmt: skip
+        (run / "result.json").write_text(json.dumps(result))
+        curves += [f"fmm2_band5-seed{seed},50,{acc}", f"fmm2_band5-seed{seed},100,{acc}"]
+    (out / "curves.csv").write_text("\n".join(curves) + "\n")
+    return out
+
+
+def test_compare_puts_an_ablation_in_one_table(tmp_path, capsys):
+    paper = _finished(tmp_path / "paper", {0: 0.2, 1: 0.4}, [])
+    fp32 = _finished(tmp_path / "fp32", {0: 0.5}, ["--trainer.precision=32-true"])
+    to = tmp_path / "cmp"
+    assert reproduce.main(["compare", str(paper), str(fp32), "--to", str(to)]) == 0
+    table = (to / "compare.md").read_text().splitlines()
+    assert (
+        table[2] == "| paper config | fmm2_band5 | 30.00 +- 14.14 (20.00, 40.00) | 30.00 +- 14.14 |"
+    )
+    assert table[3].startswith("| --trainer.precision=32-true | fmm2_band5 | 50.00 +- 0.00 (50.00)")
+    rows = (to / "compare.csv").read_text().splitlines()
+    assert rows[0] == "setting,variant,seed,test/acc,best_val,best_step" and len(rows) == 4
+    capsys.readouterr()
+    assert reproduce.main(["compare", str(paper), str(fp32), "--labels", "one"]) == 2
+    assert "2 reproductions but 1 labels" in capsys.readouterr().err
