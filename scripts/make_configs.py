@@ -53,7 +53,9 @@ LRA_ENCODER = dict(
 # warmup, steps, validation every n steps (the released eval_frequency). Image and Pathfinder
 # fix N = 1024.
 LRA_TASKS: dict[str, dict[str, Any]] = {
-    "listops": dict(data="ListOpsDataModule", lengths=dict(max_length=2048),
+    # tokenizer lra: the released data were made by LRA's public input pipeline, which keeps
+    # alphanumeric tokens only (no closing brackets).
+    "listops": dict(data="ListOpsDataModule", lengths=dict(max_length=2048, tokenizer="lra"),
                     batch=32, warmup=1000, steps=5000, val_every=50),
     "text": dict(data="TextDataModule", lengths=dict(max_length=1024, truncate_length=1000),
                  batch=32, warmup=8000, steps=20000, val_every=500),

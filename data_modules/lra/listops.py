@@ -8,9 +8,18 @@ A ListOps example is a nested list operation over the digits 0-9; the label is i
 Operators: ``[MIN`` min, ``[MAX`` max, ``[MED`` ``int(median)`` (mean of the middle two,
 truncated, when the count is even), ``[SM`` sum mod 10. ``]`` closes an operator.
 
-Official tokenisation (LRA): replace ``]`` by ``X``, delete ``(`` and ``)``, split on white space.
-Vocabulary: ``<pad>`` 0, ``<unk>`` 1, then ``[MIN [MAX [MED [SM X 0 1 ... 9`` (ids 2-16), 17 in all.
-A tree's ``length`` (tokens) equals its token count after this tokenisation.
+Two tokenisations (``ListOpsDataModule(tokenizer=...)``):
+
+* ``brackets``: replace ``]`` by ``X``, delete ``(`` and ``)``, split on white space. Every
+  operator keeps its closing token, so the tree is recoverable from the sequence. A tree's
+  ``length`` (tokens) equals its token count after this tokenisation.
+* ``lra``: LRA's public input pipeline (``lra_benchmarks/listops/input_pipeline.py``), which the
+  released LRA code used to make its data: ``tfds`` ``Tokenizer()`` keeps alphanumeric runs
+  only, so ``[MAX`` becomes ``MAX`` and ``]``, ``(`` and ``)`` are dropped. Without the closing
+  tokens the nesting is ambiguous; the paper's ListOps numbers were measured on this.
+
+Vocabulary (both): ``<pad>`` 0, ``<unk>`` 1, then ``[MIN [MAX [MED [SM X 0 1 ... 9`` (ids 2-16),
+17 in all (``lra`` never produces ``X``).
 
 Generate a data set (the format of ``lra_release/listops-1000/basic_{train,val,test}.tsv``)::
 
@@ -318,13 +327,27 @@ def write_dataset(
 _LABEL = re.compile(r"[0-9]+")
 
 
-def tokenize(source: str) -> list[int]:
-    """LRA's tokenisation: ``]`` -> ``X``, drop parentheses, split; unknown symbols -> ``<unk>``."""
+TOKENIZERS = ("brackets", "lra")
+_WORD = re.compile(r"\w+")  # tfds Tokenizer(alphanum_only=True): runs of [A-Za-z0-9_]
+# The alphanumeric part of each operator -> its id ("MAX" -> the id of "[MAX").
+_LRA_IDS = {**TOKEN_IDS, **{op.lstrip("["): TOKEN_IDS[op] for op in OPERATORS}}
+
+
+def tokenize(source: str, tokenizer: str = "brackets") -> list[int]:
+    """Token ids of one ``Source``; unknown symbols -> ``<unk>`` (module docstring).
+
+    brackets: ``]`` -> ``X``, parentheses dropped, split on white space.
+    lra: alphanumeric runs only (``[MAX`` -> ``MAX``; ``]``, ``(``, ``)`` dropped).
+    """
+    if tokenizer == "lra":
+        return [_LRA_IDS.get(word, UNK_ID) for word in _WORD.findall(source)]
     symbols = source.replace("]", "X").replace("(", "").replace(")", "").split()
     return [TOKEN_IDS.get(symbol, UNK_ID) for symbol in symbols]
 
 
-def parse_row(line: bytes, path: str | Path, line_number: int) -> tuple[list[int], int]:
+def parse_row(
+    line: bytes, path: str | Path, line_number: int, tokenizer: str = "brackets"
+) -> tuple[list[int], int]:
     """One data line (without its newline) -> ``(token ids, label)``; else ``DataFormatError``."""
     try:
         text = line.decode("utf-8")
@@ -343,14 +366,14 @@ def parse_row(line: bytes, path: str | Path, line_number: int) -> tuple[list[int
     label = int(target)
     if label > 9:
         raise DataFormatError(path, line_number, "a Target in the range 0-9", target)
-    ids = tokenize(source)
+    ids = tokenize(source, tokenizer)
     if not ids:
         raise DataFormatError(path, line_number, "a non-empty Source", source)
     return ids, label
 
 
 def read_listops_tsv(
-    path: str | Path, bad_rows: BadRows | None = None
+    path: str | Path, bad_rows: BadRows | None = None, tokenizer: str = "brackets"
 ) -> Iterator[tuple[int, list[int], int]]:
     """Yield ``(line number, token ids, label)`` per data row of a ``basic_*.tsv`` file.
 
@@ -364,7 +387,7 @@ def read_listops_tsv(
             raise DataFormatError(path, 1, "the header 'Source<TAB>Target'", header[:80])
         for line_number, line in enumerate(handle, start=2):
             try:
-                ids, label = parse_row(line.removesuffix(b"\n"), path, line_number)
+                ids, label = parse_row(line.removesuffix(b"\n"), path, line_number, tokenizer)
             except DataFormatError as error:
                 bad_rows(error)
                 continue
@@ -394,6 +417,8 @@ class ListOpsDataModule(ClassificationDataModule):
     0-9. ``vocab_size`` 17, ``num_classes`` 10. The paper's runs pad to 2,048 (the default).
 
     Args (beyond :class:`ClassificationDataModule`'s):
+        tokenizer: ``brackets`` (closing tokens kept) or ``lra`` (the released pipeline's:
+            alphanumeric tokens only, so no closing tokens); module docstring.
         generate: make the data if ``data_dir`` has none.
         generate_train / generate_val / generate_test: trees per split (LRA: 96,000 / 2,000 / 2,000).
         generate_min_length / generate_max_length: keep trees with ``min < length < max``.
@@ -416,6 +441,7 @@ class ListOpsDataModule(ClassificationDataModule):
         on_bad_row: BadRowPolicy = "error",
         cache_dir: str | None = None,
         truncate_length: int | None = None,
+        tokenizer: str = "brackets",
         generate: bool = False,
         generate_train: int = 96_000,
         generate_val: int = 2_000,
@@ -431,6 +457,9 @@ class ListOpsDataModule(ClassificationDataModule):
             data_dir, batch_size, max_length, num_workers, pin_memory, on_bad_row, cache_dir,
             truncate_length,
         )  # fmt: skip
+        if tokenizer not in TOKENIZERS:
+            raise ValueError(f"tokenizer must be one of {TOKENIZERS}, got {tokenizer!r}")
+        self.tokenizer = tokenizer
         if generate and generate_max_length - 1 > self.truncate_length:
             raise ValueError(
                 f"generated trees have up to generate_max_length - 1 = {generate_max_length - 1} "
@@ -463,6 +492,12 @@ class ListOpsDataModule(ClassificationDataModule):
 
     def _files(self) -> list[str]:
         return [f"basic_{split}.tsv" for split in SPLITS]
+
+    def cache_settings(self) -> dict:
+        settings = super().cache_settings()
+        if self.tokenizer != "brackets":  # caches made before the option keep their key
+            settings["listops_tokenizer"] = self.tokenizer
+        return settings
 
     def _ensure_generated(self) -> None:
         with _dir_lock(self.data_dir):
@@ -508,7 +543,7 @@ class ListOpsDataModule(ClassificationDataModule):
         labels: list[int] = []
         unknown = truncated = longest = 0
         for path in files:
-            for _, ids, label in read_listops_tsv(path, bad_rows):
+            for _, ids, label in read_listops_tsv(path, bad_rows, self.tokenizer):
                 longest = max(longest, len(ids))
                 truncated += len(ids) > self.truncate_length
                 kept = ids[: self.truncate_length]

@@ -35,6 +35,30 @@ def test_tokenize_follows_lra() -> None:
     assert tokenize("[SM 1 [FOO ] )") == [5, 8, 1, 6]  # unknown symbol -> <unk> (1)
 
 
+def test_lra_tokenizer_is_the_released_pipeline() -> None:
+    """LRA's input_pipeline.py: tfds ``Tokenizer()`` keeps alphanumeric runs only, so the
+    operators lose their ``[`` and every ``]``, ``(`` and ``)`` is dropped."""
+    source = "( ( ( ( [MAX 3 ) 4 ) ( ( [MIN 0 9 ] ) ) ] )"
+    assert tokenize(source, "lra") == [3, 10, 11, 2, 7, 16]
+    assert tokenize(source) == [3, 10, 11, 2, 7, 16, 6, 6]  # brackets: ] -> X kept
+    assert tokenize("[SM 1 [FOO ] )", "lra") == [5, 8, 1]  # unknown word -> <unk> (1)
+
+
+def test_lra_tokenizer_caches_apart(make_listops) -> None:
+    folder = make_listops()
+    brackets = ListOpsDataModule(str(folder), batch_size=2, max_length=12)
+    lra = ListOpsDataModule(str(folder), batch_size=2, max_length=12, tokenizer="lra")
+    for dm in (brackets, lra):
+        dm.prepare_data()
+        dm.setup("fit")
+    source = LISTOPS_ROWS["train"][1][0]
+    assert lra.dataset("train")[1]["input"].tolist() == tokenize(source, "lra")
+    assert brackets.dataset("train")[1]["input"].tolist() == tokenize(source)
+    assert 6 not in lra.dataset("train")[1]["input"].tolist()
+    with pytest.raises(ValueError, match="tokenizer must be one of"):
+        ListOpsDataModule(str(folder), tokenizer="s4")
+
+
 def test_properties_known_without_data(tmp_path) -> None:
     dm = ListOpsDataModule(str(tmp_path / "does-not-exist"), max_length=300)
     assert (dm.vocab_size, dm.num_classes, dm.max_length) == (17, 10, 300)
