@@ -9,7 +9,7 @@
     plan.py      KernelPlan: every tuning setting, frozen, passed down
 
 Each ``op.py`` has one entry (``*_kernel``) returning None for a case its kernels do not
-cover; ``attention/dispatch.py`` is the only caller outside ``ops/``. The ``naive.py``
+cover; in the app ``attention/dispatch.py`` is their only caller. The ``naive.py``
 references are pure PyTorch; importing this package, ``plan.py`` or a ``naive.py`` imports no
 triton.
 """

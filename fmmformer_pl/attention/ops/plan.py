@@ -12,6 +12,7 @@ settings tuned on an H200 (bf16, head_dim 64); ``docs/kernels.md`` says what eac
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,11 @@ class Launch:
     maxnreg: int | None = None
 
     def options(self) -> dict:
+        """The keyword arguments of a launch (built once: a step launches a dozen kernels)."""
+        return self._options
+
+    @cached_property
+    def _options(self) -> dict:
         out = {"num_warps": self.num_warps, "num_stages": self.num_stages}
         if self.maxnreg is not None:
             out["maxnreg"] = self.maxnreg
