@@ -280,9 +280,7 @@ def settings():
         out += [("layer", mode, {knob: v}) for knob, values in LAYER_KNOBS.items() for v in values]
         # Where the far kernels do not blend: the near kernel or the blend kernel.
         no_far = {"switch:far_forms_blend": False}
-        out += [
-            ("layer", mode, {**no_far, "switch:near_forms_blend": v}) for v in (True, False)
-        ]
+        out += [("layer", mode, {**no_far, "switch:near_forms_blend": v}) for v in (True, False)]
     out.append(("short", "bidirectional", {}))
     out += [("short", "bidirectional", {k: v}) for k, values in SHORT_KNOBS.items() for v in values]
     # The blend has no mask: one mode.
