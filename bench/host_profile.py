@@ -6,7 +6,7 @@ Short sequences are host-bound: the GPU waits for Python to launch the kernels. 
 (1) what one launch costs on this host: an empty aten op, ``torch.empty``, and a Triton kernel
 with 40 arguments launched through ``JITFunction.__getitem__`` (Triton's usual path),
 through the compiled kernel's own ``run`` (no argument binding) and through our
-``cuda/launch.py`` (a cached compiled kernel behind a key of the arguments); (2) the wall time per eager
+``ops/common/launch.py`` (a cached compiled kernel behind a key of the arguments); (2) the wall time per eager
 step of each variant, with the GPU synchronised once per ``--steps`` steps (host time when
 host-bound), with autograd's backward on its device thread (the default) and on the calling
 thread; (3) cProfile of the fmm steps: the functions that take the host time.
