@@ -52,6 +52,7 @@ from cuda_timing import median_ms  # noqa: E402
 from fmmformer_pl.attention import far_field, near_field  # noqa: E402
 from fmmformer_pl.attention.config import AttentionConfig  # noqa: E402
 from fmmformer_pl.attention.layer import FMMAttention  # noqa: E402
+from fmmformer_pl.attention.ops.plan import DEFAULT_PLAN, KernelPlan, Launch  # noqa: E402
 
 PEAK_FLOPS = 790e12  # bf16 dense matmul, measured on the H200 (8192^3)
 PEAK_BYTES = 4.2e12  # device-to-device copy, read + write, measured
@@ -66,31 +67,63 @@ FIELDS = (
 
 
 def add_short_option(parser):
-    """``--short-max-seq``: the short FMM path's longest sequence
-    (``fmm_short.SHORT["max_seq"]``; 0 turns it off), and ``--short-pdl``: whether its main
-    kernels use programmatic dependent launch (``SHORT["pdl"]``), to time both ways on one
-    machine."""
+    """``--short-max-seq``: the short FMM path's longest sequence (``ShortPlan.max_seq``; 0
+    turns it off), and ``--short-pdl``: whether its main kernels use programmatic dependent
+    launch (``ShortPlan.pdl``), to time both ways on one machine."""
     parser.add_argument(
         "--short-max-seq", type=int, default=None,
-        help="fmm_short.SHORT['max_seq'] for this run (0: the general path; default: the module's)",
+        help="ShortPlan.max_seq for this run (0: the general path; default: the plan's)",
     )  # fmt: skip
     parser.add_argument(
         "--short-pdl", type=int, choices=[0, 1], default=None,
-        help="fmm_short.SHORT['pdl'] for this run (default: the module's)",
+        help="ShortPlan.pdl for this run (default: the plan's)",
     )  # fmt: skip
 
 
-def apply_short_option(args):
+def apply_short_option(args) -> KernelPlan:
+    """The kernel plan the command line asks for (the default plan with ``--short-*``
+    applied), also kept as ``args.kernel_plan`` for ``bench_one`` and ``step_case``."""
     settings = {"max_seq": args.short_max_seq, "pdl": args.short_pdl}
-    settings = {k: v for k, v in settings.items() if v is not None}
-    if settings:
-        from fmmformer_pl.attention.cuda import fmm_short
+    short = {
+        k: type(getattr(DEFAULT_PLAN.short, k))(v) for k, v in settings.items() if v is not None
+    }
+    args.kernel_plan = DEFAULT_PLAN.with_(short=short) if short else DEFAULT_PLAN
+    return args.kernel_plan
 
-        fmm_short.SHORT.update({k: type(fmm_short.SHORT[k])(v) for k, v in settings.items()})
+
+def _plan(args) -> KernelPlan:
+    return getattr(args, "kernel_plan", DEFAULT_PLAN)
 
 
-def make_variant(name, heads, head_dim, band, causal):
-    """(fn(q, k, v) -> out, extra parameters whose gradients the step also computes)."""
+def band_attention_flash(q, k, v, bandwidth, causal=False, dropout_p=0.0):
+    """The near field through PyTorch's FlashAttention-2 with a window (a comparison only).
+
+    ``aten._flash_attention_forward`` takes (batch, seq, heads, head_dim) and a window
+    [i - left, i + right]; the band |i - j| < w is left = right = w - 1 (causal: right = 0).
+    Differentiable through autograd. None when the build lacks the window arguments or the
+    inputs do not suit it (fp16/bf16, head_dim a multiple of 8 up to 256, equal head dims).
+    """
+    if q.dtype not in (torch.float16, torch.bfloat16) or q.shape[-1] != v.shape[-1]:
+        return None
+    if q.shape[-1] % 8 != 0 or q.shape[-1] > 256 or q.shape[2] == 0:
+        return None
+    seq = q.shape[2]
+    left = min(int(bandwidth), seq) - 1
+    qt, kt, vt = (t.transpose(1, 2) for t in (q, k, v))  # (batch, seq, heads, head_dim)
+    try:
+        out = torch.ops.aten._flash_attention_forward(
+            qt, kt, vt, None, None, seq, seq, float(dropout_p), bool(causal), False,
+            scale=1.0 / math.sqrt(q.shape[-1]), window_size_left=left,
+            window_size_right=0 if causal else left,
+        )[0]  # fmt: skip
+    except (RuntimeError, TypeError):
+        return None
+    return out.transpose(1, 2)
+
+
+def make_variant(name, heads, head_dim, band, causal, plan: KernelPlan = DEFAULT_PLAN):
+    """(fn(q, k, v) -> out, extra parameters whose gradients the step also computes); the
+    kernels run with ``plan``."""
     if name == "softmax":
 
         def softmax(q, k, v):
@@ -113,19 +146,21 @@ def make_variant(name, heads, head_dim, band, causal):
 
         return dense_masked, []
     if name == "band":
-        return (lambda q, k, v: near_field(q, k, v, band, causal=causal, backend="cuda")), []
+        return (
+            lambda q, k, v: near_field(q, k, v, band, causal=causal, backend="cuda", plan=plan)
+        ), []
     if name == "band_flash_window":
-        from fmmformer_pl.attention.cuda.near import band_attention_flash
-
         return (lambda q, k, v: band_attention_flash(q, k, v, band, causal=causal)), []
     if name == "linear":
-        return (lambda q, k, v: far_field(q, k, v, "elu", causal=causal, backend="cuda")), []
+        return (
+            lambda q, k, v: far_field(q, k, v, "elu", causal=causal, backend="cuda", plan=plan)
+        ), []
     if name == "linear_reference":
         return (lambda q, k, v: far_field(q, k, v, "elu", causal=causal, backend="reference")), []
     if name in ("fmm_r1", "fmm_r2"):
         maps = ["elu"] if name == "fmm_r1" else ["elu", "elu_flip"]
         cfg = AttentionConfig(kind="fmm", bandwidth=band, feature_maps=maps, backend="cuda")
-        layer = FMMAttention(heads * head_dim, heads, cfg, causal).cuda()
+        layer = FMMAttention(heads * head_dim, heads, cfg, causal, kernel_plan=plan).cuda()
         params = [p for p in layer.blend.parameters() if p.requires_grad]
         return (lambda q, k, v: layer._attend(q, k, v, None)), params
     raise ValueError(f"unknown variant {name!r}")
@@ -136,7 +171,7 @@ def step_case(name, seq, causal, args):
     another way (``attention_profile.py``, ``eager_timeline.py``): ``make_variant``'s function,
     bf16 q, k, v laid out as a model makes them, the tensors whose gradients the step takes
     (q, k, v and the blend weights) and an output gradient."""
-    fn, params = make_variant(name, args.heads, args.head_dim, args.band, causal)
+    fn, params = make_variant(name, args.heads, args.head_dim, args.band, causal, _plan(args))
     gen = torch.Generator(device="cuda").manual_seed(seq)
 
     def make():
@@ -183,7 +218,7 @@ def bench_one(name, seq, causal, args):
     if name == "band_dense_masked" and _dense_bytes(seq, heads) > args.dense_masked_max_gb * 1e9:
         row["note"] = f"skipped: ~{_dense_bytes(seq, heads) / 1e9:.0f} GB of (seq x seq) tensors"
         return row
-    fn, params = make_variant(name, heads, head_dim, band, causal)
+    fn, params = make_variant(name, heads, head_dim, band, causal, _plan(args))
     gen = torch.Generator(device="cuda").manual_seed(seq)
 
     def make():
@@ -237,33 +272,42 @@ def bench_one(name, seq, causal, args):
     return row
 
 
+def _with_launches(plan: KernelPlan, name: str, launch: Launch) -> KernelPlan:
+    """``plan`` with every launch of the band ("near") or linear ("far") kernels set."""
+    if name == "band":
+        return plan.with_(near=dict(fwd=launch, dq=launch, dkv=launch))
+    launches = plan.far.launch
+    every = {field: launch for field in launches.__dataclass_fields__}
+    return plan.with_(far=dict(launch=type(launches)(**every)))
+
+
 def tune(args):
     """Time band and linear at one length for several launch settings; print the best."""
-    from fmmformer_pl.attention.cuda import far, near
-
     seq = args.tune_seq
+    base = _plan(args)
     settings = [(4, 2), (8, 2), (8, 3), (4, 3)]
-    for module, name in ((near, "band"), (far, "linear")):
-        saved = {k: dict(v) for k, v in module.LAUNCH.items()}
-        for causal in (False, True):
-            results = []
-            for warps, stages in settings:
-                for key in module.LAUNCH:
-                    module.LAUNCH[key] = dict(num_warps=warps, num_stages=stages)
-                row = bench_one(name, seq, causal, args)
-                results.append((row.get("ms", float("inf")), warps, stages))
+    try:
+        for name in ("band", "linear"):
+            for causal in (False, True):
+                results = []
+                for warps, stages in settings:
+                    launch = Launch(num_warps=warps, num_stages=stages)
+                    args.kernel_plan = _with_launches(base, name, launch)
+                    row = bench_one(name, seq, causal, args)
+                    results.append((row.get("ms", float("inf")), warps, stages))
+                    print(
+                        f"tune {name} seq={seq} causal={causal} warps={warps} stages={stages}: "
+                        f"{row.get('ms')} ms {row.get('note', '')}",
+                        flush=True,
+                    )
+                best = min(results)
                 print(
-                    f"tune {name} seq={seq} causal={causal} warps={warps} stages={stages}: "
-                    f"{row.get('ms')} ms {row.get('note', '')}",
+                    f"tune best {name} causal={causal}: warps={best[1]} stages={best[2]} "
+                    f"{best[0]} ms",
                     flush=True,
                 )
-            best = min(results)
-            print(
-                f"tune best {name} causal={causal}: warps={best[1]} stages={best[2]} {best[0]} ms",
-                flush=True,
-            )
-        for key, value in saved.items():
-            module.LAUNCH[key] = value
+    finally:
+        args.kernel_plan = base
 
 
 def plot(rows, path):

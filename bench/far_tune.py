@@ -5,10 +5,11 @@
 What is timed: ``far_fields(q, k, v, ["elu", "elu_flip"])`` (both masks) and ``near_field``
 (band 64) and the blend of three fields forward + backward, bf16, batch 1, 8 heads, head_dim
 64, seq ``--seq``, median of ``--repeats`` CUDA-event timings. Each setting changes one knob
-of the default plan (``far.PLAN`` / ``far.LAUNCH`` / ``near.LAUNCH`` / ``blend.LAUNCH``, the
-near block sizes, the blend's tile and tiles per program); at the end the
-per-knob winners are combined and timed again, and the script prints the plan to paste into
-the kernels' modules. Triton compiles every setting once; ``--workers`` processes compile
+of the default ``KernelPlan`` (``fmmformer_pl/attention/ops/plan.py``: the far field's
+chunking and launches, the near field's tiles and launches, the blend's tile and tiles per
+program), built as a new plan and handed to the op; at the end the per-knob winners are
+combined and timed again, and the script prints the settings to write into the plan's
+defaults. Triton compiles every setting once; ``--workers`` processes compile
 them in parallel first (into Triton's on-disk cache), so the timing loop only loads kernels.
 
 ``--batch/--heads/--dim/--band/--dropout/--padded`` change the shape timed (e.g. the LRA
@@ -16,12 +17,12 @@ Retrieval model's attention: ``--seq 4096 --batch 64 --heads 2 --dim 32 --band 5
 --padded --fields near``; padding masks the last eighth of every row).
 
 ``--fields layer``: the fused FMM layer (fmm r = 2, band 64: ``FMMAttention`` on CUDA, the
-blend weights' gradients included) with ``fmm.py``'s per-mode switches flipped for the mode
-timed (``BLEND_IN_FAR_FORWARD``, ``BLEND_IN_NEAR_FORWARD``, ``DC_IN_STATE_PASS``).
+blend weights' gradients included) with ``FusedPlan``'s per-mode switches flipped for the
+mode timed (``far_forms_blend``, ``near_forms_blend``, ``dc_in_state_pass``).
 
 ``--fields short``: the same layer, bidirectional, through the short-path kernels of short
-sequences (``fmm_short.py``): its length limit (0: the general path), programs per SM and
-launch settings.
+sequences (``ops/short``): its length limit (0: the general path), programs per SM and
+launch settings (``ShortPlan``).
 
 ``--graph`` times replays of a CUDA graph of the step instead: the kernels' own time, without
 the host's launch overhead (which dominates eager timings below ~64K tokens on our machine).
@@ -35,6 +36,7 @@ import csv
 import json
 import multiprocessing as mp
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -44,6 +46,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from fmmformer_pl.attention import far_fields, near_field  # noqa: E402
+from fmmformer_pl.attention.ops.plan import DEFAULT_PLAN, KernelPlan  # noqa: E402
 
 sys.path.insert(0, str(REPO / "bench"))
 from attention_gpu import make_variant  # noqa: E402
@@ -98,26 +101,21 @@ BLEND_KNOBS = {
 }
 NEAR_KNOBS = {
     "blocks": [(64, 64), (128, 64), (64, 32), (128, 32), (32, 32), (128, 128)],
-    # near.NARROW_TILES: ((widest band, tile), ...) for narrow bands; () turns them off.
+    # NearPlan.narrow_tiles: ((widest band, tile), ...) for narrow bands; () turns them off.
     "narrow": [(), ((16, 16),), ((32, 16),), ((16, 32),), ((32, 32),), ((16, 16), (32, 32))],
     "warps:fwd,dq,dkv": [4, 8],
     "stages:fwd,dq,dkv": [1, 2, 3],
-    # near.MERGED_BACKWARD for both tile families: the backward as one kernel or two
-    "merged": [True, False],
-    "warps:bwd": [4, 8],
-    "stages:bwd": [1, 2, 3],
 }
 
 
 LAYER_KNOBS = {
-    "switch:BLEND_IN_FAR_FORWARD": [True, False],
-    "switch:BLEND_IN_NEAR_FORWARD": [True, False],
-    "switch:DC_IN_STATE_PASS": [True, False],
+    "switch:far_forms_blend": [True, False],
+    "switch:near_forms_blend": [True, False],
+    "switch:dc_in_state_pass": [True, False],
 }
-SWITCHES = ("BLEND_IN_FAR_FORWARD", "BLEND_IN_NEAR_FORWARD", "DC_IN_STATE_PASS")
-# The short-path layer of short bidirectional sequences (fmm_short.py): "short:" knobs set
-# fmm_short.SHORT (max_seq 0: the general path, 1 << 20: the short path at any length and
-# grid), the launch knobs its kernels' settings (fmm_short.LAUNCH).
+# The short-path layer of short bidirectional sequences (ops/short): "short:" knobs set
+# ShortPlan's fields (max_seq 0: the general path, 1 << 20: the short path at any length and
+# grid), the launch knobs its kernels' launch settings.
 SHORT_KNOBS = {
     "short:max_seq": [0, 1 << 20],
     "short:max_blocks_per_sm": [1 << 20],
@@ -126,8 +124,8 @@ SHORT_KNOBS = {
     "short:state_segments": [0, 2, 4, 8, 16],
     "short:pdl": [False, True],
     "warps:state,rstate": [4, 8],
-    # The backward at 8 warps faults at head_dim 32, band 5 (fmm_short.LAUNCH), and a fault
-    # poisons the process's CUDA context for every later setting.
+    # The backward at 8 warps faults at head_dim 32, band 5, and a fault poisons the
+    # process's CUDA context for every later setting.
     "warps:fwd,bwd": [2, 4],
     "warps:fwd": [2, 4, 8],
     "warps:bwd": [2, 4],
@@ -135,102 +133,63 @@ SHORT_KNOBS = {
 }
 
 
-def _modules():
-    from fmmformer_pl.attention.cuda import blend, far, near
-
-    return far, near, blend
+_LAUNCH_KEYS = {"warps": "num_warps", "stages": "num_stages", "maxnreg": "maxnreg"}
+_FIELD_PART = {"far": "far", "near": "near", "blend": "blend", "short": "short"}
 
 
-def _short():
-    from fmmformer_pl.attention.cuda import fmm_short
-
-    return fmm_short
-
-
-def _snapshot():
-    far, near, blend = _modules()
-    return (
-        (dict(_short().SHORT), {k: dict(v) for k, v in _short().LAUNCH.items()}),
-        json.loads(json.dumps(far.PLAN)),
-        {k: dict(v) for k, v in far.LAUNCH.items()},
-        {k: dict(v) for k, v in near.LAUNCH.items()},
-        {k: dict(v) for k, v in blend.LAUNCH.items()},
-        (near._BLOCK_M, near._BLOCK_N, blend._BWD_TILES, blend._BLOCK_T),
-        near.NARROW_TILES,
-        dict(near.MERGED_BACKWARD),
-        {name: dict(getattr(_fmm(), name)) for name in SWITCHES},
-    )
+def _with_launch(part, names, key, value):
+    """``part`` (a frozen plan part) with ``key`` of the launches ``names`` set to value."""
+    launches = part.launch if hasattr(part, "launch") else part
+    updates = {name: replace(getattr(launches, name), **{key: value}) for name in names}
+    launches = replace(launches, **updates)
+    return replace(part, launch=launches) if hasattr(part, "launch") else launches
 
 
-def _fmm():
-    from fmmformer_pl.attention.cuda import fmm
-
-    return fmm
-
-
-def _restore(snap):
-    far, near, blend = _modules()
-    short, plan, far_launch, near_launch, blend_launch, blocks, narrow, merged, switches = snap
-    _short().SHORT.clear()
-    _short().SHORT.update(short[0])
-    _short().LAUNCH.clear()
-    _short().LAUNCH.update({k: dict(v) for k, v in short[1].items()})
-    far.PLAN.clear()
-    far.PLAN.update(plan)
-    for table, saved in (
-        (far.LAUNCH, far_launch),
-        (near.LAUNCH, near_launch),
-        (blend.LAUNCH, blend_launch),
-    ):
-        table.clear()
-        table.update({k: dict(v) for k, v in saved.items()})
-    near._BLOCK_M, near._BLOCK_N, blend._BWD_TILES, blend._BLOCK_T = blocks
-    near.NARROW_TILES = narrow
-    near.MERGED_BACKWARD = dict(merged)
-    for name, value in switches.items():
-        setattr(_fmm(), name, dict(value))
-
-
-def _apply(field, setting, causal=False):
-    """Set the knobs of ``setting`` ({knob: value}) on the modules (a ``switch:`` for the mode
+def plan_for(field, setting, causal=False, base: KernelPlan = DEFAULT_PLAN) -> KernelPlan:
+    """The plan with the knobs of ``setting`` ({knob: value}) set (a ``switch:`` for the mode
     timed)."""
-    far, near, blend = _modules()
-    launch = {
-        "far": far.LAUNCH, "near": near.LAUNCH, "blend": blend.LAUNCH, "layer": {},
-        "short": _short().LAUNCH,
-    }[field]  # fmt: skip
+    plan = base
     for knob, value in setting.items():
         if knob.startswith("short:"):
-            _short().SHORT[knob.split(":")[1]] = value
-            continue
-        if knob.startswith("switch:"):
-            getattr(_fmm(), knob.split(":")[1])["causal" if causal else "bidirectional"] = value
-            continue
-        if knob == "blocks":
-            near._BLOCK_M, near._BLOCK_N = value
-            continue
-        if knob == "narrow":
-            near.NARROW_TILES = tuple(tuple(pair) for pair in value)
-            continue
-        if knob == "merged":
-            near.MERGED_BACKWARD = {"wide": value, "narrow": value}
-            continue
-        if knob == "tiles":
-            blend._BWD_TILES = value
-            continue
-        if knob == "block_t":
-            blend._BLOCK_T = value
-            continue
-        kind, names = knob.split(":")
-        if kind == "plan":
-            far.PLAN[names] = value
-            continue
-        key = {"warps": "num_warps", "stages": "num_stages", "maxnreg": "maxnreg"}[kind]
-        for name in names.split(","):
-            if value is None:
-                launch[name].pop(key, None)
-            else:
-                launch[name][key] = value
+            plan = plan.with_(short={knob.split(":")[1]: value})
+        elif knob.startswith("switch:"):
+            name = knob.split(":")[1]
+            old = getattr(plan.fused, name)
+            mode = "causal" if causal else "bidirectional"
+            plan = plan.with_(fused={name: replace(old, **{mode: value})})
+        elif knob == "blocks":
+            plan = plan.with_(near=dict(block_m=value[0], block_n=value[1]))
+        elif knob == "narrow":
+            plan = plan.with_(near=dict(narrow_tiles=tuple(tuple(pair) for pair in value)))
+        elif knob == "tiles":
+            plan = plan.with_(blend=dict(bwd_tiles=value))
+        elif knob == "block_t":
+            plan = plan.with_(blend=dict(block_t=value))
+        else:
+            kind, names = knob.split(":")
+            if kind == "plan":
+                plan = plan.with_(far={_far_name(names): _far_value(plan.far, names, value)})
+                continue
+            part = getattr(plan, _FIELD_PART[field])
+            part = _with_launch(part, names.split(","), _LAUNCH_KEYS[kind], value)
+            plan = replace(plan, **{_FIELD_PART[field]: part})
+    return plan
+
+
+def _far_name(name):
+    for base in ("chunk", "maps_per_call"):
+        if name in (f"{base}_causal", f"{base}_bidir"):
+            return base
+    return name
+
+
+def _far_value(far, name, value):
+    """A ``FarPlan`` field's new value: a ByMode half for the per-mode ones."""
+    base = _far_name(name)
+    if base != name:
+        half = "causal" if name.endswith("_causal") else "bidirectional"
+        return replace(getattr(far, base), **{half: value})
+    return tuple(value) if name == "pair_maps_causal" else value
 
 
 # What is timed besides the length: batch, heads, head_dim, band, attention dropout, padding.
@@ -252,9 +211,11 @@ def _inputs(seq, shape):
     return make(), make(), make(), mask
 
 
-def _step_fn(field, causal, q, k, v, mask=None, shape=DEFAULT_SHAPE):
+def _step_fn(field, causal, q, k, v, mask=None, shape=DEFAULT_SHAPE, plan=DEFAULT_PLAN):
     if field in ("layer", "short"):
-        fn, params = make_variant("fmm_r2", q.shape[1], q.shape[-1], shape["band"], causal)
+        fn, params = make_variant(
+            "fmm_r2", q.shape[1], q.shape[-1], shape["band"], causal, plan=plan
+        )
         inputs = (q, k, v, *params)
 
         def run():
@@ -262,20 +223,20 @@ def _step_fn(field, causal, q, k, v, mask=None, shape=DEFAULT_SHAPE):
             return torch.autograd.grad(y, inputs, torch.ones_like(y))
 
     elif field == "blend":
-        from fmmformer_pl.attention.cuda.blend import blend_triton
+        from fmmformer_pl.attention.ops.blend.op import blend_kernel
 
         heads, dim = q.shape[1], q.shape[-1]
         coeffs = torch.rand(3, heads, dim, device=q.device, requires_grad=True)
 
         def run():
-            y = blend_triton([q, k, v], coeffs)
+            y = blend_kernel([q, k, v], coeffs, plan=plan)
             return torch.autograd.grad(y, (q, k, v, coeffs), torch.ones_like(y))
 
     elif field == "far":
 
         def run():
             outs = far_fields(
-                q, k, v, FAR_MAPS, causal=causal, key_padding_mask=mask, backend="cuda"
+                q, k, v, FAR_MAPS, causal=causal, key_padding_mask=mask, backend="cuda", plan=plan
             )
             return torch.autograd.grad(outs, (q, k, v), [torch.ones_like(o) for o in outs])
 
@@ -284,7 +245,7 @@ def _step_fn(field, causal, q, k, v, mask=None, shape=DEFAULT_SHAPE):
         def run():
             out = near_field(
                 q, k, v, shape["band"], causal=causal, key_padding_mask=mask,
-                dropout_p=shape["dropout"], backend="cuda",
+                dropout_p=shape["dropout"], backend="cuda", plan=plan,
             )  # fmt: skip
             return torch.autograd.grad(out, (q, k, v), torch.ones_like(out))
 
@@ -292,11 +253,10 @@ def _step_fn(field, causal, q, k, v, mask=None, shape=DEFAULT_SHAPE):
 
 
 def time_setting(field, causal, setting, seq, repeats, graph=False, shape=DEFAULT_SHAPE):
-    snap = _snapshot()
     try:
-        _apply(field, setting, causal)
+        plan = plan_for(field, setting, causal)
         q, k, v, mask = _inputs(seq, shape)
-        run = _step_fn(field, causal, q, k, v, mask, shape)
+        run = _step_fn(field, causal, q, k, v, mask, shape, plan)
         run()
         if graph:
             run = graphed(run)
@@ -304,8 +264,6 @@ def time_setting(field, causal, setting, seq, repeats, graph=False, shape=DEFAUL
         return median_ms(run, repeats), ""
     except Exception as err:  # a setting that does not compile or launch is reported, not fatal
         return float("nan"), f"{type(err).__name__}: {str(err)[:200]}"
-    finally:
-        _restore(snap)
 
 
 def settings():
@@ -321,10 +279,8 @@ def settings():
         out.append(("layer", mode, {}))
         out += [("layer", mode, {knob: v}) for knob, values in LAYER_KNOBS.items() for v in values]
         # Where the far kernels do not blend: the near kernel or the blend kernel.
-        no_far = {"switch:BLEND_IN_FAR_FORWARD": False}
-        out += [
-            ("layer", mode, {**no_far, "switch:BLEND_IN_NEAR_FORWARD": v}) for v in (True, False)
-        ]
+        no_far = {"switch:far_forms_blend": False}
+        out += [("layer", mode, {**no_far, "switch:near_forms_blend": v}) for v in (True, False)]
     out.append(("short", "bidirectional", {}))
     out += [("short", "bidirectional", {k: v}) for k, values in SHORT_KNOBS.items() for v in values]
     # The blend has no mask: one mode.

@@ -6,7 +6,7 @@ Short sequences are host-bound: the GPU waits for Python to launch the kernels. 
 (1) what one launch costs on this host: an empty aten op, ``torch.empty``, and a Triton kernel
 with 40 arguments launched through ``JITFunction.__getitem__`` (Triton's usual path),
 through the compiled kernel's own ``run`` (no argument binding) and through our
-``cuda/launch.py`` (a cached compiled kernel behind a key of the arguments); (2) the wall time per eager
+``ops/common/launch.py`` (a cached compiled kernel behind a key of the arguments); (2) the wall time per eager
 step of each variant, with the GPU synchronised once per ``--steps`` steps (host time when
 host-bound), with autograd's backward on its device thread (the default) and on the calling
 thread; (3) cProfile of the fmm steps: the functions that take the host time.
@@ -65,9 +65,9 @@ def launch_costs(n=2000):
     out["triton jit launch, 40 args"] = _per_call_us(lambda: _noop[(8, 8)](x, *ints, N=1), n)
     runner = kernel[(8, 8, 1)]
     out["triton compiled.run, 40 args"] = _per_call_us(lambda: runner(x, *ints, 1), n)
-    from fmmformer_pl.attention.cuda.launch import launch
+    from fmmformer_pl.attention.ops.common.launch import launch
 
-    out["cuda/launch.py launch(), 40 args"] = _per_call_us(
+    out["ops/common/launch.py launch(), 40 args"] = _per_call_us(
         lambda: launch(_noop, (8, 8), x, *ints, N=1), n
     )
     return out
@@ -88,13 +88,13 @@ def _disabled_noop(x):
     return x
 
 
-def piece_costs(seq, n=500):
+def piece_costs(seq, plan, n=500):
     """Host cost of the pieces of one fmm step (us per call, no GPU synchronisation)."""
     from fmmformer_pl.attention import far_fields, near_field
 
     q = torch.randn(1, 8, seq, 64, device="cuda", dtype=torch.bfloat16, requires_grad=True)
     x = torch.randn(4, device="cuda", requires_grad=True)
-    fn, _ = make_variant("fmm_r2", 8, 64, 64, False)
+    fn, _ = make_variant("fmm_r2", 8, 64, 64, False, plan)
     out = {}
     out["torch.cuda.is_available()"] = _per_call_us(torch.cuda.is_available, n)
     out["@torch.compiler.disable no-op"] = _per_call_us(lambda: _disabled_noop(x), n)
@@ -114,8 +114,8 @@ def piece_costs(seq, n=500):
     return out
 
 
-def step_fn(name, seq, causal, heads, head_dim, band):
-    fn, params = make_variant(name, heads, head_dim, band, causal)
+def step_fn(name, seq, causal, heads, head_dim, band, plan):
+    fn, params = make_variant(name, heads, head_dim, band, causal, plan)
     gen = torch.Generator(device="cuda").manual_seed(seq)
 
     def make():
@@ -137,7 +137,7 @@ def main(argv=None):
     p.add_argument("--out", type=Path, default=REPO / "results" / "host_profile.txt")
     add_short_option(p)
     args = p.parse_args(argv)
-    apply_short_option(args)
+    plan = apply_short_option(args)
     if not torch.cuda.is_available():
         raise SystemExit("host_profile.py needs a CUDA device")
     lines = [f"# python bench/host_profile.py --seq {args.seq} --steps {args.steps}"]
@@ -146,13 +146,13 @@ def main(argv=None):
     lines.append("## host cost per call (us)")
     for what, us in launch_costs().items():
         lines.append(f"{what:40s} {us:8.1f}")
-    for what, us in piece_costs(args.seq).items():
+    for what, us in piece_costs(args.seq, plan).items():
         lines.append(f"{what:40s} {us:8.1f}")
     lines.append(f"## host time per eager fwd+bwd step, seq {args.seq} (us)")
     steps = {}
     for causal in (False, True):
         for name in args.variants:
-            step = step_fn(name, args.seq, causal, 8, 64, 64)
+            step = step_fn(name, args.seq, causal, 8, 64, 64, plan)
             steps[(name, causal)] = step
             us = _per_call_us(step, args.steps)
             lines.append(f"{name:10s} {'causal' if causal else 'bidir':7s} {us:8.1f}")

@@ -2,8 +2,8 @@
 
     python bench/host_python_cpu.py [--causal] [--seq 128] [--steps 300]
 
-Every Triton kernel of ``fmmformer_pl.attention.cuda`` is replaced by a no-op launcher, and
-``fmm_attention_triton`` (near field + two far-field maps + blend, forward and backward, with
+Every Triton kernel that ``fmmformer_pl.attention.ops`` launches is replaced by a no-op
+launcher, and ``fmm_attention_kernel`` (near field + two far-field maps + blend, forward and backward, with
 the blend coefficients' autograd) runs on small CPU tensors: what remains is our host code,
 torch's autograd and allocations, i.e. what the GPU machine's host pays on top of the kernel
 launches themselves (``bench/host_profile.py`` measures those there). Prints microseconds per
@@ -67,16 +67,18 @@ def _compiled():
 
 
 def stub_kernels():
+    """Replace the kernels in the op modules that launch them (a measurement harness)."""
     import triton
 
-    from fmmformer_pl.attention.cuda import blend, far, fmm_short, near
+    from fmmformer_pl.attention.ops.blend import op as blend
+    from fmmformer_pl.attention.ops.far_field import op as far
+    from fmmformer_pl.attention.ops.near_field import op as near
+    from fmmformer_pl.attention.ops.short import op as short
 
-    for module in (near, far, blend, fmm_short):
+    for module in (near, far, blend, short):
         for name in dir(module):
             if isinstance(getattr(module, name), triton.runtime.jit.JITFunction):
                 setattr(module, name, _NoLaunch(getattr(module, name)))
-    # Plan as on the H200 (132 SMs): the segments, and which grids take the short path.
-    far._sm_count = fmm_short._sm_count = lambda device: H200_SMS
 
 
 def main(argv=None):
@@ -87,11 +89,12 @@ def main(argv=None):
     p.add_argument("--top", type=int, default=20)
     add_short_option(p)
     args = p.parse_args(argv)
-    apply_short_option(args)
+    # Planned as on the H200 (132 SMs): the segments, and which grids take the short path.
+    plan = apply_short_option(args).with_(sm_count=H200_SMS)
     stub_kernels()
     from fmmformer_pl.attention.config import AttentionConfig
-    from fmmformer_pl.attention.cuda.fmm import fmm_attention_triton
     from fmmformer_pl.attention.layer import FMMAttention
+    from fmmformer_pl.attention.ops.fmm.op import fmm_attention_kernel
 
     maps = ["elu", "elu_flip"]
     cfg = AttentionConfig(kind="fmm", bandwidth=64, feature_maps=maps)
@@ -103,7 +106,7 @@ def main(argv=None):
 
     def step():
         coeffs = layer.blend.coefficients()
-        y = fmm_attention_triton(q, k, v, coeffs, 64, maps, causal=args.causal)
+        y = fmm_attention_kernel(q, k, v, coeffs, 64, maps, causal=args.causal, plan=plan)
         return torch.autograd.grad(y, [q, k, v, *params], torch.ones_like(y))
 
     for _ in range(20):

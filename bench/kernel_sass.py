@@ -4,9 +4,8 @@ spills, shared memory and the instructions of each kernel's main loop (per chunk
     python bench/kernel_sass.py                 # any machine, ~1 minute; -> results/kernel_sass.csv
     python bench/kernel_sass.py --field near    # the near field's
 
-``--field near``: the near field's kernels (band 64, both backward plans: one kernel, or dq
-then dk/dv, ``near.MERGED_BACKWARD``); ``loop`` is then its longest loop, one key or query
-tile.
+``--field near``: the near field's kernels (band 64: the forward, then dq and dk/dv);
+``loop`` is then its longest loop, one key or query tile.
 
 How: ``far_forward`` / ``far_backward`` run on CPU tensors of the benchmark's shape (bf16,
 batch 1, 8 heads, head_dim 64, feature maps elu + 1 and elu(-x) + 1, seq ``--seq``) with every
@@ -20,8 +19,9 @@ time follows the instructions each warp issues per chunk and the registers that 
 programs per SM. Both can be read off the compiled code
 here, before any GPU time is spent. The loop is the kernel's longest backward branch (the walk
 over chunks); ``loop`` counts its SASS instructions, issued once per chunk by every warp, by
-category: for both feature maps where a causal walk takes them together (``far.PLAN
-["pair_maps_causal"]``: the forward and dq walks), else for one (they walk one after the other).
+category: for both feature maps where a causal walk takes them together
+(``FarPlan.pair_maps_causal``: the forward and dq walks), else for one (they walk one after
+the other).
 The far field is compiled as ``far_forward``/``far_backward`` run it alone (without the fused
 FMM layer's blend in the forward or dy scaling in the backward).
 ``instructions`` counts the whole kernel: the bidirectional main kernels do one chunk per
@@ -51,10 +51,14 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from fmmformer_pl.attention.cuda import far, near  # noqa: E402
+from fmmformer_pl.attention.ops.far_field import op as far  # noqa: E402
+from fmmformer_pl.attention.ops.near_field import op as near  # noqa: E402
+from fmmformer_pl.attention.ops.plan import DEFAULT_PLAN  # noqa: E402
 
 TARGET = GPUTarget("cuda", 90, 32)  # H100/H200
 H200_SMS = 132
+# Planned for the H200 (its SMs; inline PTX, which the CPU machine's plan leaves out).
+PLAN = DEFAULT_PLAN.with_(sm_count=H200_SMS, inline_ptx=True)
 BIN = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
 CATEGORIES = {
     "mma": ("HGMMA", "WARPGROUP", "HMMA"),
@@ -98,36 +102,21 @@ def _recording(module, calls):
 def record_launches(seq: int, causal: bool, heads: int = 8, dim: int = 64):
     """The (name, kernel, args, kwargs) of every far-field launch of one fwd+bwd."""
     calls = []
-    old_sms, old_ptx = far._sm_count, getattr(far, "inline_ptx", None)
-    far._sm_count = lambda device: H200_SMS
-    if old_ptx is not None:
-        far.inline_ptx = lambda device: True
-    try:
-        with _recording(far, calls):
-            q, k, v = (torch.empty(1, heads, seq, dim, dtype=torch.bfloat16) for _ in range(3))
-            outs, saved = far.far_forward(q, k, v, None, (0, 1), causal, True)
-            far.far_backward(saved, [torch.empty_like(o) for o in outs])
-    finally:
-        far._sm_count = old_sms
-        if old_ptx is not None:
-            far.inline_ptx = old_ptx
+    with _recording(far, calls):
+        q, k, v = (torch.empty(1, heads, seq, dim, dtype=torch.bfloat16) for _ in range(3))
+        outs, saved = far.far_forward(q, k, v, None, (0, 1), causal, True, PLAN)
+        far.far_backward(saved, [torch.empty_like(o) for o in outs])
     return calls
 
 
 def record_near_launches(seq: int, causal: bool, heads: int = 8, dim: int = 64, band: int = 64):
-    """The (name, kernel, args, kwargs) of every near-field launch of one fwd+bwd, the backward
-    with both plans (one kernel, then two)."""
+    """The (name, kernel, args, kwargs) of every near-field launch of one fwd+bwd."""
     calls = []
-    merged = near.MERGED_BACKWARD
-    try:
-        with _recording(near, calls):
-            q, k, v = (torch.empty(1, heads, seq, dim, dtype=torch.bfloat16) for _ in range(3))
-            out, saved = near.near_forward(q, k, v, None, band, causal, 0.0, 0)
-            for plan in (True, False):
-                near.MERGED_BACKWARD = {"wide": plan, "narrow": plan}
-                near.near_backward(saved, torch.empty_like(out))
-    finally:
-        near.MERGED_BACKWARD = merged
+    with _recording(near, calls):
+        q, k, v = (torch.empty(1, heads, seq, dim, dtype=torch.bfloat16) for _ in range(3))
+        args = near.NearArgs(band, 0.0, 0)
+        out, saved = near.near_forward(q, k, v, None, args, causal, PLAN.near)
+        near.near_backward(saved, torch.empty_like(out))
     return calls
 
 

@@ -35,8 +35,9 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from . import dispatch
 from .config import AttentionConfig, BlendWeight
-from .near_field import _fast_path
+from .ops.plan import DEFAULT_PLAN, KernelPlan
 
 _GRANULARITIES = ("scalar", "head", "channel")
 
@@ -162,13 +163,21 @@ class Blend(nn.Module):
         )
         self.config = config  # its backend is read at each call (the layer shares it)
 
-    def forward(self, near: torch.Tensor | None, far: Sequence[torch.Tensor]) -> torch.Tensor:
+    def forward(
+        self,
+        near: torch.Tensor | None,
+        far: Sequence[torch.Tensor],
+        *,
+        plan: KernelPlan = DEFAULT_PLAN,
+    ) -> torch.Tensor:
         # near: (batch, heads, seq, head_dim) or None; far: r tensors of that shape
         if len(far) != len(self.far):
             raise ValueError(f"expected {len(self.far)} far-field outputs, got {len(far)}")
         if self.near is not None and near is None:
             raise ValueError("this blend needs the near field")
-        fused = self._fused(near, far)
+        fields = ([near] if self.near is not None else []) + list(far)
+        # The blend kernel where it covers the fields (dispatch.blend), else PyTorch.
+        fused = dispatch.blend(fields, self.coefficients, self.config.backend, plan)
         if fused is not None:
             return fused
         y = sum(w(f) for w, f in zip(self.far, far, strict=True))
@@ -178,29 +187,16 @@ class Blend(nn.Module):
             y = self.near(near) + y
         return y  # (batch, heads, seq, head_dim)
 
-    def _fused(self, near, far) -> torch.Tensor | None:
-        """The blend as one GPU kernel each way (``cuda.blend_cuda``), or None where it does
-        not apply (CPU, ``backend="reference"``, fields of different layouts)."""
-        fields = ([near] if self.near is not None else []) + list(far)
-        # backend="cuda" is a requirement on the fields, not on this sum: CPU fields (e.g. a
-        # decoding step's, computed in PyTorch) still blend in PyTorch.
-        backend = "reference" if self.config.backend == "reference" else "auto"
-        fast = _fast_path("blend_cuda", backend, fields[0])
-        if fast is None:
-            return None
-        return fast(fields, self.coefficients())
-
     def coefficients(self, far_scale: float = 1.0) -> torch.Tensor:
         """Each field's weight per (head, lane), float32 ``(fields, heads, head_dim)``: the
         near field first (kind ``fmm``), then the far fields, w_group * w_l (times
         ``far_scale``). Differentiable: the weights' gradients flow back through it.
 
         The paper's schemes (one granularity for every weight, no group weight) take one
-        ``stack`` and a broadcast view, whose backward is one reduction: per-weight views
-        and a ``stack`` of them cost ~80 µs of host time per step on our CPU machine (three
-        reductions and ten autograd nodes), against ~25 µs; a step of a short sequence is
-        host-bound (docs/gpu.md). The result may be a broadcast view: ``.contiguous()`` it
-        where memory order matters."""
+        ``stack`` and a broadcast view, whose backward is one reduction (per-weight views and
+        a ``stack`` of them cost three reductions and ten autograd nodes of host time, which a
+        short sequence's step is bound by). The result may be a broadcast view:
+        ``.contiguous()`` it where memory order matters."""
         weights = ([] if self.near is None else [self.near]) + list(self.far)
         kinds = {w.granularity for w in weights}
         if self.far_group is None and far_scale == 1.0 and len(kinds) == 1:

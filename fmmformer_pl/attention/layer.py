@@ -30,39 +30,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import dispatch
 from .blend import Blend
 from .config import AttentionConfig
 from .far_field import far_fields
-from .feature_maps import get_feature_map
-from .near_field import _check_inputs, _fast_path, _wants_fast_path, near_field
+from .feature_maps import get_feature_map, kernel_codes
+from .inputs import check_inputs
+from .near_field import near_field
+from .ops.plan import DEFAULT_PLAN, KernelPlan
 
 _KINDS = ("softmax", "linear", "band", "fmm")
-
-
-def _resolve_fmm_op():
-    """The fused attention as custom ops (``cuda.fmm_op``) on machines with CUDA and triton,
-    else None. Resolved at import: ``torch.compile`` does not trace imports."""
-    if not torch.cuda.is_available():
-        return None
-    try:
-        from .cuda.fmm_op import fmm_attention_op
-    except Exception:  # noqa: BLE001 - a broken triton install must not break the layer
-        return None
-    return fmm_attention_op
-
-
-# What FMMAttention runs under torch.compile (eager code runs the autograd.Function instead).
-_FMM_OP = _resolve_fmm_op()
-
-
-def _compiled_fast_path(backend: str, q: torch.Tensor):
-    """``_fast_path("fmm_attention_cuda", ...)`` for code that torch.compile traces (same
-    checks and errors, no import)."""
-    if not _wants_fast_path(backend, q):
-        return None
-    if _FMM_OP is None and backend == "cuda":
-        raise RuntimeError("backend='cuda' but the fused GPU kernels (triton) are unavailable")
-    return _FMM_OP
 
 
 def _acc(t: torch.Tensor) -> torch.Tensor:
@@ -100,6 +77,7 @@ class FMMAttention(nn.Module):
     far_feature_normalize, far_eps: the released LM code's far field, phi(x) / sum_d phi(x)_d
         and a denominator + eps (``far_field``); these run the far field in PyTorch on every
         device, since the GPU kernels apply phi themselves and have neither.
+    kernel_plan: the GPU kernels' tuning (``ops/plan.py``); the default suits every model.
     """
 
     def __init__(
@@ -111,6 +89,7 @@ class FMMAttention(nn.Module):
         bias: bool = True,
         far_feature_normalize: bool = False,
         far_eps: float = 0.0,
+        kernel_plan: KernelPlan = DEFAULT_PLAN,
     ):
         super().__init__()
         if num_heads < 1 or dim % num_heads != 0:
@@ -135,6 +114,8 @@ class FMMAttention(nn.Module):
         self.blend = Blend(config, num_heads, self.head_dim) if self.has_far else None
         # Resolved once so an unknown feature-map name fails at construction.
         self.phis = [get_feature_map(n) for n in config.feature_maps] if self.has_far else []
+        self.kernel_plan = kernel_plan
+        dispatch.prepare(kernel_plan)
 
     # ------------------------------------------------------------------ full sequence
 
@@ -161,46 +142,50 @@ class FMMAttention(nn.Module):
         dropout_p = cfg.dropout if self.training else 0.0
         if cfg.kind == "softmax":
             return self._softmax(q, k, v, key_padding_mask, dropout_p)
-        fused = self._fused(q, k, v, key_padding_mask, far_length, dropout_p)
-        if fused is not None:
-            return fused
+        route = dispatch.route(cfg.backend, q, self._fusable(), self.kernel_plan)
+        if route == "fused":
+            fused = self._fused(q, k, v, key_padding_mask, far_length, dropout_p)
+            if fused is not None:
+                return fused
+        # Field by field: on their kernels where they cover the case ("fields"; also where
+        # the fused node declined it), else on the PyTorch references.
+        backend = "reference" if route == "reference" else cfg.backend
+        plan = self.kernel_plan
         near = None
         if self.has_near:
             near = near_field(
                 q, k, v, cfg.bandwidth, causal=self.causal, key_padding_mask=key_padding_mask,
-                dropout_p=dropout_p, backend=cfg.backend,
+                dropout_p=dropout_p, backend=backend, plan=plan,
             )  # fmt: skip
             if not self.has_far:
                 return near
-        kw = dict(causal=self.causal, normalize=cfg.far_normalize, backend=cfg.backend,
-                  feature_normalize=self.far_feature_normalize, eps=self.far_eps)  # fmt: skip
+        kw = dict(causal=self.causal, normalize=cfg.far_normalize, backend=backend,
+                  feature_normalize=self.far_feature_normalize, eps=self.far_eps, plan=plan)  # fmt: skip
         far = far_fields(q, k, v, cfg.feature_maps, key_padding_mask=key_padding_mask, **kw)
         if far_length is not None and not cfg.far_normalize:
             # far_field divided by sqrt(seq); the unnormalised field is linear in that scale.
             far = [f * math.sqrt(q.shape[-2] / far_length) for f in far]
-        return self.blend(near, far)
+        return self.blend(near, far, plan=plan)
+
+    def _fusable(self) -> bool:
+        """Whether the fused node computes this layer's fields: a far field, feature maps the
+        kernels compute, and none of the released LM code's options they lack."""
+        if not self.has_far or self.far_feature_normalize or self.far_eps:
+            return False
+        return kernel_codes(self.config.feature_maps) is not None
 
     def _fused(self, q, k, v, key_padding_mask, far_length, dropout_p):
-        """Near + far + blend as one GPU autograd node (``cuda.fmm_attention_cuda``), or None
-        where it does not apply (CPU, ``backend="reference"``, a callable feature map, ...)."""
+        """Near + far + blend as one GPU autograd node (``dispatch.fused``), or None where
+        the kernels do not cover the case."""
         cfg = self.config
-        if not self.has_far or self.far_feature_normalize or self.far_eps:
-            return None  # the kernels lack these: the unfused path runs the far field in PyTorch
-        if torch.compiler.is_compiling():
-            # The custom ops trace into the compiled graph; the Function would break it.
-            fast = _compiled_fast_path(cfg.backend, q)
-        else:
-            fast = _fast_path("fmm_attention_cuda", cfg.backend, q)
-        if fast is None:
-            return None
-        _check_inputs(q, k, v, key_padding_mask)  # as near_field / far_fields would
+        check_inputs(q, k, v, key_padding_mask)  # as near_field / far_fields would
         far_scale = 1.0
         if far_length is not None and not cfg.far_normalize:
-            far_scale = math.sqrt(q.shape[-2] / far_length)  # see _attend's unfused branch
-        return fast(
+            far_scale = math.sqrt(q.shape[-2] / far_length)  # see _attend's field branch
+        return dispatch.fused(
             q, k, v, self.blend.coefficients(far_scale),
-            cfg.bandwidth if self.has_near else None, cfg.feature_maps, causal=self.causal,
-            normalize=cfg.far_normalize, key_padding_mask=key_padding_mask, dropout_p=dropout_p,
+            cfg.bandwidth if self.has_near else None, cfg.feature_maps, self.causal,
+            cfg.far_normalize, key_padding_mask, dropout_p, cfg.backend, self.kernel_plan,
         )  # fmt: skip
 
     def _softmax(self, q, k, v, key_padding_mask, dropout_p):

@@ -189,8 +189,9 @@ def test_far_fields_bad_arguments():
 
 def test_float32_heads_wider_than_64_under_tf32_take_the_reference():
     """The Triton far-field state kernel does not compile for sm_90a with TF32 products of
-    float32 tiles wider than 64 (``_common.supported``): those inputs go to the reference."""
-    from fmmformer_pl.attention.cuda._common import supported
+    float32 tiles wider than 64 (``ops/common/host.supported``): those inputs go to the
+    reference."""
+    from fmmformer_pl.attention.ops.common.host import supported
 
     wide, narrow = torch.zeros(1, 2, 8, 128), torch.zeros(1, 2, 8, 64)
     before = torch.get_float32_matmul_precision()

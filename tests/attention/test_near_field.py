@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import sys
-import types
-
 import pytest
 import torch
 import torch.nn.functional as F
 
 from fmmformer_pl.attention import near_field
 from fmmformer_pl.attention.naive import naive_near_field, visible_keys
-from fmmformer_pl.attention.near_field import _fast_path
 
 from .conftest import assert_matches, outputs_and_grads, random_padding, random_qkv
 
@@ -164,23 +160,3 @@ def test_bad_arguments(kwargs, error, match):
 def test_bad_shapes(q_shape, k_shape, v_shape, match):
     with pytest.raises(ValueError, match=match):
         near_field(torch.randn(q_shape), torch.randn(k_shape), torch.randn(v_shape), 3)
-
-
-class _FakeCudaTensor:
-    is_cuda = True
-    device = "cuda:0"
-
-
-def test_fast_path_selection(monkeypatch):
-    # No cuda package: "auto" falls back silently, "cuda" explains why it cannot run.
-    monkeypatch.setitem(sys.modules, "fmmformer_pl.attention.cuda", None)
-    assert _fast_path("near_field_cuda", "auto", _FakeCudaTensor()) is None
-    with pytest.raises(RuntimeError, match="unavailable"):
-        _fast_path("near_field_cuda", "cuda", _FakeCudaTensor())
-    # With a cuda package its function is used for CUDA inputs only, never for "reference".
-    fake = types.ModuleType("fmmformer_pl.attention.cuda")
-    fake.near_field_cuda = lambda *a, **kw: None
-    monkeypatch.setitem(sys.modules, "fmmformer_pl.attention.cuda", fake)
-    assert _fast_path("near_field_cuda", "auto", _FakeCudaTensor()) is fake.near_field_cuda
-    assert _fast_path("near_field_cuda", "reference", _FakeCudaTensor()) is None
-    assert _fast_path("near_field_cuda", "auto", torch.zeros(1)) is None

@@ -1,5 +1,5 @@
 """Far field on the GPU: the bidirectional kernels. Every program reads the total states once
-and then its chunks; nothing is carried from chunk to chunk. ``far.py`` explains the algorithm
+and then its chunks; nothing is carried from chunk to chunk. ``op.py`` explains the algorithm
 and launches these.
 """
 
@@ -8,26 +8,26 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .far_tiles import (
-    _blend_add,
-    _blend_start,
-    _dphi_m,
-    _feature_base,
-    _gs_bases,
-    _load_features,
-    _load_stored_g_s,
-    _load_tile,
-    _phi_q,
-    _program,
-    _readout,
-    _store_features,
-    _store_tile,
-    _total_states,
+from ..common.tiles import (
+    blend_add,
+    blend_start,
+    dphi_of_map,
+    feature_base,
+    gs_bases,
+    load_features,
+    load_g_s,
+    load_tile,
+    phi_queries,
+    program_ids,
+    readout,
+    store_features,
+    store_tile,
+    total_states,
 )
 
 
 @triton.jit
-def _fwd_bidir_kernel(
+def fwd_bidir_kernel(
     q_ptr, st_ptr, o0_ptr, o1_ptr, den_ptr, phi_ptr, near_ptr, c_ptr, y_ptr,
     H, T, D, DV, CPS, scale,
     sqb, sqh, sqt, sqd, sob, soh, sot, sod,
@@ -41,22 +41,22 @@ def _fwd_bidir_kernel(
     Grid (programs, batch * heads): each program reads the states once (rounded to the
     product dtype) and then CPS chunks of q; nothing is carried between chunks. a = phi_m(q)
     goes to the feature buffer (side 0) for the backward. BLEND (the fused FMM forward): also
-    y = c_near * near + sum_m c_m out_m (``far_tiles._blend_start``, ``_blend_add``).
+    y = c_near * near + sum_m c_m out_m (``tiles.blend_start``, ``blend_add``).
     """
-    pid_p, pid_bh, _, n_bh, bb, hh = _program(H)
+    pid_p, pid_bh, _, n_bh, bb, hh = program_ids(H)
     q_base = q_ptr + bb * sqb + hh * sqh
     o0_base = o0_ptr + bb * sob + hh * soh
     o1_base = o1_ptr + bb * sob + hh * soh
     offs_t = tl.arange(0, BT)
     offs_d = tl.arange(0, BD)
     offs_dv = tl.arange(0, BDV)
-    S0, z0, S1, z1 = _total_states(st_ptr, pid_bh, offs_d, offs_dv, NM, BD, BDV, SLOT, DOT_DTYPE)
+    S0, z0, S1, z1 = total_states(st_ptr, pid_bh, offs_d, offs_dv, NM, BD, BDV, SLOT, DOT_DTYPE)
     t0 = pid_p * CPS * BT
     for c in range(0, CPS):
         t = t0 + c * BT + offs_t
-        qq = _load_tile(q_base, t, offs_d, T, D, sqt, sqd)
+        qq = load_tile(q_base, t, offs_d, T, D, sqt, sqd)
         if BLEND:
-            y = _blend_start(
+            y = blend_start(
                 near_ptr + bb * sob + hh * soh, c_ptr, hh, t, offs_dv, T, DV, sot, sod,
                 HAS_NEAR, BT, BDV,
             )  # fmt: skip
@@ -65,21 +65,21 @@ def _fwd_bidir_kernel(
                 S, z, o_base = S0, z0, o0_base
             else:
                 S, z, o_base = S1, z1, o1_base
-            a = _phi_q(qq, t, offs_d, T, D, m, PHI0, PHI1, FAST)
-            a_base = _feature_base(phi_ptr, 0, m, NM, pid_bh, n_bh, T, D)
-            _store_features(a_base, t, offs_d, T, D, a)
+            a = phi_queries(qq, t, offs_d, T, D, m, PHI0, PHI1, FAST)
+            a_base = feature_base(phi_ptr, 0, m, NM, pid_bh, n_bh, T, D)
+            store_features(a_base, t, offs_d, T, D, a)
             row = m * n_bh + pid_bh
-            out = _readout(a, S, z, den_ptr, row, t, T, scale, NORMALIZE, PREC, DOT_DTYPE)
-            _store_tile(o_base, t, offs_dv, T, DV, sot, sod, out, False)
+            out = readout(a, S, z, den_ptr, row, t, T, scale, NORMALIZE, PREC, DOT_DTYPE)
+            store_tile(o_base, t, offs_dv, T, DV, sot, sod, out, False)
             if BLEND:
                 row = (1 if HAS_NEAR else 0) + m
-                y = _blend_add(y, out, o_base, c_ptr, row, H, hh, offs_dv, DV)
+                y = blend_add(y, out, o_base, c_ptr, row, H, hh, offs_dv, DV)
         if BLEND:
-            _store_tile(y_ptr + bb * sob + hh * soh, t, offs_dv, T, DV, sot, sod, y, False)
+            store_tile(y_ptr + bb * sob + hh * soh, t, offs_dv, T, DV, sot, sod, y, False)
 
 
 @triton.jit
-def _dq_bidir_kernel(
+def dq_bidir_kernel(
     q_ptr, phi_ptr, g_ptr, s_ptr, st_ptr, dq_ptr,
     H, T, D, DV, CPS,
     sqb, sqh, sqt, sqd, sdqb, sdqh, sdqt, sdqd,
@@ -91,13 +91,13 @@ def _dq_bidir_kernel(
 
     Grid (programs, batch * heads); the states are read once per program.
     """
-    pid_p, pid_bh, _, n_bh, bb, hh = _program(H)
+    pid_p, pid_bh, _, n_bh, bb, hh = program_ids(H)
     q_base = q_ptr + bb * sqb + hh * sqh
     dq_base = dq_ptr + bb * sdqb + hh * sdqh
     offs_t = tl.arange(0, BT)
     offs_d = tl.arange(0, BD)
     offs_dv = tl.arange(0, BDV)
-    S0, z0, S1, z1 = _total_states(st_ptr, pid_bh, offs_d, offs_dv, NM, BD, BDV, SLOT, DOT_DTYPE)
+    S0, z0, S1, z1 = total_states(st_ptr, pid_bh, offs_d, offs_dv, NM, BD, BDV, SLOT, DOT_DTYPE)
     t0 = pid_p * CPS * BT
     for c in range(0, CPS):
         t = t0 + c * BT + offs_t
@@ -107,18 +107,18 @@ def _dq_bidir_kernel(
                 S, z = S0, z0
             else:
                 S, z = S1, z1
-            g_base, s_base = _gs_bases(g_ptr, s_ptr, m, pid_bh, n_bh, T, DV)
-            g, s = _load_stored_g_s(g_base, s_base, t, offs_dv, T, DV)
+            g_base, s_base = gs_bases(g_ptr, s_ptr, m, pid_bh, n_bh, T, DV)
+            g, s = load_g_s(g_base, s_base, t, offs_dv, T, DV)
             da = tl.dot(g, tl.trans(S), input_precision=PREC)
-            a_base = _feature_base(phi_ptr, 0, m, NM, pid_bh, n_bh, T, D)
-            a = _load_features(a_base, t, offs_d, T, D).to(tl.float32)
-            dphi_q = _dphi_m(a, q_base, t, offs_d, T, D, sqt, sqd, m, PHI0, PHI1, FAST)
+            a_base = feature_base(phi_ptr, 0, m, NM, pid_bh, n_bh, T, D)
+            a = load_features(a_base, t, offs_d, T, D).to(tl.float32)
+            dphi_q = dphi_of_map(a, q_base, t, offs_d, T, D, sqt, sqd, m, PHI0, PHI1, FAST)
             dq += (da + s[:, None] * z[None, :]) * dphi_q
-        _store_tile(dq_base, t, offs_d, T, D, sdqt, sdqd, dq, ACC)
+        store_tile(dq_base, t, offs_d, T, D, sdqt, sdqd, dq, ACC)
 
 
 @triton.jit
-def _dkv_bidir_kernel(
+def dkv_bidir_kernel(
     k_ptr, v_ptr, phi_ptr, rt_ptr, dk_ptr, dv_ptr,
     H, T, D, DV, CPS,
     skb, skh, skt, skd, svb, svh, svt, svd,
@@ -132,7 +132,7 @@ def _dkv_bidir_kernel(
 
     Grid (programs, batch * heads); the states are read once per program.
     """
-    pid_p, pid_bh, _, n_bh, bb, hh = _program(H)
+    pid_p, pid_bh, _, n_bh, bb, hh = program_ids(H)
     k_base = k_ptr + bb * skb + hh * skh
     v_base = v_ptr + bb * svb + hh * svh
     dk_base = dk_ptr + bb * sdkb + hh * sdkh
@@ -140,11 +140,11 @@ def _dkv_bidir_kernel(
     offs_t = tl.arange(0, BT)
     offs_d = tl.arange(0, BD)
     offs_dv = tl.arange(0, BDV)
-    R0, r0, R1, r1 = _total_states(rt_ptr, pid_bh, offs_d, offs_dv, NM, BD, BDV, SLOT, DOT_DTYPE)
+    R0, r0, R1, r1 = total_states(rt_ptr, pid_bh, offs_d, offs_dv, NM, BD, BDV, SLOT, DOT_DTYPE)
     t0 = pid_p * CPS * BT
     for c in range(0, CPS):
         t = t0 + c * BT + offs_t
-        vv = _load_tile(v_base, t, offs_dv, T, DV, svt, svd).to(DOT_DTYPE)
+        vv = load_tile(v_base, t, offs_dv, T, DV, svt, svd).to(DOT_DTYPE)
         dk = tl.zeros([BT, BD], dtype=tl.float32)
         dv = tl.zeros([BT, BDV], dtype=tl.float32)
         for m in tl.static_range(NM):
@@ -152,21 +152,19 @@ def _dkv_bidir_kernel(
                 R, r = R0, r0
             else:
                 R, r = R1, r1
-            b = _load_features(
-                _feature_base(phi_ptr, 1, m, NM, pid_bh, n_bh, T, D), t, offs_d, T, D
-            )
+            b = load_features(feature_base(phi_ptr, 1, m, NM, pid_bh, n_bh, T, D), t, offs_d, T, D)
             db = tl.dot(vv, tl.trans(R), input_precision=PREC) + r[None, :]
             dv += tl.dot(b, R, input_precision=PREC)
-            dphi_k = _dphi_m(
+            dphi_k = dphi_of_map(
                 b.to(tl.float32), k_base, t, offs_d, T, D, skt, skd, m, PHI0, PHI1, FAST
             )
             dk += db * dphi_k  # dphi_k is 0 at padding: padded keys get no gradient
-        _store_tile(dk_base, t, offs_d, T, D, sdkt, sdkd, dk, ACC)
-        _store_tile(dv_base, t, offs_dv, T, DV, sdvt, sdvd, dv, ACC)
+        store_tile(dk_base, t, offs_d, T, D, sdkt, sdkd, dk, ACC)
+        store_tile(dv_base, t, offs_dv, T, DV, sdvt, sdvd, dv, ACC)
 
 
 @triton.jit
-def _bwd_bidir_kernel(
+def bwd_bidir_kernel(
     q_ptr, k_ptr, v_ptr, phi_ptr, g_ptr, s_ptr, st_ptr, rt_ptr, dq_ptr, dk_ptr, dv_ptr,
     H, T, D, DV, CPS,
     sqb, sqh, sqt, sqd, skb, skh, skt, skd, svb, svh, svt, svd,
@@ -178,14 +176,14 @@ def _bwd_bidir_kernel(
     """Both bidirectional backward passes in one launch (one launch less of host overhead):
     grid (programs, batch * heads, 2), axis 2 picks dq (0) or dk, dv (1)."""
     if tl.program_id(2) == 0:
-        _dq_bidir_kernel(
+        dq_bidir_kernel(
             q_ptr, phi_ptr, g_ptr, s_ptr, st_ptr, dq_ptr,
             H, T, D, DV, CPS,
             sqb, sqh, sqt, sqd, sdqb, sdqh, sdqt, sdqd,
             NM, PHI0, PHI1, FAST, BT, BD, BDV, PREC, DOT_DTYPE, SLOT, ACC,
         )  # fmt: skip
     else:
-        _dkv_bidir_kernel(
+        dkv_bidir_kernel(
             k_ptr, v_ptr, phi_ptr, rt_ptr, dk_ptr, dv_ptr,
             H, T, D, DV, CPS,
             skb, skh, skt, skd, svb, svh, svt, svd,

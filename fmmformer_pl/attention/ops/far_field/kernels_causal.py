@@ -1,6 +1,6 @@
 """Far field on the GPU: the causal kernels. One program per segment walks its chunks with the
 state in registers: forward (out, den), backward dq (forward walk) and dk, dv (backward walk).
-``far.py`` explains the algorithm and launches these.
+``op.py`` explains the algorithm and launches these.
 
 Each walk's work on one chunk for one feature map is a ``_*_step`` helper. With two maps a
 kernel either walks the segment once per map (PAIR False: one map's state in registers at a
@@ -13,22 +13,22 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .far_tiles import (
-    _blend_add,
-    _blend_start,
-    _dphi_m,
-    _feature_base,
-    _gs_bases,
-    _keep_keys,
-    _load_features,
-    _load_stored_g_s,
-    _load_tile,
-    _phi_k,
-    _phi_q,
-    _program,
-    _store_features,
-    _store_tile,
-    _walk_states,
+from ..common.tiles import (
+    blend_add,
+    blend_start,
+    dphi_of_map,
+    feature_base,
+    gs_bases,
+    keep_keys,
+    load_features,
+    load_g_s,
+    load_tile,
+    phi_keys,
+    phi_queries,
+    program_ids,
+    store_features,
+    store_tile,
+    walk_states,
 )
 
 
@@ -43,23 +43,23 @@ def _fwd_step(
     """(num, den, S, z) of map M on one chunk: num = a S + tril(a b^T) v, den = a z +
     rowsum(tril(a b^T)); the state moves past the chunk. Stores a = phi_M(q), and b = phi_M(k)
     where the state pass did not (not HAS_INIT)."""
-    a_base = _feature_base(phi_ptr, 0, M, NM, pid_bh, n_bh, T, D)
-    b_base = _feature_base(phi_ptr, 1, M, NM, pid_bh, n_bh, T, D)
-    a = _phi_q(qq, t, offs_d, T, D, M, PHI0, PHI1, FAST)
+    a_base = feature_base(phi_ptr, 0, M, NM, pid_bh, n_bh, T, D)
+    b_base = feature_base(phi_ptr, 1, M, NM, pid_bh, n_bh, T, D)
+    a = phi_queries(qq, t, offs_d, T, D, M, PHI0, PHI1, FAST)
     den = tl.sum(a * z[None, :], axis=1)
     a = a.to(DOT_DTYPE)
-    _store_features(a_base, t, offs_d, T, D, a)
+    store_features(a_base, t, offs_d, T, D, a)
     num = tl.dot(a, S.to(DOT_DTYPE), input_precision=PREC)
     if HAS_INIT:  # the state pass has stored b
-        b = _load_features(b_base, t, offs_d, T, D)
+        b = load_features(b_base, t, offs_d, T, D)
         z += tl.sum(b.to(tl.float32), axis=0)
     else:
-        kk = _load_tile(k_base, t, offs_d, T, D, skt, skd)
-        keep2 = _keep_keys(mask_base, t, offs_d, T, D, smt, HAS_MASK)
-        b = _phi_k(kk, keep2, M, PHI0, PHI1, FAST)
+        kk = load_tile(k_base, t, offs_d, T, D, skt, skd)
+        keep2 = keep_keys(mask_base, t, offs_d, T, D, smt, HAS_MASK)
+        b = phi_keys(kk, keep2, M, PHI0, PHI1, FAST)
         z += tl.sum(b, axis=0)
         b = b.to(DOT_DTYPE)
-        _store_features(b_base, t, offs_d, T, D, b)
+        store_features(b_base, t, offs_d, T, D, b)
     A = tl.dot(a, tl.trans(b), input_precision=PREC)
     A = tl.where(causal_mask, A, 0.0)
     num += tl.dot(A.to(DOT_DTYPE), vv, input_precision=PREC)
@@ -80,12 +80,12 @@ def _fwd_store(
         tl.store(den_base + t, den, mask=t < T)
     else:
         out = num * scale
-    _store_tile(o_base, t, offs_dv, T, DV, sot, sod, out, False)
+    store_tile(o_base, t, offs_dv, T, DV, sot, sod, out, False)
     return out
 
 
 @triton.jit
-def _fwd_causal_kernel(
+def fwd_causal_kernel(
     q_ptr, k_ptr, v_ptr, mask_ptr, st_ptr, o0_ptr, o1_ptr, den_ptr, phi_ptr,
     near_ptr, c_ptr, y_ptr,
     H, T, D, DV, CPS, scale,
@@ -99,14 +99,14 @@ def _fwd_causal_kernel(
     """Causal out_m (and den_m) of one segment's chunks. Grid (segments, batch * heads).
 
     BLEND (the fused FMM forward; one walk over every map): also y = c_near * near +
-    sum_m c_m out_m (``far_tiles._blend_start``, ``_blend_add``; near, y laid out like out).
+    sum_m c_m out_m (``tiles.blend_start``, ``blend_add``; near, y laid out like out).
 
     HAS_INIT: st holds the inclusive cumsum over segments of the state kernel's slots
     (bh, segment, map); this program (= segment pid_s) starts from slot pid_s - 1. a = phi_m(q)
     goes to the feature buffer for the backward; b = phi_m(k) is read from it where the state
     pass ran (HAS_INIT), else computed and stored. PAIR: see the module doc.
     """
-    pid_s, pid_bh, n_prog, n_bh, bb, hh = _program(H)
+    pid_s, pid_bh, n_prog, n_bh, bb, hh = program_ids(H)
     q_base = q_ptr + bb * sqb + hh * sqh
     k_base = k_ptr + bb * skb + hh * skh
     v_base = v_ptr + bb * svb + hh * svh
@@ -123,13 +123,13 @@ def _fwd_causal_kernel(
     o0_base = o0_ptr + bb * sob + hh * soh
     o1_base = o1_ptr + bb * sob + hh * soh
     for m in tl.static_range(1 if TWO else NM):
-        S0, z0, S1, z1 = _walk_states(
+        S0, z0, S1, z1 = walk_states(
             st_ptr, slot, m, pid_s > 0, offs_d, offs_dv, NM, BD, BDV, SLOT, HAS_INIT, TWO
         )  # fmt: skip
         for c in range(0, CPS):
             t = t0 + c * BT + offs_t
-            qq = _load_tile(q_base, t, offs_d, T, D, sqt, sqd)
-            vv = _load_tile(v_base, t, offs_dv, T, DV, svt, svd).to(DOT_DTYPE)
+            qq = load_tile(q_base, t, offs_d, T, D, sqt, sqd)
+            vv = load_tile(v_base, t, offs_dv, T, DV, svt, svd).to(DOT_DTYPE)
             num, den, S0, z0 = _fwd_step(
                 qq, vv, t, S0, z0, phi_ptr, pid_bh, n_bh, k_base, mask_base, causal_mask, offs_d,
                 T, D, skt, skd, smt, m, NM, PHI0, PHI1, HAS_MASK, HAS_INIT, FAST, PREC, DOT_DTYPE,
@@ -139,11 +139,11 @@ def _fwd_causal_kernel(
                 t, offs_dv, T, DV, sot, sod, num, den, scale, NORMALIZE,
             )  # fmt: skip
             if BLEND:
-                y = _blend_start(
+                y = blend_start(
                     near_ptr + bb * sob + hh * soh, c_ptr, hh, t, offs_dv, T, DV, sot, sod,
                     HAS_NEAR, BT, BDV,
                 )  # fmt: skip
-                y = _blend_add(y, out, o0_base, c_ptr, FIRST, H, hh, offs_dv, DV)
+                y = blend_add(y, out, o0_base, c_ptr, FIRST, H, hh, offs_dv, DV)
             if TWO:
                 num, den, S1, z1 = _fwd_step(
                     qq, vv, t, S1, z1, phi_ptr, pid_bh, n_bh, k_base, mask_base, causal_mask,
@@ -155,9 +155,9 @@ def _fwd_causal_kernel(
                     t, offs_dv, T, DV, sot, sod, num, den, scale, NORMALIZE,
                 )  # fmt: skip
                 if BLEND:
-                    y = _blend_add(y, out, o1_base, c_ptr, FIRST + 1, H, hh, offs_dv, DV)
+                    y = blend_add(y, out, o1_base, c_ptr, FIRST + 1, H, hh, offs_dv, DV)
             if BLEND:
-                _store_tile(y_ptr + bb * sob + hh * soh, t, offs_dv, T, DV, sot, sod, y, False)
+                store_tile(y_ptr + bb * sob + hh * soh, t, offs_dv, T, DV, sot, sod, y, False)
 
 
 @triton.jit
@@ -169,11 +169,11 @@ def _dq_step(
 ):  # fmt: skip
     """(map M's share of dq, S, z) on one chunk: da = (g S^T + s z^T) + tril(g v^T + s) b,
     times phi_M'(q); the state moves past the chunk."""
-    a_base = _feature_base(phi_ptr, 0, M, NM, pid_bh, n_bh, T, D)
-    b_base = _feature_base(phi_ptr, 1, M, NM, pid_bh, n_bh, T, D)
-    g_base, s_base = _gs_bases(g_ptr, s_ptr, M, pid_bh, n_bh, T, DV)
-    b = _load_features(b_base, t, offs_d, T, D)
-    g, s = _load_stored_g_s(g_base, s_base, t, offs_dv, T, DV)
+    a_base = feature_base(phi_ptr, 0, M, NM, pid_bh, n_bh, T, D)
+    b_base = feature_base(phi_ptr, 1, M, NM, pid_bh, n_bh, T, D)
+    g_base, s_base = gs_bases(g_ptr, s_ptr, M, pid_bh, n_bh, T, DV)
+    b = load_features(b_base, t, offs_d, T, D)
+    g, s = load_g_s(g_base, s_base, t, offs_dv, T, DV)
     da = tl.dot(g, tl.trans(S.to(DOT_DTYPE)), input_precision=PREC)
     da += s[:, None] * z[None, :]
     P = tl.dot(g, tl.trans(vv), input_precision=PREC)
@@ -181,13 +181,13 @@ def _dq_step(
     z += tl.sum(b.to(tl.float32), axis=0)
     da += tl.dot(P.to(DOT_DTYPE), b, input_precision=PREC)
     S += tl.dot(tl.trans(b), vv, input_precision=PREC)
-    a = _load_features(a_base, t, offs_d, T, D).to(tl.float32)
-    dphi_q = _dphi_m(a, q_base, t, offs_d, T, D, sqt, sqd, M, PHI0, PHI1, FAST)
+    a = load_features(a_base, t, offs_d, T, D).to(tl.float32)
+    dphi_q = dphi_of_map(a, q_base, t, offs_d, T, D, sqt, sqd, M, PHI0, PHI1, FAST)
     return da * dphi_q, S, z
 
 
 @triton.jit
-def _dq_causal_kernel(
+def dq_causal_kernel(
     q_ptr, v_ptr, phi_ptr, g_ptr, s_ptr, st_ptr, dq_ptr,
     H, T, D, DV, CPS,
     sqb, sqh, sqt, sqd, svb, svh, svt, svd, sdqb, sdqh, sdqt, sdqd,
@@ -203,7 +203,7 @@ def _dq_causal_kernel(
     and s from the state pass. Walking once per map, the second walk adds to the first's dq;
     ACC: the first adds too (to another field's gradient, the fused FMM backward).
     """
-    pid_s, pid_bh, n_seg, n_bh, bb, hh = _program(H)
+    pid_s, pid_bh, n_seg, n_bh, bb, hh = program_ids(H)
     q_base = q_ptr + bb * sqb + hh * sqh
     v_base = v_ptr + bb * svb + hh * svh
     dq_base = dq_ptr + bb * sdqb + hh * sdqh
@@ -217,12 +217,12 @@ def _dq_causal_kernel(
     for m in tl.static_range(1 if TWO else NM):
         if m == 1:
             tl.debug_barrier()  # map 0's dq is stored before map 1 reads it back
-        S0, z0, S1, z1 = _walk_states(
+        S0, z0, S1, z1 = walk_states(
             st_ptr, slot, m, pid_s > 0, offs_d, offs_dv, NM, BD, BDV, SLOT, HAS_INIT, TWO
         )  # fmt: skip
         for c in range(0, CPS):
             t = t0 + c * BT + offs_t
-            vv = _load_tile(v_base, t, offs_dv, T, DV, svt, svd).to(DOT_DTYPE)
+            vv = load_tile(v_base, t, offs_dv, T, DV, svt, svd).to(DOT_DTYPE)
             dq, S0, z0 = _dq_step(
                 phi_ptr, g_ptr, s_ptr, pid_bh, n_bh, q_base, vv, t, S0, z0, causal_mask, offs_d,
                 offs_dv, T, D, DV, sqt, sqd, m, NM, PHI0, PHI1, FAST, PREC, DOT_DTYPE,
@@ -234,9 +234,9 @@ def _dq_causal_kernel(
                 )  # fmt: skip
                 dq += dq1
             if m == 0:
-                _store_tile(dq_base, t, offs_d, T, D, sdqt, sdqd, dq, ACC)
+                store_tile(dq_base, t, offs_d, T, D, sdqt, sdqd, dq, ACC)
             else:
-                _store_tile(dq_base, t, offs_d, T, D, sdqt, sdqd, dq, True)
+                store_tile(dq_base, t, offs_d, T, D, sdqt, sdqd, dq, True)
 
 
 @triton.jit
@@ -252,14 +252,14 @@ def _dkv_step(
         db = v R^T + r + (tril(g v^T + s))^T a,   dv = b R + (tril(a b^T))^T g,
 
     dk's share db * phi_M'(k); the reverse state moves back past the chunk."""
-    a_base = _feature_base(phi_ptr, 0, M, NM, pid_bh, n_bh, T, D)
-    b_base = _feature_base(phi_ptr, 1, M, NM, pid_bh, n_bh, T, D)
-    g_base, s_base = _gs_bases(g_ptr, s_ptr, M, pid_bh, n_bh, T, DV)
-    b = _load_features(b_base, t, offs_d, T, D)
-    g, s = _load_stored_g_s(g_base, s_base, t, offs_dv, T, DV)
+    a_base = feature_base(phi_ptr, 0, M, NM, pid_bh, n_bh, T, D)
+    b_base = feature_base(phi_ptr, 1, M, NM, pid_bh, n_bh, T, D)
+    g_base, s_base = gs_bases(g_ptr, s_ptr, M, pid_bh, n_bh, T, DV)
+    b = load_features(b_base, t, offs_d, T, D)
+    g, s = load_g_s(g_base, s_base, t, offs_dv, T, DV)
     db = tl.dot(vv, tl.trans(R.to(DOT_DTYPE)), input_precision=PREC) + r[None, :]
     dv = tl.dot(b, R.to(DOT_DTYPE), input_precision=PREC)
-    a = _load_features(a_base, t, offs_d, T, D)
+    a = load_features(a_base, t, offs_d, T, D)
     r += tl.sum(a.to(tl.float32) * s[:, None], axis=0)
     Pt = tl.dot(vv, tl.trans(g), input_precision=PREC)
     Pt = tl.where(causal_mask_t, Pt + s[None, :], 0.0)
@@ -269,12 +269,12 @@ def _dkv_step(
     dv += tl.dot(At.to(DOT_DTYPE), g, input_precision=PREC)
     R += tl.dot(tl.trans(a), g, input_precision=PREC)
     # dphi_k is 0 at padding (b is), so padded keys get no gradient.
-    dphi_k = _dphi_m(b.to(tl.float32), k_base, t, offs_d, T, D, skt, skd, M, PHI0, PHI1, FAST)
+    dphi_k = dphi_of_map(b.to(tl.float32), k_base, t, offs_d, T, D, skt, skd, M, PHI0, PHI1, FAST)
     return db * dphi_k, dv, R, r
 
 
 @triton.jit
-def _dkv_causal_kernel(
+def dkv_causal_kernel(
     k_ptr, v_ptr, phi_ptr, g_ptr, s_ptr, rt_ptr, dk_ptr, dv_ptr,
     H, T, D, DV, CPS,
     skb, skh, skt, skd, svb, svh, svt, svd,
@@ -288,9 +288,9 @@ def _dkv_causal_kernel(
 
     rt: cumsum of the reversed-order reverse states; the state after segment pid_s (the sum of
     every later segment) is at index n_seg - 2 - pid_s. a and b come from the forward's feature
-    buffer, g and s from the state pass. Accumulation as in ``_dq_causal_kernel``.
+    buffer, g and s from the state pass. Accumulation as in ``dq_causal_kernel``.
     """
-    pid_s, pid_bh, n_seg, n_bh, bb, hh = _program(H)
+    pid_s, pid_bh, n_seg, n_bh, bb, hh = program_ids(H)
     k_base = k_ptr + bb * skb + hh * skh
     v_base = v_ptr + bb * svb + hh * svh
     dk_base = dk_ptr + bb * sdkb + hh * sdkh
@@ -307,12 +307,12 @@ def _dkv_causal_kernel(
         if m == 1:
             tl.debug_barrier()  # map 0's dk, dv are stored before map 1 reads them back
         later = pid_s < n_seg - 1
-        R0, r0, R1, r1 = _walk_states(
+        R0, r0, R1, r1 = walk_states(
             rt_ptr, slot, m, later, offs_d, offs_dv, NM, BD, BDV, SLOT, HAS_INIT, TWO
         )  # fmt: skip
         for cc in range(0, CPS):
             t = t0 + (CPS - 1 - cc) * BT + offs_t
-            vv = _load_tile(v_base, t, offs_dv, T, DV, svt, svd).to(DOT_DTYPE)
+            vv = load_tile(v_base, t, offs_dv, T, DV, svt, svd).to(DOT_DTYPE)
             dk, dv, R0, r0 = _dkv_step(
                 phi_ptr, g_ptr, s_ptr, pid_bh, n_bh, k_base, vv, t, R0, r0, causal_mask_t,
                 offs_d, offs_dv, T, D, DV, skt, skd, m, NM, PHI0, PHI1, FAST, PREC, DOT_DTYPE,
@@ -325,8 +325,8 @@ def _dkv_causal_kernel(
                 dk += dk1
                 dv += dv1
             if m == 0:
-                _store_tile(dk_base, t, offs_d, T, D, sdkt, sdkd, dk, ACC)
-                _store_tile(dv_base, t, offs_dv, T, DV, sdvt, sdvd, dv, ACC)
+                store_tile(dk_base, t, offs_d, T, D, sdkt, sdkd, dk, ACC)
+                store_tile(dv_base, t, offs_dv, T, DV, sdvt, sdvd, dv, ACC)
             else:
-                _store_tile(dk_base, t, offs_d, T, D, sdkt, sdkd, dk, True)
-                _store_tile(dv_base, t, offs_dv, T, DV, sdvt, sdvd, dv, True)
+                store_tile(dk_base, t, offs_d, T, D, sdkt, sdkd, dk, True)
+                store_tile(dv_base, t, offs_dv, T, DV, sdvt, sdvd, dv, True)

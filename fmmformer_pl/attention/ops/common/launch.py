@@ -1,10 +1,9 @@
 """Launching Triton kernels with less host work per call (plain Python and torch).
 
 ``kernel[grid](*args, **kwargs)`` binds and specialises every argument on every call (Triton's
-generated binder, the cache key, the launch metadata): ~36 µs of Python for a 40-argument
-kernel on the H200 machine's host, against ~14 µs for the compiled kernel's own launcher
-(bench/host_profile.py). A step of the FMM layer makes 16 launches, and at 64K tokens that
-host work is about as long as the GPU work (``docs/gpu.md``).
+generated binder, the cache key, the launch metadata): a few times the host work of the
+compiled kernel's own launcher. A step of the FMM layer makes over a dozen launches, and up to
+long sequences that host work is as long as the GPU work.
 
 ``launch(kernel, grid, *args, **kwargs)`` does the same launch through two caches:
 
@@ -18,7 +17,7 @@ host work is about as long as the GPU work (``docs/gpu.md``).
 * specialised, on a miss: what Triton's specialisation depends on, read off the arguments:
   per tensor its dtype and whether its address is 16-byte aligned; per int whether it is 1,
   divisible by 16, 32-bit or unsigned 64-bit; per float, nothing; keywords by value
-  (``tests/attention/test_launch.py`` checks these classes against Triton's own
+  (``tests/attention/ops/test_launch.py`` checks these classes against Triton's own
   ``native_specialize_impl``). The first call with such
   a key goes through ``kernel[grid]`` (compiling as usual) and keeps the compiled kernel.
 
@@ -74,7 +73,7 @@ except AttributeError:  # a torch built without CUDA: no compiled kernels either
 
 def _key(args) -> tuple:
     """What Triton specialises the runtime arguments on (see the module doc). One loop with
-    the cases inline: ~4 µs for 40 arguments (a helper call per argument took 9)."""
+    the cases inline (a helper call per argument costs twice the time)."""
     out = []
     add = out.append
     for a in args:

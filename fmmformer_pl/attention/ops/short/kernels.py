@@ -1,35 +1,35 @@
 """The whole bidirectional FMM layer in two launches each way (Triton): near field, far fields
-of one or two feature maps, and the blend, for short sequences (``fmm_short.py`` launches them).
+of one or two feature maps, and the blend, for short sequences (``op.py`` launches them).
 
 A main-kernel program owns a run of BM-position blocks of one (batch, head). It reads the far
-field's total states as the sums of the segment states that ``_short_state_kernel`` (forward)
-or ``_short_rstate_kernel`` (backward) wrote, one program per segment; with NSEG = 0 it walks
+field's total states as the sums of the segment states that ``short_state_kernel`` (forward)
+or ``short_rstate_kernel`` (backward) wrote, one program per segment; with NSEG = 0 it walks
 every key (query) of its row itself instead (one launch each way, a longer dependent chain).
 
-Forward: the near field of the program's blocks (``near_tiles._fwd_loop``), stored with its
-log-sum-exp; then the far fields from the totals (``far_tiles._readout``) and y = c_0 near +
+Forward: the near field of the program's blocks (``tiles.near_fwd_loop``), stored with its
+log-sum-exp; then the far fields from the totals (``tiles.readout``) and y = c_0 near +
 sum_m c_m far_m, per block, storing y, the far fields (the coefficients' gradient reads them)
 and their denominators. The far states stay for the backward: the segments', or (NSEG = 0)
 the totals, stored by each row's first program.
 
 Backward, in two kinds of programs of one launch: side 0, per block of queries, dq of the far
 fields (from the forward's states S_m, z_m) and of the near field (dout = c_0 * dy,
-``near_tiles._dq_loop``), and the coefficients' partial sums sum dy * field (one atomic add
-per field); side 1, per block of keys, dk and dv of the near field (``_dkv_loop``), then of
+``tiles.near_dq_loop``), and the coefficients' partial sums sum dy * field (one atomic add
+per field); side 1, per block of keys, dk and dv of the near field (``near_dkv_loop``), then of
 the far fields from the reverse states R_m, r_m over every query (g, s formed from dy * c_m,
 the stored far field and its denominator: summed from the segments or walked). Each block's
 gradients are summed in registers and stored once.
 
 The order puts what needs no far state first: launched with programmatic dependent launch
-(PDL, on Hopper: ``fmm_short.py``), a main kernel starts while its state kernel runs, and
+(PDL, on Hopper: ``op.py``), a main kernel starts while its state kernel runs, and
 waits for the state kernel's results (``gdc_wait``) only where it reads them: the forward
 after its near field, the backward's side 1 after its near field (side 0 never). The state
 kernels let it launch at their start (``gdc_launch_dependents``). Everything the main kernel
 reads before the wait was written before the state kernel started.
 
 The feature maps are recomputed from q and k where needed: nothing per position but y, the
-fields, the log-sum-exp and the denominators is stored. Shapes as in ``near.py`` and
-``far.py``; c, dc ``(1 + maps, heads, head_dim_v)`` float32, the near field first.
+fields, the log-sum-exp and the denominators is stored. Shapes as in ``ops/near_field`` and
+``ops/far_field``; c, dc ``(1 + maps, heads, head_dim_v)`` float32, the near field first.
 """
 
 from __future__ import annotations
@@ -38,28 +38,26 @@ import triton
 import triton.language as tl
 from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
-from .far_tiles import (
-    _blend_add,
-    _g_s,
-    _keep_keys,
-    _load_state,
-    _load_tile,
-    _phi_k,
-    _phi_m,
-    _phi_q,
-    _program,
-    _readout,
-    _store_states,
-    _store_tile,
-)
-from .near_tiles import (
-    _dkv_loop,
-    _dq_loop,
-    _fwd_loop,
-    _key_rows,
-    _query_rows,
-    _rows,
-    _seed_of,
+from ..common.tiles import (
+    blend_add,
+    g_and_s,
+    keep_keys,
+    key_rows,
+    load_rows,
+    load_state,
+    load_tile,
+    near_dkv_loop,
+    near_dq_loop,
+    near_fwd_loop,
+    phi_keys,
+    phi_of_map,
+    phi_queries,
+    program_ids,
+    query_rows,
+    readout,
+    seed_of,
+    store_states,
+    store_tile,
 )
 
 
@@ -82,14 +80,14 @@ def _sum_states(
     z1 = tl.zeros([BD], dtype=tl.float32)
     for t0 in range(t_lo, t_hi, BT):
         t = t0 + offs_t
-        kk = _load_tile(k_base, t, offs_d, T, D, skt, skd)
-        keep2 = _keep_keys(mask_base, t, offs_d, T, D, smt, HAS_MASK)
-        vv = _load_tile(v_base, t, offs_dv, T, DV, svt, svd).to(DOT_DTYPE)
-        b = _phi_k(kk, keep2, 0, PHI0, PHI1, FAST)
+        kk = load_tile(k_base, t, offs_d, T, D, skt, skd)
+        keep2 = keep_keys(mask_base, t, offs_d, T, D, smt, HAS_MASK)
+        vv = load_tile(v_base, t, offs_dv, T, DV, svt, svd).to(DOT_DTYPE)
+        b = phi_keys(kk, keep2, 0, PHI0, PHI1, FAST)
         S0 += tl.dot(tl.trans(b.to(DOT_DTYPE)), vv, input_precision=PREC)
         z0 += tl.sum(b, axis=0)
         if NM == 2:
-            b = _phi_k(kk, keep2, 1, PHI0, PHI1, FAST)
+            b = phi_keys(kk, keep2, 1, PHI0, PHI1, FAST)
             S1 += tl.dot(tl.trans(b.to(DOT_DTYPE)), vv, input_precision=PREC)
             z1 += tl.sum(b, axis=0)
     return S0, z0, S1, z1
@@ -102,7 +100,7 @@ def _coefficient(c_ptr, row, H, hh, offs_dv, DV):
 
 
 @triton.jit
-def _short_fwd_kernel(
+def short_fwd_kernel(
     q_ptr, k_ptr, v_ptr, mask_ptr, c_ptr, y_ptr, o_ptr, f0_ptr, f1_ptr, lse_ptr, den_ptr,
     st_ptr, H, T, W, D, DV, BPP, qk_scale, scale, seed, p_drop,
     sqb, sqh, sqt, sqd, skb, skh, skt, skd, svb, svh, svt, svd, sob, soh, sot, sod, smb, smt,
@@ -114,12 +112,12 @@ def _short_fwd_kernel(
 ):  # fmt: skip
     """y, the near field o (and its lse), the far fields f0, f1 (and their denominators) of
     blocks [BPP * program, BPP * (program + 1)). The far states: NSEG > 0, the sums of st's
-    (batch * heads, segment, map) slots (``_short_state_kernel``); else walked here in steps
+    (batch * heads, segment, map) slots (``short_state_kernel``); else walked here in steps
     of BS positions, the row's first program storing the totals into st's (batch * heads, 0,
     map) slots for the backward. Grid (programs, batch * heads); y, o, f0, f1 share one
     layout (strides sob..sod)."""
-    pid_p, pid_bh, _, n_bh, bb, hh = _program(H)
-    seed_bh = _seed_of(seed, SEED_PTR) + pid_bh  # dropout: the near kernels' stream
+    pid_p, pid_bh, _, n_bh, bb, hh = program_ids(H)
+    seed_bh = seed_of(seed, SEED_PTR) + pid_bh  # dropout: the near kernels' stream
     q_base = q_ptr + bb * sqb + hh * sqh
     k_base = k_ptr + bb * skb + hh * skh
     v_base = v_ptr + bb * svb + hh * svh
@@ -134,17 +132,17 @@ def _short_fwd_kernel(
     for blk in range(first, last):
         m0 = blk * BM
         t = m0 + tl.arange(0, BM)
-        q = _rows(q_base, t, T, D, sqt, sqd, BD)
-        out, lse = _fwd_loop(
+        q = load_rows(q_base, t, T, D, sqt, sqd, BD)
+        out, lse = near_fwd_loop(
             q, t, m0, k_base, v_base, mask_base, seed_bh,
             T, W, D, DV, qk_scale, p_drop, skt, skd, svt, svd, smt,
             HAS_MASK, False, DROPOUT, BM, BN, BD, BDV, PREC,
         )  # fmt: skip
-        _store_tile(o_ptr + fields, t, offs_dv, T, DV, sot, sod, out, False)
+        store_tile(o_ptr + fields, t, offs_dv, T, DV, sot, sod, out, False)
         tl.store(lse_ptr + pid_bh * T + t, lse, mask=t < T)
     if PDL:
         gdc_wait()  # the state kernel has finished: its segment states are visible
-    if NSEG > 0:  # the segments' states, from _short_state_kernel
+    if NSEG > 0:  # the segments' states, from short_state_kernel
         S0, z0, S1, z1 = _segment_sums(st_ptr, pid_bh, NSEG, offs_d, offs_dv, NM, BD, BDV, SLOT)
     else:  # walked here; the row's first program stores the totals for the backward
         S0, z0, S1, z1 = _sum_states(
@@ -152,26 +150,26 @@ def _short_fwd_kernel(
             NM, PHI0, PHI1, FAST, HAS_MASK, BS, BD, BDV, PREC, DOT_DTYPE,
         )  # fmt: skip
         if pid_p == 0:
-            _store_states(st_ptr, pid_bh * NM, S0, z0, S1, z1, offs_d, offs_dv, NM, BD, BDV, SLOT)
-    S0 = S0.to(DOT_DTYPE)  # rounded where it is read, as far_tiles._total_states does
+            store_states(st_ptr, pid_bh * NM, S0, z0, S1, z1, offs_d, offs_dv, NM, BD, BDV, SLOT)
+    S0 = S0.to(DOT_DTYPE)  # rounded where it is read, as tiles.total_states does
     S1 = S1.to(DOT_DTYPE)
     tl.debug_barrier()  # the near field's tiles stored above are read back below
     for blk in range(first, last):
         t = blk * BM + tl.arange(0, BM)
-        out = _load_tile(o_ptr + fields, t, offs_dv, T, DV, sot, sod)
-        y = _blend_add(0.0, out, o_ptr, c_ptr, 0, H, hh, offs_dv, DV)
-        qq = _load_tile(q_base, t, offs_d, T, D, sqt, sqd)
+        out = load_tile(o_ptr + fields, t, offs_dv, T, DV, sot, sod)
+        y = blend_add(0.0, out, o_ptr, c_ptr, 0, H, hh, offs_dv, DV)
+        qq = load_tile(q_base, t, offs_d, T, D, sqt, sqd)
         for m in tl.static_range(NM):
             if m == 0:
                 S, z, f_ptr = S0, z0, f0_ptr
             else:
                 S, z, f_ptr = S1, z1, f1_ptr
-            a = _phi_q(qq, t, offs_d, T, D, m, PHI0, PHI1, FAST)
+            a = phi_queries(qq, t, offs_d, T, D, m, PHI0, PHI1, FAST)
             row = m * n_bh + pid_bh
-            far = _readout(a, S, z, den_ptr, row, t, T, scale, NORMALIZE, PREC, DOT_DTYPE)
-            _store_tile(f_ptr + fields, t, offs_dv, T, DV, sot, sod, far, False)
-            y = _blend_add(y, far, f_ptr, c_ptr, 1 + m, H, hh, offs_dv, DV)
-        _store_tile(y_ptr + fields, t, offs_dv, T, DV, sot, sod, y, False)
+            far = readout(a, S, z, den_ptr, row, t, T, scale, NORMALIZE, PREC, DOT_DTYPE)
+            store_tile(f_ptr + fields, t, offs_dv, T, DV, sot, sod, far, False)
+            y = blend_add(y, far, f_ptr, c_ptr, 1 + m, H, hh, offs_dv, DV)
+        store_tile(y_ptr + fields, t, offs_dv, T, DV, sot, sod, y, False)
 
 
 @triton.jit
@@ -184,7 +182,7 @@ def _reverse_states(
 ):  # fmt: skip
     """(R0, r0, R1, r1) float32: R_m = sum_i a_i g_i^T, r_m = sum_i s_i a_i over the queries
     [t_lo, t_hi) (t_lo a multiple of BT), a = phi_m(q), with g, s of the output gradient
-    dy * c_m (``far_tiles._g_s``)."""
+    dy * c_m (``tiles.g_and_s``)."""
     offs_t = tl.arange(0, BT)
     offs_d = tl.arange(0, BD)
     offs_dv = tl.arange(0, BDV)
@@ -194,28 +192,28 @@ def _reverse_states(
     r1 = tl.zeros([BD], dtype=tl.float32)
     for t0 in range(t_lo, t_hi, BT):
         t = t0 + offs_t
-        qq = _load_tile(q_base, t, offs_d, T, D, sqt, sqd)
-        dy = _load_tile(dy_base, t, offs_dv, T, DV, sdyt, sdyd)
-        a = _phi_q(qq, t, offs_d, T, D, 0, PHI0, PHI1, FAST)
+        qq = load_tile(q_base, t, offs_d, T, D, sqt, sqd)
+        dy = load_tile(dy_base, t, offs_dv, T, DV, sdyt, sdyd)
+        a = phi_queries(qq, t, offs_d, T, D, 0, PHI0, PHI1, FAST)
         o = dy  # a stand-in where the field is not read
         if NORMALIZE:
-            o = _load_tile(f0_base, t, offs_dv, T, DV, sot, sod)
-        g, s = _g_s(dy * c0[None, :], o, den_ptr + pid_bh * T, t, T, scale, NORMALIZE)
+            o = load_tile(f0_base, t, offs_dv, T, DV, sot, sod)
+        g, s = g_and_s(dy * c0[None, :], o, den_ptr + pid_bh * T, t, T, scale, NORMALIZE)
         R0 += tl.dot(tl.trans(a.to(DOT_DTYPE)), g.to(DOT_DTYPE), input_precision=PREC)
         r0 += tl.sum(a * s[:, None], axis=0)
         if NM == 2:
-            a = _phi_q(qq, t, offs_d, T, D, 1, PHI0, PHI1, FAST)
+            a = phi_queries(qq, t, offs_d, T, D, 1, PHI0, PHI1, FAST)
             if NORMALIZE:
-                o = _load_tile(f1_base, t, offs_dv, T, DV, sot, sod)
+                o = load_tile(f1_base, t, offs_dv, T, DV, sot, sod)
             den_base = den_ptr + (n_bh + pid_bh) * T
-            g, s = _g_s(dy * c1[None, :], o, den_base, t, T, scale, NORMALIZE)
+            g, s = g_and_s(dy * c1[None, :], o, den_base, t, T, scale, NORMALIZE)
             R1 += tl.dot(tl.trans(a.to(DOT_DTYPE)), g.to(DOT_DTYPE), input_precision=PREC)
             r1 += tl.sum(a * s[:, None], axis=0)
     return R0, r0, R1, r1
 
 
 @triton.jit
-def _short_state_kernel(
+def short_state_kernel(
     k_ptr, v_ptr, mask_ptr, seg_ptr, H, T, D, DV, SEG,
     skb, skh, skt, skd, svb, svh, svt, svd, smb, smt,
     NM: tl.constexpr, PHI0: tl.constexpr, PHI1: tl.constexpr, FAST: tl.constexpr,
@@ -224,11 +222,11 @@ def _short_state_kernel(
     PDL: tl.constexpr,
 ):  # fmt: skip
     """The far states S_m, z_m of the SEG keys of segment (program 0) into slots (batch *
-    heads, segment, map) of seg, for ``_short_fwd_kernel`` (and the backward) to sum.
+    heads, segment, map) of seg, for ``short_fwd_kernel`` (and the backward) to sum.
     Grid (segments, batch * heads)."""
     if PDL:  # the main kernel may launch now: it waits for these states itself
         gdc_launch_dependents()
-    pid_s, pid_bh, n_seg, n_bh, bb, hh = _program(H)
+    pid_s, pid_bh, n_seg, n_bh, bb, hh = program_ids(H)
     offs_d = tl.arange(0, BD)
     offs_dv = tl.arange(0, BDV)
     S0, z0, S1, z1 = _sum_states(
@@ -237,11 +235,11 @@ def _short_state_kernel(
         NM, PHI0, PHI1, FAST, HAS_MASK, BS, BD, BDV, PREC, DOT_DTYPE,
     )  # fmt: skip
     slot = (pid_bh * n_seg + pid_s) * NM
-    _store_states(seg_ptr, slot, S0, z0, S1, z1, offs_d, offs_dv, NM, BD, BDV, SLOT)
+    store_states(seg_ptr, slot, S0, z0, S1, z1, offs_d, offs_dv, NM, BD, BDV, SLOT)
 
 
 @triton.jit
-def _short_rstate_kernel(
+def short_rstate_kernel(
     q_ptr, dy_ptr, f0_ptr, f1_ptr, den_ptr, c_ptr, rseg_ptr, H, T, D, DV, SEG, scale,
     sqb, sqh, sqt, sqd, sdyb, sdyh, sdyt, sdyd, sob, soh, sot, sod,
     NM: tl.constexpr, PHI0: tl.constexpr, PHI1: tl.constexpr, FAST: tl.constexpr,
@@ -250,11 +248,11 @@ def _short_rstate_kernel(
     PDL: tl.constexpr,
 ):  # fmt: skip
     """The reverse states R_m, r_m of the SEG queries of segment (program 0) into slots
-    (batch * heads, segment, map) of rseg, for ``_short_bwd_kernel`` to sum (NSEG > 0): a
+    (batch * heads, segment, map) of rseg, for ``short_bwd_kernel`` to sum (NSEG > 0): a
     walk of SEG / BS steps instead of seq / BS. Grid (segments, batch * heads)."""
     if PDL:  # the main kernel may launch now: it waits for these states itself
         gdc_launch_dependents()
-    pid_s, pid_bh, n_seg, n_bh, bb, hh = _program(H)
+    pid_s, pid_bh, n_seg, n_bh, bb, hh = program_ids(H)
     offs_d = tl.arange(0, BD)
     offs_dv = tl.arange(0, BDV)
     fields = bb * sob + hh * soh
@@ -266,7 +264,7 @@ def _short_rstate_kernel(
         NM, PHI0, PHI1, FAST, NORMALIZE, BS, BD, BDV, PREC, DOT_DTYPE,
     )  # fmt: skip
     slot = (pid_bh * n_seg + pid_s) * NM
-    _store_states(rseg_ptr, slot, R0, r0, R1, r1, offs_d, offs_dv, NM, BD, BDV, SLOT)
+    store_states(rseg_ptr, slot, R0, r0, R1, r1, offs_d, offs_dv, NM, BD, BDV, SLOT)
 
 
 @triton.jit
@@ -279,7 +277,7 @@ def _segment_sum(
     r = tl.zeros([BD], dtype=tl.float32)
     for seg in tl.static_range(NSEG):
         slot = (pid_bh * NSEG + seg) * NM + m
-        R_seg, r_seg = _load_state(ptr, slot, offs_d, offs_dv, BD, BDV, SLOT)
+        R_seg, r_seg = load_state(ptr, slot, offs_d, offs_dv, BD, BDV, SLOT)
         R += R_seg
         r += r_seg
     return R, r
@@ -300,7 +298,7 @@ def _segment_sums(
 
 
 @triton.jit
-def _short_bwd_kernel(
+def short_bwd_kernel(
     q_ptr, k_ptr, v_ptr, mask_ptr, c_ptr, dc_ptr, dy_ptr, o_ptr, f0_ptr, f1_ptr, lse_ptr,
     den_ptr, st_ptr, rseg_ptr, dq_ptr, dk_ptr, dv_ptr,
     H, T, W, D, DV, BPP, qk_scale, sm_scale, scale, seed, p_drop,
@@ -321,9 +319,9 @@ def _short_bwd_kernel(
     states: NSEG segments of rseg, or walked in steps of BS). Each side sums a block's
     gradients in registers and stores them once. Under PDL only side 1 waits for the
     reverse-state kernel, after its near field. TN: the near loops' tile across the band."""
-    pid_p, pid_bh, _, n_bh, bb, hh = _program(H)
+    pid_p, pid_bh, _, n_bh, bb, hh = program_ids(H)
     side = tl.program_id(2)
-    seed_bh = _seed_of(seed, SEED_PTR) + pid_bh
+    seed_bh = seed_of(seed, SEED_PTR) + pid_bh
     q_base = q_ptr + bb * sqb + hh * sqh
     k_base = k_ptr + bb * skb + hh * skh
     v_base = v_ptr + bb * svb + hh * svh
@@ -371,7 +369,7 @@ def _short_bwd_queries(
     TN: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr, SLOT: tl.constexpr,
     PREC: tl.constexpr, DOT_DTYPE: tl.constexpr, FSEG: tl.constexpr,
 ):  # fmt: skip
-    """Side 0 of ``_short_bwd_kernel``: per block, dq = the far fields' (from the forward's
+    """Side 0 of ``short_bwd_kernel``: per block, dq = the far fields' (from the forward's
     states) + the near field's (dout = c_near * dy); then the program's dc partial sums
     sum dy * field, one atomic add per field."""
     offs_d = tl.arange(0, BD)
@@ -389,38 +387,38 @@ def _short_bwd_queries(
         b0 = blk * BM
         t = b0 + tl.arange(0, BM)
         inside = (t[:, None] < T) & (offs_d[None, :] < D)
-        qq = _load_tile(q_base, t, offs_d, T, D, sqt, sqd)
-        dy = _load_tile(dy_base, t, offs_dv, T, DV, sdyt, sdyd)
-        dc_near += tl.sum(dy * _load_tile(o_base, t, offs_dv, T, DV, sot, sod), axis=0)
+        qq = load_tile(q_base, t, offs_d, T, D, sqt, sqd)
+        dy = load_tile(dy_base, t, offs_dv, T, DV, sdyt, sdyd)
+        dc_near += tl.sum(dy * load_tile(o_base, t, offs_dv, T, DV, sot, sod), axis=0)
         dq = tl.zeros([BM, BD], dtype=tl.float32)
         for m in tl.static_range(NM):
             if m == 0:
                 S, z, c, f_base = S0, z0, c0, f0_base
             else:
                 S, z, c, f_base = S1, z1, c1, f1_base
-            o = _load_tile(f_base, t, offs_dv, T, DV, sot, sod)
+            o = load_tile(f_base, t, offs_dv, T, DV, sot, sod)
             if m == 0:
                 dc0 += tl.sum(dy * o, axis=0)
             else:
                 dc1 += tl.sum(dy * o, axis=0)
-            g, s = _g_s(
+            g, s = g_and_s(
                 dy * c[None, :], o, den_ptr + (m * n_bh + pid_bh) * T, t, T, scale, NORMALIZE
             )
-            phi_unused, dphi = _phi_m(qq, m, PHI0, PHI1, FAST)
+            phi_unused, dphi = phi_of_map(qq, m, PHI0, PHI1, FAST)
             da = tl.dot(g.to(DOT_DTYPE), tl.trans(S), input_precision=PREC)
             dq += tl.where(inside, (da + s[:, None] * z[None, :]) * dphi, 0.0)
 
-        q, do, delta, lse = _query_rows(
+        q, do, delta, lse = query_rows(
             q_base, dy_base, o_base, lse_bh, t, T, D, DV, sqt, sqd, sdyt, sdyd, sot, sod,
             BD, BDV, c_near, True,
         )  # fmt: skip
         near = tl.zeros([BM, BD], dtype=tl.float32)
-        near = _dq_loop(
+        near = near_dq_loop(
             near, q, do, delta, lse, t, b0, k_base, v_base, mask_base, seed_bh,
             T, W, D, DV, qk_scale, p_drop, skt, skd, svt, svd, smt,
             HAS_MASK, False, DROPOUT, BM, TN, BD, BDV, PREC,
         )  # fmt: skip
-        _store_tile(dq_base, t, offs_d, T, D, sdqt, sdqd, dq + near * sm_scale, False)
+        store_tile(dq_base, t, offs_d, T, D, sdqt, sdqd, dq + near * sm_scale, False)
 
     keep_dv = offs_dv < DV
     tl.atomic_add(dc_ptr + hh * DV + offs_dv, dc_near, mask=keep_dv)
@@ -441,7 +439,7 @@ def _short_bwd_keys(
     SLOT: tl.constexpr, PREC: tl.constexpr, DOT_DTYPE: tl.constexpr, NSEG: tl.constexpr,
     PDL: tl.constexpr,
 ):  # fmt: skip
-    """Side 1 of ``_short_bwd_kernel``: per block, dk and dv of the near field (dout =
+    """Side 1 of ``short_bwd_kernel``: per block, dk and dv of the near field (dout =
     c_near * dy), then (after the reverse-state kernel under PDL) of the far fields, from
     the reverse states R_m, r_m: summed from the NSEG segments per block (one map at a time,
     fewer registers live), or (NSEG = 0) walked here once, before the blocks."""
@@ -456,12 +454,12 @@ def _short_bwd_keys(
     for blk in range(first, last):
         b0 = blk * BM
         t = b0 + tl.arange(0, BM)
-        k, v, keep = _key_rows(
+        k, v, keep = key_rows(
             k_base, v_base, mask_base, t, T, D, DV, skt, skd, svt, svd, smt, HAS_MASK, BD, BDV
         )  # fmt: skip
         dk = tl.zeros([BM, BD], dtype=tl.float32)
         dv = tl.zeros([BM, BDV], dtype=tl.float32)
-        dk, dv = _dkv_loop(
+        dk, dv = near_dkv_loop(
             dk, dv, k, v, keep, t, b0, q_base, dy_base, o_base, lse_bh, lse_bh, seed_bh,
             T, W, D, DV, qk_scale, p_drop, sqt, sqd, sdyt, sdyd, sot, sod,
             False, DROPOUT, True, TN, BM, BD, BDV, PREC, c_near, True,
@@ -470,9 +468,9 @@ def _short_bwd_keys(
 
         if PDL:
             gdc_wait()  # the reverse-state kernel has finished (at once after the first time)
-        kk = _load_tile(k_base, t, offs_d, T, D, skt, skd)
-        keep2 = _keep_keys(mask_base, t, offs_d, T, D, smt, HAS_MASK)
-        vv = _load_tile(v_base, t, offs_dv, T, DV, svt, svd).to(DOT_DTYPE)
+        kk = load_tile(k_base, t, offs_d, T, D, skt, skd)
+        keep2 = keep_keys(mask_base, t, offs_d, T, D, smt, HAS_MASK)
+        vv = load_tile(v_base, t, offs_dv, T, DV, svt, svd).to(DOT_DTYPE)
         for m in tl.static_range(NM):
             if NSEG > 0:  # one map's sum at a time: fewer registers live
                 R, r = _segment_sum(rseg_ptr, pid_bh, NSEG, m, offs_d, offs_dv, NM, BD, BDV, SLOT)
@@ -481,10 +479,10 @@ def _short_bwd_keys(
             else:
                 R, r = R1, r1
             R = R.to(DOT_DTYPE)
-            b, dphi = _phi_m(kk, m, PHI0, PHI1, FAST)
+            b, dphi = phi_of_map(kk, m, PHI0, PHI1, FAST)
             b = tl.where(keep2, b, 0.0)
             db = tl.dot(vv, tl.trans(R), input_precision=PREC) + r[None, :]
             dv += tl.dot(b.to(DOT_DTYPE), R, input_precision=PREC)
             dk += tl.where(keep2, db * dphi, 0.0)  # padded keys get no gradient
-        _store_tile(dk_base, t, offs_d, T, D, sdkt, sdkd, dk, False)
-        _store_tile(dv_base, t, offs_dv, T, DV, sdvt, sdvd, dv, False)
+        store_tile(dk_base, t, offs_d, T, D, sdkt, sdkd, dk, False)
+        store_tile(dv_base, t, offs_dv, T, DV, sdvt, sdvd, dv, False)

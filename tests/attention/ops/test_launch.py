@@ -1,4 +1,4 @@
-"""``cuda/launch.py``: the cached launch path goes through Triton's ``kernel[grid]`` exactly when
+"""``ops/common/launch.py``: the cached launch path goes through Triton's ``kernel[grid]`` exactly when
 Triton would specialise differently, and otherwise hands the arguments, constexprs in signature
 order, to the compiled kernel (fake kernels here; the GPU tests run the real ones)."""
 
@@ -10,8 +10,8 @@ import torch
 # The launch helpers import triton (the GPU kernels' compiler), an optional extra.
 pytest.importorskip("triton", reason="needs triton (pip install -e '.[kernels-cpu]')")
 
-from fmmformer_pl.attention.cuda import launch as launch_module  # noqa: E402
-from fmmformer_pl.attention.cuda.launch import _key, launch  # noqa: E402
+from fmmformer_pl.attention.ops.common import launch as launch_module  # noqa: E402
+from fmmformer_pl.attention.ops.common.launch import _key, launch  # noqa: E402
 
 
 class _Compiled:

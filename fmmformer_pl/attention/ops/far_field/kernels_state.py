@@ -1,6 +1,6 @@
 """Far field on the GPU: the state kernels. Per segment of the sequence and per feature map,
 the forward sums S = sum_j b_j v_j^T, z = sum_j b_j and the backward R = sum_i a_i g_i^T,
-r = sum_i s_i a_i (``far.py`` explains the algorithm; the host code there launches these).
+r = sum_i s_i a_i (``op.py`` explains the algorithm; the host code there launches these).
 """
 
 from __future__ import annotations
@@ -8,23 +8,23 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .far_tiles import (
-    _feature_base,
-    _g_s,
-    _gs_bases,
-    _keep_keys,
-    _load_features,
-    _load_tile,
-    _phi_k,
-    _program,
-    _store_features,
-    _store_g_s,
-    _store_states,
+from ..common.tiles import (
+    feature_base,
+    g_and_s,
+    gs_bases,
+    keep_keys,
+    load_features,
+    load_tile,
+    phi_keys,
+    program_ids,
+    store_features,
+    store_g_s,
+    store_states,
 )
 
 
 @triton.jit
-def _state_fwd_kernel(
+def state_fwd_kernel(
     k_ptr, v_ptr, mask_ptr, seg_ptr, phi_ptr,
     H, T, D, DV, CPS,
     skb, skh, skt, skd, svb, svh, svt, svd, smb, smt,
@@ -38,7 +38,7 @@ def _state_fwd_kernel(
 
     Grid (segments, batch * heads); both maps' states live in registers.
     """
-    pid_s, pid_bh, n_seg, n_bh, bb, hh = _program(H)
+    pid_s, pid_bh, n_seg, n_bh, bb, hh = program_ids(H)
     k_base = k_ptr + bb * skb + hh * skh
     v_base = v_ptr + bb * svb + hh * svh
     mask_base = mask_ptr + bb * smb
@@ -52,25 +52,25 @@ def _state_fwd_kernel(
     t0 = pid_s * CPS * BT
     for c in range(0, CPS):
         t = t0 + c * BT + offs_t
-        kk = _load_tile(k_base, t, offs_d, T, D, skt, skd)
-        keep2 = _keep_keys(mask_base, t, offs_d, T, D, smt, HAS_MASK)
-        vv = _load_tile(v_base, t, offs_dv, T, DV, svt, svd).to(DOT_DTYPE)
-        b = _phi_k(kk, keep2, 0, PHI0, PHI1, FAST)
+        kk = load_tile(k_base, t, offs_d, T, D, skt, skd)
+        keep2 = keep_keys(mask_base, t, offs_d, T, D, smt, HAS_MASK)
+        vv = load_tile(v_base, t, offs_dv, T, DV, svt, svd).to(DOT_DTYPE)
+        b = phi_keys(kk, keep2, 0, PHI0, PHI1, FAST)
         S0 += tl.dot(tl.trans(b.to(DOT_DTYPE)), vv, input_precision=PREC)
         z0 += tl.sum(b, axis=0)
-        _store_features(_feature_base(phi_ptr, 1, 0, NM, pid_bh, n_bh, T, D), t, offs_d, T, D, b)
+        store_features(feature_base(phi_ptr, 1, 0, NM, pid_bh, n_bh, T, D), t, offs_d, T, D, b)
         if NM == 2:
-            b = _phi_k(kk, keep2, 1, PHI0, PHI1, FAST)
+            b = phi_keys(kk, keep2, 1, PHI0, PHI1, FAST)
             S1 += tl.dot(tl.trans(b.to(DOT_DTYPE)), vv, input_precision=PREC)
             z1 += tl.sum(b, axis=0)
-            base = _feature_base(phi_ptr, 1, 1, NM, pid_bh, n_bh, T, D)
-            _store_features(base, t, offs_d, T, D, b)
+            base = feature_base(phi_ptr, 1, 1, NM, pid_bh, n_bh, T, D)
+            store_features(base, t, offs_d, T, D, b)
     slot = (pid_bh * n_seg + pid_s) * NM
-    _store_states(seg_ptr, slot, S0, z0, S1, z1, offs_d, offs_dv, NM, BD, BDV, SLOT)
+    store_states(seg_ptr, slot, S0, z0, S1, z1, offs_d, offs_dv, NM, BD, BDV, SLOT)
 
 
 @triton.jit
-def _state_bwd_kernel(
+def state_bwd_kernel(
     phi_ptr, do0_ptr, do1_ptr, o0_ptr, o1_ptr, den_ptr, seg_ptr, g_ptr, s_ptr, c_ptr, dc_ptr,
     H, T, D, DV, CPS, scale,
     sdob, sdoh, sdot, sdod, sob, soh, sot, sod,
@@ -90,11 +90,11 @@ def _state_bwd_kernel(
     REVERSED stores segment s at index n_seg - 1 - s, so that a cumsum over the index gives
     each segment the sum of itself and every later one.
     """
-    pid_s, pid_bh, n_seg, n_bh, bb, hh = _program(H)
-    a0_base = _feature_base(phi_ptr, 0, 0, NM, pid_bh, n_bh, T, D)
-    a1_base = _feature_base(phi_ptr, 0, NM - 1, NM, pid_bh, n_bh, T, D)
-    g0_base, s0_base = _gs_bases(g_ptr, s_ptr, 0, pid_bh, n_bh, T, DV)
-    g1_base, s1_base = _gs_bases(g_ptr, s_ptr, NM - 1, pid_bh, n_bh, T, DV)
+    pid_s, pid_bh, n_seg, n_bh, bb, hh = program_ids(H)
+    a0_base = feature_base(phi_ptr, 0, 0, NM, pid_bh, n_bh, T, D)
+    a1_base = feature_base(phi_ptr, 0, NM - 1, NM, pid_bh, n_bh, T, D)
+    g0_base, s0_base = gs_bases(g_ptr, s_ptr, 0, pid_bh, n_bh, T, DV)
+    g1_base, s1_base = gs_bases(g_ptr, s_ptr, NM - 1, pid_bh, n_bh, T, DV)
     do0_base = do0_ptr + bb * sdob + hh * sdoh
     do1_base = do1_ptr + bb * sdob + hh * sdoh
     o0_base = o0_ptr + bb * sob + hh * soh
@@ -118,40 +118,40 @@ def _state_bwd_kernel(
     t0 = pid_s * CPS * BT
     for c in range(0, CPS):
         t = t0 + c * BT + offs_t
-        a = _load_features(a0_base, t, offs_d, T, D)
-        do = _load_tile(do0_base, t, offs_dv, T, DV, sdot, sdod)
+        a = load_features(a0_base, t, offs_d, T, D)
+        do = load_tile(do0_base, t, offs_dv, T, DV, sdot, sdod)
         o = do  # a stand-in where out is not needed
         if NORMALIZE or HAS_DC:
-            o = _load_tile(o0_base, t, offs_dv, T, DV, sot, sod)
+            o = load_tile(o0_base, t, offs_dv, T, DV, sot, sod)
         if HAS_DC:
             dc0 += tl.sum(do * o, axis=0)
         if HAS_SCALE:
             do0 = do * c0[None, :]
         else:
             do0 = do
-        g, s = _g_s(do0, o, den0_base, t, T, scale, NORMALIZE)
-        _store_g_s(g0_base, s0_base, t, offs_dv, T, DV, g, s)
+        g, s = g_and_s(do0, o, den0_base, t, T, scale, NORMALIZE)
+        store_g_s(g0_base, s0_base, t, offs_dv, T, DV, g, s)
         r0 += tl.sum(a.to(tl.float32) * s[:, None], axis=0)
         R0 += tl.dot(tl.trans(a), g.to(DOT_DTYPE), input_precision=PREC)
         if NM == 2:
-            a = _load_features(a1_base, t, offs_d, T, D)
+            a = load_features(a1_base, t, offs_d, T, D)
             if NORMALIZE or HAS_DC:
-                o = _load_tile(o1_base, t, offs_dv, T, DV, sot, sod)
+                o = load_tile(o1_base, t, offs_dv, T, DV, sot, sod)
             if HAS_DC:
                 dc1 += tl.sum(do * o, axis=0)
             if HAS_SCALE:
                 do1 = do * c1[None, :]
             else:
-                do1 = _load_tile(do1_base, t, offs_dv, T, DV, sdot, sdod)
-            g, s = _g_s(do1, o, den1_base, t, T, scale, NORMALIZE)
-            _store_g_s(g1_base, s1_base, t, offs_dv, T, DV, g, s)
+                do1 = load_tile(do1_base, t, offs_dv, T, DV, sdot, sdod)
+            g, s = g_and_s(do1, o, den1_base, t, T, scale, NORMALIZE)
+            store_g_s(g1_base, s1_base, t, offs_dv, T, DV, g, s)
             r1 += tl.sum(a.to(tl.float32) * s[:, None], axis=0)
             R1 += tl.dot(tl.trans(a), g.to(DOT_DTYPE), input_precision=PREC)
     if REVERSED:
         slot = (pid_bh * n_seg + n_seg - 1 - pid_s) * NM
     else:
         slot = (pid_bh * n_seg + pid_s) * NM
-    _store_states(seg_ptr, slot, R0, r0, R1, r1, offs_d, offs_dv, NM, BD, BDV, SLOT)
+    store_states(seg_ptr, slot, R0, r0, R1, r1, offs_d, offs_dv, NM, BD, BDV, SLOT)
     if HAS_DC:
         tl.atomic_add(dc_ptr + row0, dc0, mask=offs_dv < DV)
         if NM == 2:

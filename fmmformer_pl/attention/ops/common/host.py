@@ -1,4 +1,4 @@
-"""Helpers shared by the Triton near-field, far-field and blend host code (plain Python and torch).
+"""Helpers shared by the host code of every op (plain Python and torch; imports no triton).
 
 Shapes: q, k ``(batch, heads, seq, head_dim)``, v ``(batch, heads, seq, head_dim_v)``.
 """
@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import torch
 
+from ..plan import KernelPlan
+
 # Largest head_dim the kernels take: a (64 x 128) float32 tile per operand still fits the
 # registers of one program; wider heads go to the PyTorch reference.
 MAX_HEAD_DIM = 128
@@ -14,11 +16,12 @@ MAX_HEAD_DIM = 128
 MAX_BATCH_HEADS = 65535
 # Offsets inside one (batch, head) are 32-bit in the kernels.
 MAX_OFFSET = 2**31 - 1
+LOG2E = 1.4426950408889634  # the kernels' softmax runs in base 2
 
 
 def cdiv(a: int, b: int) -> int:
-    """ceil(a / b) for the launch grids. Plain Python: ``triton.cdiv`` is a constexpr function
-    whose host-side call costs ~1.5 us, and a step computes a dozen of these."""
+    """ceil(a / b) for the launch grids. Plain Python: ``triton.cdiv`` is a constexpr function,
+    slow to call from the host, and a step computes a dozen of these."""
     return -(-a // b)
 
 
@@ -92,3 +95,45 @@ def padding_as_uint8(
     if not mask.is_contiguous():
         mask = mask.contiguous()
     return mask.view(torch.uint8), mask.stride(0), mask.stride(1)
+
+
+_SM_COUNTS: dict[int, int] = {}
+_MAJORS: dict[int, int] = {}
+
+
+def sm_count(device: torch.device, plan: KernelPlan) -> int:
+    """The SMs the grids are planned for: ``plan.sm_count``, else the device's (8 on the CPU,
+    where the Triton interpreter runs the kernels' logic)."""
+    if plan.sm_count is not None:
+        return plan.sm_count
+    if device.type != "cuda":
+        return 8
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _SM_COUNTS:
+        _SM_COUNTS[index] = torch.cuda.get_device_properties(index).multi_processor_count
+    return _SM_COUNTS[index]
+
+
+def inline_ptx(device: torch.device, plan: KernelPlan) -> bool:
+    """Whether the kernels may use inline PTX (``tiles.exp_ftz``): ``plan.inline_ptx``, else on
+    NVIDIA CUDA, not ROCm, and not in the Triton interpreter that runs the CPU tests."""
+    if plan.inline_ptx is not None:
+        return plan.inline_ptx
+    return device.type == "cuda" and torch.version.hip is None
+
+
+def hopper(device: torch.device, plan: KernelPlan) -> bool:
+    """Whether ``device`` is an NVIDIA GPU of compute capability 9.0 or later (Hopper): the
+    kernels' programmatic dependent launch (``griddepcontrol``) needs it."""
+    if not inline_ptx(device, plan) or device.type != "cuda":
+        return False
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _MAJORS:
+        _MAJORS[index] = torch.cuda.get_device_capability(index)[0]
+    return _MAJORS[index] >= 9
+
+
+def feature_dtype(dtype: torch.dtype) -> torch.dtype:
+    """dtype of the stored phi(q), phi(k) and of the matrix products' operands: bf16 for
+    bf16/fp16 inputs (fp16 widened so that 1 / den cannot underflow), else float32."""
+    return torch.float32 if dtype == torch.float32 else torch.bfloat16

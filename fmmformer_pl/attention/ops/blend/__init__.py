@@ -1,0 +1,1 @@
+"""See ``ops/__init__.py`` and ``docs/kernels.md``."""
