@@ -26,10 +26,10 @@ from data_modules.common.errors import (
 from data_modules.wikitext import (
     LMStreamDataset,
     WikiText103DataModule,
-    _token_blocks,
     build_corpus,
     stream_windows,
 )
+from data_modules.wikitext.prepare import _token_blocks
 from tests.data_modules.fixtures_c2 import (
     WIKI_TRAIN,
     reference_tokens,
@@ -209,12 +209,12 @@ def test_cache_is_reused_and_rebuilt_when_a_source_changes(tmp_path: Path, monke
     folder = write_wikitext(tmp_path)
     first = make_module(tmp_path)
     size = first.vocab_size
-    import data_modules.wikitext as wikitext
+    import data_modules.wikitext.prepare as prepare
 
     def fail(*args, **kwargs):
         raise AssertionError("the cache should have been reused")
 
-    monkeypatch.setattr(wikitext, "build_corpus", fail)
+    monkeypatch.setattr(prepare, "build_corpus", fail)
     assert make_module(tmp_path).vocab_size == size  # loaded, not rebuilt
     monkeypatch.undo()
     (folder / "wiki.train.tokens").write_text(WIKI_TRAIN + " brand new words here \n")
