@@ -19,11 +19,16 @@ import numpy as np
 import pytest
 
 from data_modules.lra.pathfinder import PathfinderDataModule, main, parse_metadata_line
-from data_modules.lra.pathfinder_gen import write as write_module
-from data_modules.lra.pathfinder_gen.check import components, grow, joins_markers
-from data_modules.lra.pathfinder_gen.draw import Sample, draw_sample
-from data_modules.lra.pathfinder_gen.settings import PathfinderSettings, lra_settings
-from data_modules.lra.pathfinder_gen.write import MANIFEST, Progress, image_rng, write_pathfinder
+from data_modules.lra.pathfinder.generate import write as write_module
+from data_modules.lra.pathfinder.generate.check import components, grow, joins_markers
+from data_modules.lra.pathfinder.generate.draw import Sample, draw_sample
+from data_modules.lra.pathfinder.generate.settings import PathfinderSettings, lra_settings
+from data_modules.lra.pathfinder.generate.write import (
+    MANIFEST,
+    Progress,
+    image_rng,
+    write_pathfinder,
+)
 
 N32 = 240  # images drawn for the statistics (about 8 s)
 TASK = Path("pathfinder32") / "curv_contour_length_14"
