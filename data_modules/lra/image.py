@@ -115,7 +115,7 @@ class ImageDataModule(ClassificationDataModule):
 
     ``data_dir``: ``cifar-10-batches-bin/`` or the folder holding it. ``vocab_size`` 256 (pixel
     values; nothing is padded), ``num_classes`` 10, ``max_length`` 1,024. Batches:
-    ``{"input_ids": (B, 1024) long, "padding_mask": (B, 1024) bool (all False), "label": (B,)}``.
+    :class:`data_modules.common.batch.ClassificationBatch` (``seq`` 1,024, the mask all False).
     Bad data (truncated batch file, label byte > 9): :class:`DataFormatError` naming the file and
     the record, or skipped and counted with ``on_bad_row="skip"``.
     """

@@ -4,13 +4,14 @@ stream batching (:mod:`data_modules.wikitext.dataset`), sharded over the Trainer
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import ClassVar, Optional
 
 import lightning as L
 import numpy as np
 from torch.utils.data import DataLoader
 from torchdata.stateful_dataloader import StatefulDataLoader
 
+from data_modules.common.batch import LMBatch
 from data_modules.common.cache import CACHE_DIRNAME, CachedArrays
 from data_modules.wikitext.dataset import FullContextDataset, LMStreamDataset
 from data_modules.wikitext.prepare import (
@@ -54,6 +55,9 @@ class WikiText103DataModule(L.LightningDataModule):
     Batches: :class:`data_modules.common.batch.LMBatch` (``loss_mask`` for sliding-window and
     full-context evaluation only).
     """
+
+    #: the layout of the batches (data_modules.common.batch)
+    batch_layout: ClassVar[type] = LMBatch
 
     def __init__(
         self,

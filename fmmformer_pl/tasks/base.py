@@ -8,15 +8,13 @@ from typing import Any, Optional, Union
 import torch
 from lightning.pytorch import LightningModule
 
+from data_modules.common.batch import TOKEN_KEYS
 from fmmformer_pl.tasks.optim import (
     OptimConfig,
     build_optimizer,
     build_scheduler,
     parameter_groups,
 )
-
-# The batch keys that hold token ids, for every batch layout the data modules produce.
-TOKEN_KEYS = ("input_ids", "input_ids_1", "input_ids_2")
 
 
 class TaskBase(LightningModule):

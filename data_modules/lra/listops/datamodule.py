@@ -45,8 +45,7 @@ class ListOpsDataModule(ClassificationDataModule):
     ``data_dir`` holds files generated with other settings (``listops_generator.json``), they
     are generated again. Files without that manifest (the official release) are never touched.
 
-    Batches: ``input_ids`` (batch, max_length), ``padding_mask`` (True at padding), ``label``
-    0-9. ``vocab_size`` 17, ``num_classes`` 10. The paper's runs pad to 2,048 (the default).
+    Batches: :class:`data_modules.common.batch.ClassificationBatch`, ``label`` 0-9. ``vocab_size`` 17, ``num_classes`` 10. The paper's runs pad to 2,048 (the default).
 
     Args (beyond :class:`ClassificationDataModule`'s):
         generate: make the data if ``data_dir`` has none.
