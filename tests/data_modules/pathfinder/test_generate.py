@@ -246,7 +246,7 @@ def test_paper_config_trains_on_generated_data(tmp_path: Path, monkeypatch) -> N
     from cli import build_cli
 
     monkeypatch.chdir(tmp_path)  # the trainer's logs/ land here
-    config = Path(__file__).resolve().parents[2] / "configs/lra/pathfinder/fmm2_band5.yaml"
+    config = Path(__file__).resolve().parents[3] / "configs/lra/pathfinder/fmm2_band5.yaml"
     args = ["--config", str(config), "--data.init_args.data_dir", str(tmp_path / "data"),
             "--data.init_args.generate", "true", "--data.init_args.generate_count", "12",
             "--data.init_args.generate_workers", "1", "--data.init_args.num_workers", "0",

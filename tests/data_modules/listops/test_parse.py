@@ -1,0 +1,11 @@
+"""The ListOps tokeniser against the official vocabulary, written out here independently."""
+
+from __future__ import annotations
+
+from data_modules.lra.listops import tokenize
+
+
+def test_tokenize_follows_lra() -> None:
+    assert tokenize("( ( ( ( [MAX 3 ) 4 ) 3 ) ] )") == [3, 10, 11, 10, 6]
+    assert tokenize("( [MIN 0 9 ] )") == [2, 7, 16, 6]
+    assert tokenize("[SM 1 [FOO ] )") == [5, 8, 1, 6]  # unknown symbol -> <unk> (1)
