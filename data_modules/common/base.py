@@ -16,7 +16,7 @@ A subclass says where its files are and how one split is tokenised; the base doe
         def build_split(self, source, files, writer, bad_rows) -> None:
             seqs = writer.sequences("input", np.uint16)   # one entry per row
             ...; seqs.append(token_ids); labels.append(y)
-            writer.save("label", np.asarray(labels, dtype=np.int64))
+            writer.save(LABEL_ARRAY, np.asarray(labels, dtype=np.int64))
 
 ``split_sources`` maps the loader splits (train / val / test) to source splits, so two loader
 splits may share one cached source (IMDB validates on its test split). ``predict`` uses test.
@@ -54,7 +54,13 @@ from torch.utils.data.distributed import DistributedSampler
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 from data_modules.common.batch import INPUT_IDS, LABEL, PADDING_MASK, ClassificationBatch
-from data_modules.common.cache import CACHE_DIRNAME, ArrayCache, CachedArrays, CacheWriter
+from data_modules.common.cache import (
+    CACHE_DIRNAME,
+    LABEL_ARRAY,
+    ArrayCache,
+    CachedArrays,
+    CacheWriter,
+)
 from data_modules.common.errors import DataFormatError, SkippedRowsWarning, TruncatedRowsWarning
 
 # torchdata 0.11 calls torch.set_vital, which torch 2.13 deprecated, in every loader it makes.
@@ -108,7 +114,7 @@ class TokenSequenceDataset(Dataset):
     def __init__(self, cached: CachedArrays, fields: Sequence[str] = ("input",)) -> None:
         self.cached = cached
         self.fields = tuple(fields)
-        self._length = cached.shapes["label"][0]
+        self._length = cached.shapes[LABEL_ARRAY][0]
         for name in self.fields:
             if cached.shapes[f"{name}_offsets"][0] != self._length + 1:
                 raise ValueError(f"{cached.directory}: {name}_offsets does not match label count")
@@ -122,7 +128,7 @@ class TokenSequenceDataset(Dataset):
     def _open(self) -> dict[str, np.ndarray]:
         if self._arrays is None:
             names = [f"{f}_{part}" for f in self.fields for part in ("tokens", "offsets")]
-            self._arrays = {name: self.cached.array(name) for name in [*names, "label"]}
+            self._arrays = {name: self.cached.array(name) for name in [*names, LABEL_ARRAY]}
         return self._arrays
 
     def __len__(self) -> int:
@@ -133,7 +139,7 @@ class TokenSequenceDataset(Dataset):
             raise IndexError(index)
         index %= self._length
         arrays = self._open()
-        item: dict[str, Any] = {LABEL: int(arrays["label"][index])}
+        item: dict[str, Any] = {LABEL: int(arrays[LABEL_ARRAY][index])}
         for name in self.fields:
             offsets = arrays[f"{name}_offsets"]
             start, end = int(offsets[index]), int(offsets[index + 1])

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from data_modules.common.base import BadRowPolicy, BadRows, ClassificationDataModule
-from data_modules.common.cache import CacheWriter
+from data_modules.common.cache import LABEL_ARRAY, CacheWriter
 from data_modules.common.errors import DataFormatError
 from data_modules.common.paths import resolve_task_dir
 
@@ -184,5 +184,5 @@ class ImageDataModule(ClassificationDataModule):
         for start in range(0, len(labels), 4096):  # bounded float32 temporaries
             for row in rgb_to_grayscale(planes[start : start + 4096]):
                 sequences.append(row)
-        writer.save("label", labels)
+        writer.save(LABEL_ARRAY, labels)
         writer.meta.update(rows=len(labels))

@@ -29,7 +29,7 @@ from data_modules.common.batch import (
     PADDING_MASK_2,
     RetrievalBatch,
 )
-from data_modules.common.cache import CacheWriter
+from data_modules.common.cache import LABEL_ARRAY, CacheWriter
 from data_modules.common.errors import DataFormatError
 from data_modules.common.paths import resolve_task_dir
 from data_modules.lra.text import ByteLevelBinary, byte_tokens
@@ -144,5 +144,5 @@ class RetrievalDataModule(ByteLevelBinary, ClassificationDataModule):
                 first.append(byte_tokens(text1, self.truncate_length))
                 second.append(byte_tokens(text2, self.truncate_length))
                 labels.append(label)
-        writer.save("label", np.asarray(labels, dtype=np.int64))
+        writer.save(LABEL_ARRAY, np.asarray(labels, dtype=np.int64))
         writer.meta.update(rows=len(labels))

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from data_modules.common.base import BadRowPolicy, BadRows, ClassificationDataModule
-from data_modules.common.cache import CacheWriter
+from data_modules.common.cache import LABEL_ARRAY, CacheWriter
 from data_modules.common.errors import DataNotFoundError
 from data_modules.common.locks import file_lock
 from data_modules.common.paths import LRA_DOWNLOAD_HINT, resolve_task_dir
@@ -175,7 +175,7 @@ class ListOpsDataModule(ClassificationDataModule):
                 "were mapped to <unk>",
                 stacklevel=2,
             )
-        writer.save("label", np.asarray(labels, dtype=np.int64))
+        writer.save(LABEL_ARRAY, np.asarray(labels, dtype=np.int64))
         writer.meta.update(
             rows=len(labels), unknown_tokens=unknown, truncated_rows=truncated, longest_row=longest
         )

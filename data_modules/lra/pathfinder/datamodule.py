@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from data_modules.common.base import BadRowPolicy, BadRows, ClassificationDataModule
-from data_modules.common.cache import CacheWriter
+from data_modules.common.cache import LABEL_ARRAY, CacheWriter
 from data_modules.common.errors import DataFormatError, DataNotFoundError
 from data_modules.common.paths import LRA_DOWNLOAD_HINT, resolve_task_dir
 from data_modules.lra.pathfinder.generate.settings import DIFFICULTY_CONTOUR_LENGTH, lra_settings
@@ -206,5 +206,5 @@ class PathfinderDataModule(ClassificationDataModule):
                 continue
             sequences.append(pixels)
             labels.append(label)
-        writer.save("label", np.asarray(labels, dtype=np.int64))
+        writer.save(LABEL_ARRAY, np.asarray(labels, dtype=np.int64))
         writer.meta.update(rows=len(labels), metadata_rows=len(rows))
