@@ -7,7 +7,7 @@ Draws ``count`` images in this process (no files), timing each (CPU and wall clo
 prints per statistic the positives' and negatives' means, their difference in standard
 deviations and Welch's z, and for the marker distance the accuracy of the best single
 threshold (how far a classifier could get on it alone). Also counts, on each curve's own
-pixels, whether the label is read back right (``pathfinder_gen.check``).
+pixels, whether the label is read back right (``pathfinder.generate.check``).
 """
 
 from __future__ import annotations
@@ -22,10 +22,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from data_modules.lra.pathfinder_gen.check import components, joins_markers  # noqa: E402
-from data_modules.lra.pathfinder_gen.draw import draw_sample  # noqa: E402
-from data_modules.lra.pathfinder_gen.settings import lra_settings  # noqa: E402
-from data_modules.lra.pathfinder_gen.write import image_rng  # noqa: E402
+from data_modules.lra.pathfinder.generate.check import components, joins_markers  # noqa: E402
+from data_modules.lra.pathfinder.generate.draw import draw_sample  # noqa: E402
+from data_modules.lra.pathfinder.generate.settings import lra_settings  # noqa: E402
+from data_modules.lra.pathfinder.generate.write import image_rng  # noqa: E402
 
 
 def best_threshold_accuracy(values: np.ndarray, labels: np.ndarray) -> float:

@@ -17,9 +17,9 @@ from PIL import Image, ImageDraw
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from data_modules.lra.pathfinder_gen.draw import draw_sample  # noqa: E402
-from data_modules.lra.pathfinder_gen.settings import lra_settings  # noqa: E402
-from data_modules.lra.pathfinder_gen.write import image_rng  # noqa: E402
+from data_modules.lra.pathfinder.generate.draw import draw_sample  # noqa: E402
+from data_modules.lra.pathfinder.generate.settings import lra_settings  # noqa: E402
+from data_modules.lra.pathfinder.generate.write import image_rng  # noqa: E402
 
 TILE, GAP, CAPTION, PER_ROW = 128, 6, 150, 4
 

@@ -16,17 +16,15 @@ A subclass says where its files are and how one split is tokenised; the base doe
         def build_split(self, source, files, writer, bad_rows) -> None:
             seqs = writer.sequences("input", np.uint16)   # one entry per row
             ...; seqs.append(token_ids); labels.append(y)
-            writer.save("label", np.asarray(labels, dtype=np.int64))
+            writer.save(LABEL_ARRAY, np.asarray(labels, dtype=np.int64))
 
 ``split_sources`` maps the loader splits (train / val / test) to source splits, so two loader
 splits may share one cached source (IMDB validates on its test split). ``predict`` uses test.
 
-Batches (pad to ``max_length``, so every batch has the same fixed shape — no recompilation, no
-shape-dependent memory spikes; the attention's cost is linear in ``max_length`` anyway)::
-
-    {"input_ids": (batch, max_length) long, pad id 0,
-     "padding_mask": (batch, max_length) bool, True at padding,
-     "label": (batch,) long}
+Batches: :class:`data_modules.common.batch.ClassificationBatch` (or the subclass's
+``batch_layout``), padded to ``max_length``, so every batch has the same fixed shape — no
+recompilation, no shape-dependent memory spikes; the attention's cost is linear in
+``max_length`` anyway.
 
 Sequences longer than ``truncate_length`` (default ``max_length``) are cut at preparation time,
 keeping the head, as LRA does.
@@ -55,7 +53,14 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 from torchdata.stateful_dataloader import StatefulDataLoader
 
-from data_modules.common.cache import CACHE_DIRNAME, ArrayCache, CachedArrays, CacheWriter
+from data_modules.common.batch import INPUT_IDS, LABEL, PADDING_MASK, ClassificationBatch
+from data_modules.common.cache import (
+    CACHE_DIRNAME,
+    LABEL_ARRAY,
+    ArrayCache,
+    CachedArrays,
+    CacheWriter,
+)
 from data_modules.common.errors import DataFormatError, SkippedRowsWarning, TruncatedRowsWarning
 
 # torchdata 0.11 calls torch.set_vital, which torch 2.13 deprecated, in every loader it makes.
@@ -100,7 +105,7 @@ class BadRows:
 
 
 class TokenSequenceDataset(Dataset):
-    """Row ``i`` of a cache entry: ``{field: token ids (int64 array), "label": int}``.
+    """Row ``i`` of a cache entry: ``{field: token ids (int64 array), LABEL: int}``.
 
     Each field ``f`` is stored flat as ``f_tokens`` + ``f_offsets`` (see ``SequenceWriter``);
     the memmaps are opened lazily in each process, so pickling into workers copies no data.
@@ -109,7 +114,7 @@ class TokenSequenceDataset(Dataset):
     def __init__(self, cached: CachedArrays, fields: Sequence[str] = ("input",)) -> None:
         self.cached = cached
         self.fields = tuple(fields)
-        self._length = cached.shapes["label"][0]
+        self._length = cached.shapes[LABEL_ARRAY][0]
         for name in self.fields:
             if cached.shapes[f"{name}_offsets"][0] != self._length + 1:
                 raise ValueError(f"{cached.directory}: {name}_offsets does not match label count")
@@ -123,7 +128,7 @@ class TokenSequenceDataset(Dataset):
     def _open(self) -> dict[str, np.ndarray]:
         if self._arrays is None:
             names = [f"{f}_{part}" for f in self.fields for part in ("tokens", "offsets")]
-            self._arrays = {name: self.cached.array(name) for name in [*names, "label"]}
+            self._arrays = {name: self.cached.array(name) for name in [*names, LABEL_ARRAY]}
         return self._arrays
 
     def __len__(self) -> int:
@@ -134,7 +139,7 @@ class TokenSequenceDataset(Dataset):
             raise IndexError(index)
         index %= self._length
         arrays = self._open()
-        item: dict[str, Any] = {"label": int(arrays["label"][index])}
+        item: dict[str, Any] = {LABEL: int(arrays[LABEL_ARRAY][index])}
         for name in self.fields:
             offsets = arrays[f"{name}_offsets"]
             start, end = int(offsets[index]), int(offsets[index + 1])
@@ -155,7 +160,7 @@ class PadCollate:
         pad_id: int = 0,
     ) -> None:
         self.max_length = max_length
-        self.fields = dict(fields or {"input": ("input_ids", "padding_mask")})
+        self.fields = dict(fields or {"input": (INPUT_IDS, PADDING_MASK)})
         self.pad_id = pad_id
 
     def __call__(self, items: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
@@ -172,7 +177,7 @@ class PadCollate:
                 lengths[row] = len(tokens)
             out[ids_key] = torch.from_numpy(ids)  # (batch, max_length)
             out[mask_key] = torch.from_numpy(positions[None, :] >= lengths[:, None])
-        out["label"] = torch.tensor([int(item["label"]) for item in items], dtype=torch.long)
+        out[LABEL] = torch.tensor([int(item[LABEL]) for item in items], dtype=torch.long)
         return out
 
 
@@ -267,7 +272,9 @@ class ClassificationDataModule(LightningDataModule):
     cache_name: ClassVar[str] = "data"
     tokenizer_version: ClassVar[str] = "1"
     #: dataset field -> (ids key, mask key) in the batch dict
-    batch_fields: ClassVar[dict[str, tuple[str, str]]] = {"input": ("input_ids", "padding_mask")}
+    batch_fields: ClassVar[dict[str, tuple[str, str]]] = {"input": (INPUT_IDS, PADDING_MASK)}
+    #: the layout of the collated batches (data_modules.common.batch)
+    batch_layout: ClassVar[type] = ClassificationBatch
     #: loader split -> source split
     split_sources: ClassVar[dict[str, str]] = {"train": "train", "val": "val", "test": "test"}
     #: the splits are carved from one pool of rows (a seeded split), not read from their own

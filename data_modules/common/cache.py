@@ -45,6 +45,7 @@ from data_modules.common.locks import file_lock
 __all__ = [
     "CACHE_DIRNAME",
     "CACHE_FORMAT_VERSION",
+    "LABEL_ARRAY",
     "ArrayCache",
     "CacheWriter",
     "CachedArrays",
@@ -56,6 +57,9 @@ __all__ = [
 CACHE_DIRNAME = ".fmmformer_cache"
 CACHE_FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
+# The array of a classification entry that holds one label per row (``label.npy``); a batch's
+# key for the labels is data_modules.common.batch.LABEL.
+LABEL_ARRAY = "label"
 
 
 def fingerprint_files(paths: Sequence[str | Path], hash_contents: bool = False) -> list[list[Any]]:

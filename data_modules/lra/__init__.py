@@ -1,7 +1,7 @@
 """Long Range Arena data modules, reading the official releases (see docs/data.md).
 
-Loaded lazily (PEP 562) so that ``python -m data_modules.lra.listops`` does not import the
-module it is about to run. To add a data module, add one line to ``_LAZY``.
+Loaded lazily (PEP 562): importing one data module does not import the others (nor PIL, for
+the tasks that read no images). To add a data module, add one line to ``_LAZY``.
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from data_modules.common.base import BadRowPolicy, BadRows, ClassificationDataModule
-from data_modules.common.cache import CacheWriter
+from data_modules.common.cache import LABEL_ARRAY, CacheWriter
 from data_modules.common.errors import DataFormatError
 from data_modules.common.paths import resolve_task_dir
 
@@ -115,7 +115,7 @@ class ImageDataModule(ClassificationDataModule):
 
     ``data_dir``: ``cifar-10-batches-bin/`` or the folder holding it. ``vocab_size`` 256 (pixel
     values; nothing is padded), ``num_classes`` 10, ``max_length`` 1,024. Batches:
-    ``{"input_ids": (B, 1024) long, "padding_mask": (B, 1024) bool (all False), "label": (B,)}``.
+    :class:`data_modules.common.batch.ClassificationBatch` (``seq`` 1,024, the mask all False).
     Bad data (truncated batch file, label byte > 9): :class:`DataFormatError` naming the file and
     the record, or skipped and counted with ``on_bad_row="skip"``.
     """
@@ -184,5 +184,5 @@ class ImageDataModule(ClassificationDataModule):
         for start in range(0, len(labels), 4096):  # bounded float32 temporaries
             for row in rgb_to_grayscale(planes[start : start + 4096]):
                 sequences.append(row)
-        writer.save("label", labels)
+        writer.save(LABEL_ARRAY, labels)
         writer.meta.update(rows=len(labels))

@@ -10,10 +10,8 @@ Tokens per document: raw bytes + 1, padding 0 (vocabulary 257), the head kept up
 unless ``strict_utf8=True``. Malformed rows: a column count other than 5, a label that is not a
 number equal to 0 or 1, an empty text.
 
-Batches (dual encoder: each document is encoded on its own)::
-
-    {"input_ids_1", "padding_mask_1", "input_ids_2", "padding_mask_2": (batch, max_length),
-     "label": (batch,) long}
+Batches: :class:`data_modules.common.batch.RetrievalBatch` (dual encoder: each document is
+encoded on its own).
 """
 
 from __future__ import annotations
@@ -24,7 +22,14 @@ from pathlib import Path
 import numpy as np
 
 from data_modules.common.base import BadRowPolicy, BadRows, ClassificationDataModule
-from data_modules.common.cache import CacheWriter
+from data_modules.common.batch import (
+    INPUT_IDS_1,
+    INPUT_IDS_2,
+    PADDING_MASK_1,
+    PADDING_MASK_2,
+    RetrievalBatch,
+)
+from data_modules.common.cache import LABEL_ARRAY, CacheWriter
 from data_modules.common.errors import DataFormatError
 from data_modules.common.paths import resolve_task_dir
 from data_modules.lra.text import ByteLevelBinary, byte_tokens
@@ -98,9 +103,10 @@ class RetrievalDataModule(ByteLevelBinary, ClassificationDataModule):
     cache_name = "aan"
     tokenizer_version = "1"
     batch_fields = {
-        "input1": ("input_ids_1", "padding_mask_1"),
-        "input2": ("input_ids_2", "padding_mask_2"),
+        "input1": (INPUT_IDS_1, PADDING_MASK_1),
+        "input2": (INPUT_IDS_2, PADDING_MASK_2),
     }
+    batch_layout = RetrievalBatch
     split_sources = {"train": "train", "val": "eval", "test": "test"}
 
     def __init__(
@@ -138,5 +144,5 @@ class RetrievalDataModule(ByteLevelBinary, ClassificationDataModule):
                 first.append(byte_tokens(text1, self.truncate_length))
                 second.append(byte_tokens(text2, self.truncate_length))
                 labels.append(label)
-        writer.save("label", np.asarray(labels, dtype=np.int64))
+        writer.save(LABEL_ARRAY, np.asarray(labels, dtype=np.int64))
         writer.meta.update(rows=len(labels))

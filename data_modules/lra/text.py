@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from data_modules.common.base import BadRowPolicy, BadRows, ClassificationDataModule
-from data_modules.common.cache import CacheWriter
+from data_modules.common.cache import LABEL_ARRAY, CacheWriter
 from data_modules.common.errors import DataFormatError, DataNotFoundError
 from data_modules.common.paths import resolve_task_dir
 
@@ -155,5 +155,5 @@ class TextDataModule(ByteLevelBinary, ClassificationDataModule):
                 continue
             sequences.append(byte_tokens(data, self.truncate_length))
             labels.append(label)
-        writer.save("label", np.asarray(labels, dtype=np.int64))
+        writer.save(LABEL_ARRAY, np.asarray(labels, dtype=np.int64))
         writer.meta.update(rows=len(labels))

@@ -1,22 +1,22 @@
-"""What every task shares: the optimiser and schedule from :class:`OptimConfig`, and how many
-tokens a batch holds (read by the throughput callback)."""
+"""What every task shares: the optimiser and schedule from :class:`OptimConfig`, how many
+tokens a batch holds (read by the throughput callback), and the callback that resumes the train
+loader mid-epoch (:mod:`fmmformer_pl.tasks.loader_resume`)."""
 
 from __future__ import annotations
 
 from typing import Any, Optional, Union
 
 import torch
-from lightning.pytorch import LightningModule
+from lightning.pytorch import Callback, LightningModule
 
+from data_modules.common.batch import TOKEN_KEYS
+from fmmformer_pl.tasks.loader_resume import LoaderStateResume
 from fmmformer_pl.tasks.optim import (
     OptimConfig,
     build_optimizer,
     build_scheduler,
     parameter_groups,
 )
-
-# The batch keys that hold token ids, for every batch layout the data modules produce.
-TOKEN_KEYS = ("input_ids", "input_ids_1", "input_ids_2")
 
 
 class TaskBase(LightningModule):
@@ -60,8 +60,9 @@ class TaskBase(LightningModule):
             "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1},
         }
 
-    def on_train_start(self) -> None:
-        restore_pending_loader_states(self.trainer)
+    def configure_callbacks(self) -> list[Callback]:
+        # Lightning adds these to any Trainer this task is fitted with (the CLI's and a plain one).
+        return [LoaderStateResume()]
 
     @staticmethod
     def check_sizes(**sizes: int) -> None:
@@ -78,22 +79,3 @@ class TaskBase(LightningModule):
     def batch_tokens(batch: dict[str, torch.Tensor]) -> int:
         """Token positions the model processes for ``batch`` (padding included: it is computed)."""
         return sum(batch[key].numel() for key in TOKEN_KEYS if key in batch)
-
-
-def restore_pending_loader_states(trainer: Any) -> None:
-    """Loads the train loaders' checkpointed positions that Lightning 2.6 leaves unloaded.
-
-    ``configure_optimizers`` reads ``trainer.estimated_stepping_batches`` (the schedule's
-    length), which builds the train loader *before* the checkpoint is restored; the fit loop
-    then keeps that loader and never loads its saved state, so a resumed run would re-read the
-    epoch from its start (Lightning issue #20550, open). Called from ``on_train_start`` (after
-    the restore, before the first batch), this does what the fit loop does on its normal path:
-    load the pending states, then create the iterator anew. A no-op when nothing is pending.
-    """
-    fit_loop = trainer.fit_loop
-    pending = getattr(fit_loop, "_combined_loader_states_to_load", None)
-    if not pending or getattr(fit_loop, "_combined_loader", None) is None:
-        return
-    fit_loop._combined_loader._load_state_dicts(pending)
-    fit_loop._combined_loader_states_to_load = []
-    iter(fit_loop._data_fetcher)  # the iterator made before the restore holds the old position

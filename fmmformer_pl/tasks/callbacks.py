@@ -23,6 +23,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 
+from data_modules.common.batch import LABEL
 from fmmformer_pl.tasks.base import TaskBase
 
 
@@ -163,11 +164,11 @@ class MajorityBaseline(Callback):
     @staticmethod
     def _count(counts: Optional[torch.Tensor], pl_module: LightningModule, batch: Any):
         num_classes = getattr(pl_module, "num_classes", None)
-        if num_classes is None or not isinstance(batch, dict) or "label" not in batch:
+        if num_classes is None or not isinstance(batch, dict) or LABEL not in batch:
             return counts
         if counts is None:
             counts = torch.zeros(num_classes, dtype=torch.long)
-        labels = batch["label"].detach().long().cpu()
+        labels = batch[LABEL].detach().long().cpu()
         return counts + torch.bincount(labels, minlength=num_classes)
 
     def on_train_batch_end(

@@ -12,6 +12,17 @@ import torch
 import torch.nn.functional as F
 from torchmetrics.classification import MulticlassAccuracy
 
+from data_modules.common.batch import (
+    INPUT_IDS,
+    INPUT_IDS_1,
+    INPUT_IDS_2,
+    LABEL,
+    PADDING_MASK,
+    PADDING_MASK_1,
+    PADDING_MASK_2,
+    ClassificationBatch,
+    RetrievalBatch,
+)
 from fmmformer_pl.models import DualEncoderRetrieval, SequenceClassifier
 from fmmformer_pl.models.config import EncoderConfig
 from fmmformer_pl.tasks.base import TaskBase
@@ -23,7 +34,7 @@ DEFAULT_ENCODER = EncoderConfig()
 
 
 class ClassificationTask(TaskBase):
-    """Trains :class:`SequenceClassifier` on ``{"input_ids", "padding_mask", "label"}`` batches.
+    """Trains :class:`SequenceClassifier` on :class:`ClassificationBatch` batches.
 
     Args:
         vocab_size, num_classes, max_length: linked from the data module by the CLI.
@@ -57,20 +68,20 @@ class ClassificationTask(TaskBase):
     ) -> torch.nn.Module:
         return SequenceClassifier(vocab_size, num_classes, max_length, encoder)
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    def forward(self, batch: ClassificationBatch) -> torch.Tensor:
         """(batch, num_classes) logits."""
-        return self.model(batch["input_ids"], batch["padding_mask"])
+        return self.model(batch[INPUT_IDS], batch[PADDING_MASK])
 
     def _shared_step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
         logits = self(batch)  # (batch, num_classes)
-        loss = F.cross_entropy(logits, batch["label"])
+        loss = F.cross_entropy(logits, batch[LABEL])
         accuracy = getattr(self, f"{stage}_acc")
-        accuracy(logits, batch["label"])
+        accuracy(logits, batch[LABEL])
         # Training logs each step ("train/loss"); evaluation one value per pass over the split
         # ("val/loss"), weighted by batch size and reduced across processes.
         training = stage == "train"
         options = dict(on_step=training, on_epoch=not training, prog_bar=True,
-                       batch_size=batch["label"].shape[0])  # fmt: skip
+                       batch_size=batch[LABEL].shape[0])  # fmt: skip
         self.log(f"{stage}/loss", loss, sync_dist=not training, **options)
         self.log(f"{stage}/acc", accuracy, **options)
         return loss
@@ -91,18 +102,17 @@ class ClassificationTask(TaskBase):
 
 class RetrievalTask(ClassificationTask):
     """Trains :class:`DualEncoderRetrieval` on pairs: each document is encoded separately, the
-    pair classified from the two pooled vectors. Batches hold ``input_ids_1``,
-    ``padding_mask_1``, ``input_ids_2``, ``padding_mask_2`` and ``label``."""
+    pair classified from the two pooled vectors, on :class:`RetrievalBatch` batches."""
 
     def build_model(
         self, vocab_size: int, num_classes: int, max_length: int, encoder: EncoderConfig
     ) -> torch.nn.Module:
         return DualEncoderRetrieval(vocab_size, num_classes, max_length, encoder)
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    def forward(self, batch: RetrievalBatch) -> torch.Tensor:  # type: ignore[override]
         return self.model(
-            batch["input_ids_1"],
-            batch["padding_mask_1"],
-            batch["input_ids_2"],
-            batch["padding_mask_2"],
+            batch[INPUT_IDS_1],
+            batch[PADDING_MASK_1],
+            batch[INPUT_IDS_2],
+            batch[PADDING_MASK_2],
         )

@@ -12,6 +12,7 @@ from typing import Any, Optional, Union
 
 import torch
 
+from data_modules.common.batch import INPUT_IDS, LOSS_MASK, TARGET_IDS, LMBatch
 from fmmformer_pl.models import FMMDecoderLM
 from fmmformer_pl.models.config import DecoderConfig
 from fmmformer_pl.tasks.base import TaskBase
@@ -22,7 +23,7 @@ DEFAULT_DECODER = DecoderConfig()  # never mutated, see classification.DEFAULT_E
 
 
 class LanguageModelTask(TaskBase):
-    """Trains :class:`FMMDecoderLM` on ``{"input_ids", "target_ids"[, "loss_mask"]}`` batches.
+    """Trains :class:`FMMDecoderLM` on :class:`LMBatch` batches.
 
     Args:
         vocab_size, max_length: linked from the data module by the CLI (``max_length`` is the
@@ -52,14 +53,14 @@ class LanguageModelTask(TaskBase):
         """(batch, seq, dim) final hidden states."""
         return self.model(input_ids)
 
-    def _nll(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        nll = self.model.nll(batch["input_ids"], batch["target_ids"])  # (batch, seq)
-        mask = batch.get("loss_mask")  # (batch, seq) bool or None
+    def _nll(self, batch: LMBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        nll = self.model.nll(batch[INPUT_IDS], batch[TARGET_IDS])  # (batch, seq)
+        mask = batch.get(LOSS_MASK)  # (batch, seq) bool or None
         if mask is None:
             mask = torch.ones_like(nll, dtype=torch.bool)
         return nll, mask
 
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: LMBatch, batch_idx: int) -> torch.Tensor:
         nll, mask = self._nll(batch)
         loss = nll[mask].mean()
         self.log(
@@ -79,12 +80,12 @@ class LanguageModelTask(TaskBase):
         )
         return loss
 
-    def _eval_step(self, batch: dict[str, torch.Tensor], stage: str) -> None:
-        mask = batch.get("loss_mask")
+    def _eval_step(self, batch: LMBatch, stage: str) -> None:
+        mask = batch.get(LOSS_MASK)
         if mask is not None:
             # Only the counted positions reach the output layer (a full-context evaluation
             # counts one position per window).
-            nll = self.model.nll_at(batch["input_ids"], batch["target_ids"], mask)  # (n,)
+            nll = self.model.nll_at(batch[INPUT_IDS], batch[TARGET_IDS], mask)  # (n,)
             mask = torch.ones_like(nll, dtype=torch.bool)
         else:
             nll, mask = self._nll(batch)

@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image, ImageDraw
 
-from data_modules.lra.pathfinder_gen.settings import PathfinderSettings
+from data_modules.lra.pathfinder.generate.settings import PathfinderSettings
 
 __all__ = ["Sample", "bytescale", "draw_sample"]
 

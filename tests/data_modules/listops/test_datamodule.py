@@ -1,4 +1,5 @@
-"""ListOpsDataModule over tiny files in the official format: token ids, masks, labels, layout."""
+"""ListOpsDataModule over tiny files in the official format: token ids, masks, labels, layout,
+generation on first use."""
 
 from __future__ import annotations
 
@@ -10,8 +11,7 @@ import torch
 from data_modules.common import DataNotFoundError
 from data_modules.lra import ListOpsDataModule
 from data_modules.lra.listops import tokenize
-
-from .conftest import LISTOPS_ROWS
+from tests.data_modules.conftest import LISTOPS_ROWS
 
 # The official vocabulary, written out independently of the module: pad 0, unk 1, then these.
 SYMBOL_IDS = {
@@ -27,21 +27,6 @@ SYMBOL_IDS = {
 def expected_ids(source: str) -> list[int]:
     """Official tokenisation written independently: `]` -> X, parentheses dropped."""
     return [SYMBOL_IDS["X" if s == "]" else s] for s in source.split() if s not in ("(", ")")]
-
-
-def test_tokenize_follows_lra() -> None:
-    assert tokenize("( ( ( ( [MAX 3 ) 4 ) 3 ) ] )") == [3, 10, 11, 10, 6]
-    assert tokenize("( [MIN 0 9 ] )") == [2, 7, 16, 6]
-    assert tokenize("[SM 1 [FOO ] )") == [5, 8, 1, 6]  # unknown symbol -> <unk> (1)
-
-
-def test_lra_tokenizer_is_the_released_pipeline() -> None:
-    """LRA's input_pipeline.py: tfds ``Tokenizer()`` keeps alphanumeric runs only, so the
-    operators lose their ``[`` and every ``]``, ``(`` and ``)`` is dropped."""
-    source = "( ( ( ( [MAX 3 ) 4 ) ( ( [MIN 0 9 ] ) ) ] )"
-    assert tokenize(source, "lra") == [3, 10, 11, 2, 7, 16]
-    assert tokenize(source) == [3, 10, 11, 2, 7, 16, 6, 6]  # brackets: ] -> X kept
-    assert tokenize("[SM 1 [FOO ] )", "lra") == [5, 8, 1]  # unknown word -> <unk> (1)
 
 
 def test_lra_tokenizer_caches_apart(make_listops) -> None:

@@ -17,7 +17,7 @@ import pytest
 from data_modules.lra.listops import generate_example, generate_examples, main, write_dataset
 
 OPS = ("[MIN", "[MAX", "[MED", "[SM")
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def parse_pairs(source: str):

@@ -19,11 +19,16 @@ import numpy as np
 import pytest
 
 from data_modules.lra.pathfinder import PathfinderDataModule, main, parse_metadata_line
-from data_modules.lra.pathfinder_gen import write as write_module
-from data_modules.lra.pathfinder_gen.check import components, grow, joins_markers
-from data_modules.lra.pathfinder_gen.draw import Sample, draw_sample
-from data_modules.lra.pathfinder_gen.settings import PathfinderSettings, lra_settings
-from data_modules.lra.pathfinder_gen.write import MANIFEST, Progress, image_rng, write_pathfinder
+from data_modules.lra.pathfinder.generate import write as write_module
+from data_modules.lra.pathfinder.generate.check import components, grow, joins_markers
+from data_modules.lra.pathfinder.generate.draw import Sample, draw_sample
+from data_modules.lra.pathfinder.generate.settings import PathfinderSettings, lra_settings
+from data_modules.lra.pathfinder.generate.write import (
+    MANIFEST,
+    Progress,
+    image_rng,
+    write_pathfinder,
+)
 
 N32 = 240  # images drawn for the statistics (about 8 s)
 TASK = Path("pathfinder32") / "curv_contour_length_14"
@@ -241,7 +246,7 @@ def test_paper_config_trains_on_generated_data(tmp_path: Path, monkeypatch) -> N
     from cli import build_cli
 
     monkeypatch.chdir(tmp_path)  # the trainer's logs/ land here
-    config = Path(__file__).resolve().parents[2] / "configs/lra/pathfinder/fmm2_band5.yaml"
+    config = Path(__file__).resolve().parents[3] / "configs/lra/pathfinder/fmm2_band5.yaml"
     args = ["--config", str(config), "--data.init_args.data_dir", str(tmp_path / "data"),
             "--data.init_args.generate", "true", "--data.init_args.generate_count", "12",
             "--data.init_args.generate_workers", "1", "--data.init_args.num_workers", "0",
