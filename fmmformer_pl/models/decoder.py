@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from fmmformer_pl.attention.layer import AttentionState
 
@@ -158,6 +159,7 @@ class FMMDecoderLM(nn.Module):
             scale=config.embedding_scale,
         )  # fmt: skip
         self.blocks = block_stack(config, causal=True)
+        self.checkpointed = config.checkpointed_blocks()
         self.ln_final = nn.LayerNorm(config.dim) if config.final_norm else nn.Identity()
         self.final_drop = nn.Dropout(config.dropout if config.final_dropout else 0.0)
         self.adaptive = None
@@ -184,8 +186,12 @@ class FMMDecoderLM(nn.Module):
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be (batch, seq), got shape {tuple(input_ids.shape)}")
         x = self.embed(input_ids)  # (batch, seq, dim)
-        for block in self.blocks:
-            x = block(x)
+        for i, block in enumerate(self.blocks):
+            if i in self.checkpointed and torch.is_grad_enabled():
+                # Keeps only x; the block runs again in backward (same dropout masks).
+                x = checkpoint(block, x, use_reentrant=False)
+            else:
+                x = block(x)
         return self.final_drop(self.ln_final(x))  # (batch, seq, dim)
 
     def log_probs(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -227,9 +233,29 @@ class FMMDecoderLM(nn.Module):
         # hidden (n, dim), target (n,) -> (n,) float32
         if target.numel() and (target.min() < 0 or target.max() >= self.vocab_size):
             raise ValueError(f"target ids must lie in [0, {self.vocab_size})")
+        size = self.config.loss_chunk_size
+        if size is None or hidden.shape[0] <= size:
+            return self._chunk_nll(hidden, target)
+        parts = []
+        for h, t in zip(hidden.split(size), target.split(size), strict=True):
+            if torch.is_grad_enabled():
+                # Keeps only the chunk's (n,) result; its logits are recomputed in backward,
+                # so the peak is one chunk's logits, not every token's.
+                parts.append(checkpoint(self._chunk_nll, h, t, use_reentrant=False))
+            else:
+                parts.append(self._chunk_nll(h, t))
+        return torch.cat(parts)
+
+    def _chunk_nll(self, hidden: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        # hidden (n, dim), target (n,) -> (n,) float32
         if self.adaptive is not None:
             return self.adaptive.nll(hidden, target, self._tied_weight())
-        return -self.log_probs(hidden).gather(1, target[:, None])[:, 0]
+        if self.lm_head is not None:
+            logits = self.lm_head(hidden)
+        else:
+            logits = F.linear(hidden, self._tied_weight())  # (n, vocab)
+        # = -log_softmax(logits)[target] without a second (n, vocab) float32 tensor
+        return F.cross_entropy(logits.float(), target, reduction="none")
 
     # ------------------------------------------------------------------ decoding
 
