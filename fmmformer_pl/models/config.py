@@ -110,7 +110,6 @@ class DecoderConfig:
                 f"{self.adaptive_softmax_div_value}"
             )
 
-
     def checkpointed_blocks(self) -> frozenset[int]:
         """The indices of the blocks ``checkpoint_blocks`` selects."""
         spec = self.checkpoint_blocks

@@ -9,7 +9,8 @@ with post-LN blocks and scaled embeddings; see DecoderConfig)
 Shapes: input_ids / target_ids ``(batch, seq)`` long; hidden ``(batch, seq, dim)``;
 log-probabilities ``(..., vocab)``.
 
-Decoding: ``init_state``/``prefill`` then ``step`` one token at a time. With the FMM kinds
+Decoding: ``init_state``/``prefill`` then ``step`` one token at a time (``static_state`` and
+``step_``: the same on fixed buffers updated in place, for CUDA graphs; see generation.py). With the FMM kinds
 (band, linear, fmm) every layer's state has a fixed size (the last ``bandwidth`` keys/values
 and the far-field sums), so generating token t costs the same for every t. The ``softmax``
 kind keeps a growing KV cache. Positions: learned positions stop at ``max_length`` (going
@@ -142,7 +143,7 @@ class DecoderState:
     """Decoding state after ``position`` tokens: one ``AttentionState`` per block."""
 
     layers: list[AttentionState]
-    position: int = 0
+    position: int | torch.Tensor = 0  # a 0-dim long tensor in a static state
 
     def tensors(self) -> list[torch.Tensor]:
         return [t for layer in self.layers for t in layer.tensors()]
@@ -295,6 +296,29 @@ class FMMDecoderLM(nn.Module):
             layers.append(layer_state)
         hidden = self.final_drop(self.ln_final(x[:, 0]))  # (batch, dim)
         return self.log_probs(hidden), DecoderState(layers, state.position + 1)
+
+    def static_state(self, state: DecoderState, capacity: int | None = None) -> DecoderState:
+        """A copy of ``state`` for ``step_``: fixed buffers, the position on the device;
+        ``capacity``: the tokens a softmax model's KV cache holds (FMMAttention.static_state)."""
+        layers = [
+            block.attn.static_state(layer, capacity)
+            for block, layer in zip(self.blocks, state.layers, strict=True)
+        ]
+        device = self.embed.tokens.weight.device
+        return DecoderState(layers, torch.tensor(state.position, dtype=torch.long, device=device))
+
+    def step_(self, token_ids: torch.Tensor, state: DecoderState) -> torch.Tensor:
+        """``step`` on a ``static_state``, updated in place: ``(batch,)`` -> ``(batch, vocab)``.
+
+        Nothing depends on a host value, so the call can be captured as a CUDA graph
+        (``fmmformer_pl.models.generation.StaticDecoder``). The caller keeps the position
+        within the learned positions and a softmax cache's capacity (not checked here).
+        """
+        x = self.embed(token_ids[:, None], start=state.position)  # (batch, 1, dim)
+        for block, layer_state in zip(self.blocks, state.layers, strict=True):
+            x = block.step_(x, layer_state)
+        state.position.add_(1)
+        return self.log_probs(self.final_drop(self.ln_final(x[:, 0])))  # (batch, vocab)
 
     @torch.no_grad()
     def generate(
