@@ -1,0 +1,55 @@
+"""bench/long_context.py end to end at tiny size on the CPU (the GPU runs the real sizes):
+every requested point gets a row with a finite loss, the table and plot files are written."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+TINY = ["--device", "cpu", "--models", "tiny", "--vocab-size", "500", "--cutoffs", "50", "100",
+        "300"]  # fmt: skip
+
+
+def _run(script, args, tmp_path):
+    run = subprocess.run(
+        [sys.executable, str(BENCH / script), *args, "--out-dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=120,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},  # tiny ops: threads only add overhead
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    return run
+
+
+def test_long_context_table(tmp_path):
+    args = [*TINY, "--kinds", "fmm2_band20", "softmax", "--contexts", "16", "32", "--tokens",
+            "64", "--steps", "1", "--warmup", "1", "--compile", "none"]  # fmt: skip
+    _run("long_context.py", args, tmp_path)
+    rows = list(csv.DictReader(open(tmp_path / "long_context.csv")))
+    points = {(r["kind"], r["memory"], r["context"], r["batch"]) for r in rows}
+    assert points == {
+        (kind, memory, context, batch)
+        for kind in ("fmm2_band20", "softmax")
+        for memory in ("on",)
+        for context, batch in (("16", "4"), ("32", "2"))
+    }
+    for r in rows:
+        assert r["note"] == "" and float(r["tokens_per_s"]) > 0 and 0 < float(r["loss"]) < 20
+    table = (tmp_path / "long_context.md").read_text()
+    assert table.count("| tiny |") == 4
+    pytest.importorskip("matplotlib")
+    assert (tmp_path / "long_context.png").stat().st_size > 0
+
+
+def test_long_context_loss_curve(tmp_path):
+    args = [*TINY, "--loss-curve", "--loss-steps", "3", "--contexts", "24", "--tokens", "48",
+            "--period", "8", "--compile", "none"]  # fmt: skip
+    _run("long_context.py", args, tmp_path)
+    rows = list(csv.DictReader(open(tmp_path / "long_context_loss.csv")))
+    assert [r["step"] for r in rows] == ["1", "2", "3"]
+    assert all(0 < float(r["loss"]) < 20 for r in rows)
