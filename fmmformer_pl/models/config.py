@@ -6,8 +6,10 @@ models take them as constructor arguments and the CLI links them from the data m
 
 from __future__ import annotations
 
+import dataclasses
+import typing
 from dataclasses import dataclass, field
-from typing import Literal, Optional, Union
+from typing import Any, Literal, Optional, Union
 
 from fmmformer_pl.attention.config import AttentionConfig
 
@@ -146,3 +148,30 @@ def check_sizes(name: str, config: EncoderConfig | DecoderConfig) -> None:
         )
     if not 0.0 <= config.dropout < 1.0:
         raise ValueError(f"{name}.dropout must lie in [0, 1), got {config.dropout}")
+
+
+def config_from_dict(cls: type, data: dict[str, Any]) -> Any:
+    """``cls(**data)`` with nested dataclasses (e.g. ``attention``, blend weights) built from
+    their dicts too: a config as a checkpoint written by the CLI stores it. ValueError for a
+    key ``cls`` does not have."""
+    if isinstance(data, cls):
+        return data
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ValueError(f"{cls.__name__} has no field(s) {', '.join(unknown)}")
+    return cls(**{key: _convert(hints[key], value) for key, value in data.items()})
+
+
+def _convert(hint: Any, value: Any) -> Any:
+    if isinstance(value, dict):
+        for option in (hint, *typing.get_args(hint)):  # Optional[X] / Union[...]: the dataclass
+            if dataclasses.is_dataclass(option):
+                return config_from_dict(option, value)
+    if isinstance(value, list):
+        for option in (hint, *typing.get_args(hint)):
+            if typing.get_origin(option) is list:
+                (item,) = typing.get_args(option)
+                return [_convert(item, v) for v in value]
+    return value
