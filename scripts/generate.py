@@ -34,11 +34,9 @@ from data_modules.wikitext import EOS, UNK  # noqa: E402
 from fmmformer_pl.models import DecoderConfig, FMMDecoderLM  # noqa: E402
 from fmmformer_pl.models.config import config_from_dict  # noqa: E402
 from fmmformer_pl.models.generation import StaticDecoder, check_sampling  # noqa: E402
+# (importing fmmformer_pl.tasks registers the config dataclasses for weights_only loading)
 from fmmformer_pl.tasks.checkpoints import check_checkpoint  # noqa: E402
 from fmmformer_pl.tasks.errors import CheckpointError, UserError  # noqa: E402
-
-# (registers the config dataclasses as safe for torch.load(weights_only=True))
-import fmmformer_pl.tasks  # noqa: E402, F401
 
 
 def load_model(path: str, device: torch.device) -> tuple[FMMDecoderLM, dict]:
