@@ -34,6 +34,7 @@ from data_modules.wikitext import EOS, UNK  # noqa: E402
 from fmmformer_pl.models import DecoderConfig, FMMDecoderLM  # noqa: E402
 from fmmformer_pl.models.config import config_from_dict  # noqa: E402
 from fmmformer_pl.models.generation import StaticDecoder, check_sampling  # noqa: E402
+
 # (importing fmmformer_pl.tasks registers the config dataclasses for weights_only loading)
 from fmmformer_pl.tasks.checkpoints import check_checkpoint  # noqa: E402
 from fmmformer_pl.tasks.errors import CheckpointError, UserError  # noqa: E402
