@@ -121,12 +121,15 @@ class StaticDecoder:
         """Copy a ``prefill`` state into the static buffers; a batch-1 state fills every row."""
         if state.position > self.capacity:
             raise ValueError(f"a {state.position}-token state exceeds capacity {self.capacity}")
-        static = self.model.static_state(state, self.capacity)
-        for mine, theirs in zip(self.state.layers, static.layers, strict=True):
+        blocks = self.model.blocks
+        for block, mine, layer in zip(blocks, self.state.layers, state.layers, strict=True):
+            # One layer at a time: a long softmax cache is held twice only for one layer.
+            theirs = block.attn.static_state(layer, self.capacity)
             for dst, src in zip(mine.tensors(), theirs.tensors(), strict=True):
                 dst.copy_(src)  # broadcasts a batch of 1
             mine.seen.copy_(theirs.seen)
-        self.state.position.copy_(static.position)
+            del theirs
+        self.state.position.fill_(state.position)
         self.position = state.position
 
     @torch.no_grad()

@@ -53,3 +53,19 @@ def test_long_context_loss_curve(tmp_path):
     rows = list(csv.DictReader(open(tmp_path / "long_context_loss.csv")))
     assert [r["step"] for r in rows] == ["1", "2", "3"]
     assert all(0 < float(r["loss"]) < 20 for r in rows)
+
+
+def test_generate_throughput(tmp_path):
+    """Every point decodes; the FMM state keeps its size whatever the prompt, the softmax
+    cache grows with it (and with the batch)."""
+    args = [*TINY, "--kinds", "fmm2_band20", "softmax", "--prompts", "8", "40", "--batches",
+            "1", "3", "--new-tokens", "3", "--warmup", "1"]  # fmt: skip
+    _run("generate_throughput.py", args, tmp_path)
+    rows = list(csv.DictReader(open(tmp_path / "generate_throughput.csv")))
+    assert len(rows) == 8 and all(r["note"] == "" and float(r["tokens_per_s"]) > 0 for r in rows)
+    state = {(r["kind"], r["prompt"], r["batch"]): float(r["state_mib"]) for r in rows}
+    for batch in ("1", "3"):
+        assert state["fmm2_band20", "8", batch] == state["fmm2_band20", "40", batch]
+        assert state["softmax", "40", batch] > 2 * state["softmax", "8", batch]
+    assert state["softmax", "40", "3"] == pytest.approx(3 * state["softmax", "40", "1"], rel=0.01)
+    assert (tmp_path / "generate_throughput.md").read_text().count("| tiny |") == 8
