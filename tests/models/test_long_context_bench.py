@@ -69,3 +69,33 @@ def test_generate_throughput(tmp_path):
         assert state["softmax", "40", batch] > 2 * state["softmax", "8", batch]
     assert state["softmax", "40", "3"] == pytest.approx(3 * state["softmax", "40", "1"], rel=0.01)
     assert (tmp_path / "generate_throughput.md").read_text().count("| tiny |") == 8
+
+
+def test_memory_profile_attributes_saved_tensors(tmp_path):
+    """Without the memory options every part keeps tensors for backward; with them the blocks
+    keep exactly their inputs (depth x tokens x dim float32) and nothing inside."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny ops
+    sys.path.insert(0, str(BENCH))
+    try:
+        import memory_profile
+    finally:
+        sys.path.remove(str(BENCH))
+    base = ["--model", "tiny", "--device", "cpu", "--vocab-size", "500", "--cutoffs", "50",
+            "100", "300", "--contexts", "16", "32", "--tokens", "64"]  # fmt: skip
+    rows = {}
+    for name, extra in (("plain", []), ("light", ["--checkpoint-blocks", "all"])):
+        assert memory_profile.main([*base, *extra, "--out-dir", str(tmp_path / name)]) == 0
+        rows[name] = list(csv.DictReader(open(tmp_path / name / "memory_profile.csv")))
+    for plain, light in zip(rows["plain"], rows["light"], strict=True):
+        for part in ("attention", "ffn", "norms"):
+            assert float(plain[part]) > 0 and float(light[part]) == 0
+        assert float(plain["blocks (checkpoint inputs)"]) == 0
+        inputs = 2 * 64 * 16 * 4 / 2**20  # depth 2, 64 tokens, dim 16, float32
+        assert float(light["blocks (checkpoint inputs)"]) == pytest.approx(inputs, abs=0.001)
+        assert float(light["saved_total"]) < float(plain["saved_total"]) / 3
+    bad = memory_profile.main(["--config", str(tmp_path / "none.yaml"), "--device", "cpu"])
+    assert bad == 2
+    torch.set_num_threads(threads)
