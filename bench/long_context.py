@@ -8,7 +8,9 @@ Every point trains with the same tokens per step (``--tokens``, 65,536): batch =
 context. One step is what ``python cli.py fit`` runs: forward, adaptive-softmax loss, backward,
 Adam step, under bf16 autocast, with the model's forward compiled (``--compile model``: as
 ``LanguageModelTask(compile=True)``; ``blocks`` compiles each block, one compile serving all
-16, much quicker to build; ``none``: eager). The memory options (``--memory on``, the default)
+16, much quicker to build; ``none``: eager), with dynamic shapes so that one compile serves
+every context of a model and kind (``--static-shapes``: torch's default, a recompile for the
+second shape). The memory options (``--memory on``, the default)
 checkpoint every block's activations and run the loss in chunks of ``--loss-chunk`` tokens
 (DecoderConfig.checkpoint_blocks / loss_chunk_size); ``--memory both`` also runs without them.
 
@@ -50,13 +52,13 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
-def make_step(model, opt, device, compile_mode, backend="inductor"):
+def make_step(model, opt, device, compile_mode, backend="inductor", dynamic=None):
     """One training step on ``(input, target)`` ids; returns the loss."""
     if compile_mode == "model":
-        model.compile(backend=backend)
+        model.compile(backend=backend, dynamic=dynamic)
     elif compile_mode == "blocks":
         for block in model.blocks:
-            block.compile(backend=backend)
+            block.compile(backend=backend, dynamic=dynamic)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16)
 
     def step(ids):
@@ -88,7 +90,7 @@ def run_point(args, model_name, kind, memory, context, device):
         ).to(device).train()  # fmt: skip
         row["params"] = sum(p.numel() for p in model.parameters())
         opt = torch.optim.Adam(model.parameters(), lr=1e-4, fused=device.type == "cuda")
-        step = make_step(model, opt, device, args.compile, args.compile_backend)
+        step = make_step(model, opt, device, args.compile, args.compile_backend, args.dynamic)
         gen = torch.Generator(device=device).manual_seed(0)
         ids = zipf_ids((batch, context + 1), args.vocab_size, device, gen)
         t0 = time.perf_counter()
@@ -197,7 +199,7 @@ def loss_curve(args, device) -> list[dict]:
     opt = torch.optim.Adam(model.parameters(), lr=args.lr, fused=device.type == "cuda")
     warm = max(1, args.loss_steps // 10)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm))
-    step = make_step(model, opt, device, args.compile, args.compile_backend)
+    step = make_step(model, opt, device, args.compile, args.compile_backend, args.dynamic)
     gen = torch.Generator(device=device).manual_seed(0)
     rows = []
     t_start = time.perf_counter()
@@ -255,6 +257,9 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first (compilation)")
     p.add_argument("--compile", default="blocks", choices=["model", "blocks", "none"])
     p.add_argument("--compile-backend", default="inductor", help=argparse.SUPPRESS)  # tests
+    p.add_argument("--static-shapes", dest="dynamic", action="store_const", const=None,
+                   default=True, help="compile per context (default: one dynamic-shape "
+                   "compile serves every context of a model and kind)")  # fmt: skip
     p.add_argument("--memory", default="on", choices=["on", "off", "both"])
     p.add_argument("--checkpoint-blocks", default="all", help="DecoderConfig.checkpoint_blocks")
     p.add_argument("--loss-chunk", type=int, default=8192, help="DecoderConfig.loss_chunk_size")
