@@ -1,29 +1,39 @@
-"""bench/long_context.py end to end at tiny size on the CPU (the GPU runs the real sizes):
+"""bench/long_context.py end to end at tiny size on the CPU (the GPU runs the real sizes), each run as its command line would:
 every requested point gets a row with a finite loss, the table and plot files are written."""
 
 from __future__ import annotations
 
 import csv
-import os
-import subprocess
+import importlib
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 BENCH = Path(__file__).resolve().parents[2] / "bench"
 TINY = ["--device", "cpu", "--models", "tiny", "--vocab-size", "500", "--cutoffs", "50", "100",
         "300"]  # fmt: skip
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny ops: on the shared 2-core CI box threads only add overhead."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _run(script, args, tmp_path):
-    run = subprocess.run(
-        [sys.executable, str(BENCH / script), *args, "--out-dir", str(tmp_path)],
-        capture_output=True, text=True, timeout=120,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},  # tiny ops: threads only add overhead
-    )  # fmt: skip
-    assert run.returncode == 0, run.stderr[-3000:]
-    return run
+    """``python bench/<script> ARGS --out-dir tmp_path``, in this process (no second torch
+    import)."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        module = importlib.import_module(script.removesuffix(".py"))
+    finally:
+        sys.path.remove(str(BENCH))
+    return module.main([*args, "--out-dir", str(tmp_path)])
 
 
 def test_long_context_table(tmp_path):
@@ -74,20 +84,11 @@ def test_generate_throughput(tmp_path):
 def test_memory_profile_attributes_saved_tensors(tmp_path):
     """Without the memory options every part keeps tensors for backward; with them the blocks
     keep exactly their inputs (depth x tokens x dim float32) and nothing inside."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny ops
-    sys.path.insert(0, str(BENCH))
-    try:
-        import memory_profile
-    finally:
-        sys.path.remove(str(BENCH))
     base = ["--model", "tiny", "--device", "cpu", "--vocab-size", "500", "--cutoffs", "50",
             "100", "300", "--contexts", "16", "32", "--tokens", "64"]  # fmt: skip
     rows = {}
     for name, extra in (("plain", []), ("light", ["--checkpoint-blocks", "all"])):
-        assert memory_profile.main([*base, *extra, "--out-dir", str(tmp_path / name)]) == 0
+        assert _run("memory_profile.py", [*base, *extra], tmp_path / name) == 0
         rows[name] = list(csv.DictReader(open(tmp_path / name / "memory_profile.csv")))
     for plain, light in zip(rows["plain"], rows["light"], strict=True):
         for part in ("attention", "ffn", "norms"):
@@ -96,6 +97,5 @@ def test_memory_profile_attributes_saved_tensors(tmp_path):
         inputs = 2 * 64 * 16 * 4 / 2**20  # depth 2, 64 tokens, dim 16, float32
         assert float(light["blocks (checkpoint inputs)"]) == pytest.approx(inputs, abs=0.001)
         assert float(light["saved_total"]) < float(plain["saved_total"]) / 3
-    bad = memory_profile.main(["--config", str(tmp_path / "none.yaml"), "--device", "cpu"])
-    assert bad == 2
-    torch.set_num_threads(threads)
+    assert _run("memory_profile.py", ["--config", str(tmp_path / "none.yaml"), "--device",
+                                      "cpu"], tmp_path) == 2  # fmt: skip
