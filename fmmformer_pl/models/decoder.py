@@ -10,9 +10,10 @@ Shapes: input_ids / target_ids ``(batch, seq)`` long; hidden ``(batch, seq, dim)
 log-probabilities ``(..., vocab)``.
 
 Decoding: ``init_state``/``prefill`` then ``step`` one token at a time (``static_state`` and
-``step_``: the same on fixed buffers updated in place, for CUDA graphs; see generation.py). With the FMM kinds
-(band, linear, fmm) every layer's state has a fixed size (the last ``bandwidth`` keys/values
-and the far-field sums), so generating token t costs the same for every t. The ``softmax``
+``step_``: the same on fixed buffers updated in place, for CUDA graphs; see generation.py).
+With the FMM kinds (band, linear, fmm) every layer's state has a fixed size (the last
+``bandwidth`` keys/values and the far-field sums), so generating token t costs the same for
+every t. The ``softmax``
 kind keeps a growing KV cache. Positions: learned positions stop at ``max_length`` (going
 past raises ValueError); sinusoidal positions are defined everywhere, so such a model can
 generate past ``max_length`` (quality beyond the trained length is another matter).
