@@ -12,6 +12,9 @@ Decoding (causal layers): ``init_state`` / ``prefill`` / ``step``. For the FMM k
 has a fixed size whatever the context length: the last ``bandwidth`` keys and values (a
 rolling window) and, per far-field kernel l, the running sums S_l = sum_j phi_l(k_j) v_j^T and
 z_l = sum_j phi_l(k_j) in float32. The ``softmax`` kind keeps a growing KV cache instead.
+``static_state`` / ``step_``: the same step on buffers of fixed shape and address, updated in
+place (a ring for the window, a preallocated cache for softmax, the token count on the device),
+so a decoding step can be captured once as a CUDA graph and replayed.
 
 far_normalize=False: ``far_field`` divides by sqrt(seq) with seq the length of the whole input,
 so a causal output depends on how long the input is, not only on the tokens before it.
@@ -63,7 +66,7 @@ class AttentionState:
     values: torch.Tensor | None
     kv: torch.Tensor | None
     k_sum: torch.Tensor | None
-    seen: int = 0
+    seen: int | torch.Tensor = 0  # a 0-dim long tensor in a static state (``static_state``)
     far_length: int | None = None  # see the module docstring (far_normalize=False only)
 
     def tensors(self) -> list[torch.Tensor]:
@@ -287,7 +290,10 @@ class FMMAttention(nn.Module):
             if self.has_near:
                 new.keys = torch.cat([state.keys[:, :, 1:], k], dim=2)  # (batch, heads, W, hd)
                 new.values = torch.cat([state.values[:, :, 1:], v], dim=2)
-                near = self._near_step(q, new.keys, new.values, seen)
+                width = self.config.bandwidth
+                # The first W - seen slots hold no token yet.
+                filled = torch.arange(width, device=q.device) >= width - seen  # (W,)
+                near = self._near_step(q, new.keys, new.values, filled)
             if not self.has_far:
                 y = near
             else:
@@ -296,14 +302,87 @@ class FMMAttention(nn.Module):
                 y = self.blend(near, far)
         return self.out_proj(y.transpose(1, 2).reshape(batch, 1, self.dim)), new
 
-    def _near_step(self, q, keys, values, seen):
-        """Softmax of q over the window; the first W - seen slots hold no token yet."""
-        width = keys.shape[2]
+    def _near_step(self, q, keys, values, filled):
+        """Softmax of q over the window slots where ``filled (W,)`` is True (a slot holds a
+        token; the order of the slots does not matter)."""
         qf, kf, vf = _acc(q), _acc(keys), _acc(values)
         scores = (qf / math.sqrt(self.head_dim)) @ kf.transpose(-1, -2)  # (batch, heads, 1, W)
-        filled = torch.arange(width, device=q.device) >= width - seen  # (W,)
         scores = scores.masked_fill(~filled, float("-inf"))
         return (torch.softmax(scores, dim=-1) @ vf).to(q.dtype)  # (batch, heads, 1, hd)
+
+    # ------------------------------------------------------------------ static decoding
+
+    def static_state(self, state: AttentionState, capacity: int | None = None) -> AttentionState:
+        """A copy of ``state`` laid out for ``step_``, whose buffers never change shape or
+        address (so a step can be captured as a CUDA graph):
+
+        - ``seen`` is a 0-dim long tensor on the state's device;
+        - band/fmm: the window is a ring, token j in slot j % W (``step`` keeps it oldest
+          first);
+        - softmax: a cache of ``capacity`` slots, token j in slot j (the first ``seen`` filled).
+        """
+        if isinstance(state.seen, torch.Tensor):
+            raise ValueError("the state is static already")
+        seen = state.seen
+        keys = values = None
+        if self.config.kind == "softmax":
+            if capacity is None or capacity < max(seen, 1):
+                raise ValueError(
+                    f"a softmax layer's static cache needs a capacity >= {max(seen, 1)} tokens, "
+                    f"got {capacity}"
+                )
+            batch, heads, _, hd = state.keys.shape
+            keys = state.keys.new_zeros(batch, heads, capacity, hd)
+            values = keys.clone()
+            keys[:, :, :seen], values[:, :, :seen] = state.keys, state.values
+        elif self.has_near:
+            # Oldest first, slot i holds token seen - W + i: move it to (seen - W + i) % W.
+            shift = seen % self.config.bandwidth
+            keys = state.keys.roll(shift, dims=2).contiguous()
+            values = state.values.roll(shift, dims=2).contiguous()
+        kv = state.kv.clone() if state.kv is not None else None
+        k_sum = state.k_sum.clone() if state.k_sum is not None else None
+        device = next(t.device for t in state.tensors())
+        seen_t = torch.tensor(seen, dtype=torch.long, device=device)
+        return AttentionState(keys, values, kv, k_sum, seen_t, state.far_length)
+
+    def step_(self, x_t: torch.Tensor, state: AttentionState) -> torch.Tensor:
+        """``step`` on a ``static_state``, updated in place: ``x_t (batch, 1, dim) -> y_t``.
+
+        Every shape is fixed and ``seen`` stays on the device (no host synchronisation), so
+        the call can be captured in a CUDA graph and replayed. The caller keeps ``seen`` below
+        a softmax cache's capacity (an index past it is not checked on the device).
+        """
+        if not isinstance(state.seen, torch.Tensor):
+            raise ValueError("step_ needs a static state (see static_state)")
+        batch = x_t.shape[0]
+        q, k, v = self._heads(x_t)  # (batch, heads, 1, head_dim)
+        seen = state.seen  # tokens before this one, 0-dim long
+        if self.config.kind == "softmax":
+            state.keys.index_copy_(2, seen.view(1), k)
+            state.values.index_copy_(2, seen.view(1), v)
+            slots = torch.arange(state.keys.shape[2], device=q.device)
+            visible = (slots <= seen)[None, None, None, :]  # (1, 1, 1, capacity)
+            y = F.scaled_dot_product_attention(q, state.keys, state.values, attn_mask=visible)
+        else:
+            near = None
+            if self.has_near:
+                width = self.config.bandwidth
+                slot = (seen % width).view(1)
+                state.keys.index_copy_(2, slot, k)
+                state.values.index_copy_(2, slot, v)
+                filled = torch.arange(width, device=q.device) <= seen  # (W,)
+                near = self._near_step(q, state.keys, state.values, filled)
+            if not self.has_far:
+                y = near
+            else:
+                length = state.far_length if state.far_length is not None else seen + 1
+                far, kv, k_sum = self._far_step(q, k, v, state.kv, state.k_sum, length)
+                state.kv.copy_(kv)
+                state.k_sum.copy_(k_sum)
+                y = self.blend(near, far)
+        state.seen.add_(1)
+        return self.out_proj(y.transpose(1, 2).reshape(batch, 1, self.dim))
 
     def _far_step(self, q, k, v, kv, k_sum, length):
         """Add phi_l(k) v^T to S_l and phi_l(k) to z_l; read them with phi_l(q)."""
@@ -316,6 +395,8 @@ class FMMAttention(nn.Module):
             denom = phi_q @ k_sum.unsqueeze(-1) + self.far_eps  # (r, batch, heads, 1, 1)
             positive = denom > 0
             out = torch.where(positive, numer / torch.where(positive, denom, 1.0), 0.0)
+        elif isinstance(length, torch.Tensor):  # a static state's token count
+            out = numer * length.to(numer.dtype).rsqrt()
         else:
             out = numer / math.sqrt(length)  # far_field's 1/sqrt(seq), seq = length
         return list(out.to(q.dtype).unbind(0)), kv, k_sum

@@ -96,6 +96,12 @@ class Block(nn.Module):
         y, state = self.attn.step(self.ln_attn(x_t), state)
         return self._ffn(x_t + self.drop(y)), state
 
+    def step_(self, x_t: torch.Tensor, state: AttentionState) -> torch.Tensor:
+        # x_t: (batch, 1, dim); state: a static state, updated in place (FMMAttention.step_)
+        if self.post_norm:
+            return self._ffn(self.ln_attn(x_t + self.drop(self.attn.step_(x_t, state))))
+        return self._ffn(x_t + self.drop(self.attn.step_(self.ln_attn(x_t), state)))
+
 
 def block_stack(config: EncoderConfig | DecoderConfig, causal: bool) -> nn.ModuleList:
     """``config.depth`` blocks of the encoder (causal=False) or the decoder (True)."""

@@ -6,8 +6,10 @@ models take them as constructor arguments and the CLI links them from the data m
 
 from __future__ import annotations
 
+import dataclasses
+import typing
 from dataclasses import dataclass, field
-from typing import Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 from fmmformer_pl.attention.config import AttentionConfig
 
@@ -59,6 +61,14 @@ class DecoderConfig:
         queries and keys, and a denominator + eps (1e-5 there); see attention/far_field.py.
     layer_norm_init_std: LayerNorm weights start at N(1, std) (Transformer-XL's init_std 0.02);
         0 keeps them at 1.
+
+    Memory for long contexts (the results do not change, only what is kept for backward):
+    checkpoint_blocks: blocks whose activations are recomputed in backward instead of kept
+        (``torch.utils.checkpoint``): ``"none"``, ``"all"``, ``"every_k"`` (blocks 0, k, 2k,
+        ...) or a list of block indices.
+    loss_chunk_size: the output layer's loss runs over this many tokens at a time, each chunk
+        recomputed in backward, so no (tokens x vocabulary) logits are ever held at once;
+        None runs every token together.
     """
 
     dim: int = 128
@@ -81,9 +91,15 @@ class DecoderConfig:
     far_feature_normalize: bool = False
     far_eps: float = 0.0
     layer_norm_init_std: float = 0.0
+    checkpoint_blocks: Union[str, list[int]] = "none"
+    loss_chunk_size: Optional[int] = None
 
     def __post_init__(self) -> None:
         check_sizes("decoder", self)
+        self.checkpointed_blocks()  # raises on a bad value
+        size = self.loss_chunk_size
+        if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
+            raise ValueError(f"decoder.loss_chunk_size must be None or an int >= 1, got {size!r}")
         cutoffs = list(self.adaptive_softmax_cutoffs or [])
         if any(c < 1 for c in cutoffs) or cutoffs != sorted(set(cutoffs)):
             raise ValueError(
@@ -95,6 +111,28 @@ class DecoderConfig:
                 "decoder.adaptive_softmax_div_value must be > 0, got "
                 f"{self.adaptive_softmax_div_value}"
             )
+
+    def checkpointed_blocks(self) -> frozenset[int]:
+        """The indices of the blocks ``checkpoint_blocks`` selects."""
+        spec = self.checkpoint_blocks
+        error = ValueError(
+            "decoder.checkpoint_blocks must be 'none', 'all', 'every_<k>' (k >= 1) or a list "
+            f"of block indices in [0, {self.depth}), got {spec!r}"
+        )
+        if isinstance(spec, str):
+            if spec == "none":
+                return frozenset()
+            if spec == "all":
+                return frozenset(range(self.depth))
+            k = spec[len("every_") :]
+            if not spec.startswith("every_") or not k.isdigit() or int(k) < 1:
+                raise error
+            return frozenset(range(0, self.depth, int(k)))
+        if not isinstance(spec, (list, tuple)) or any(
+            isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < self.depth for i in spec
+        ):
+            raise error
+        return frozenset(spec)
 
 
 def check_sizes(name: str, config: EncoderConfig | DecoderConfig) -> None:
@@ -110,3 +148,30 @@ def check_sizes(name: str, config: EncoderConfig | DecoderConfig) -> None:
         )
     if not 0.0 <= config.dropout < 1.0:
         raise ValueError(f"{name}.dropout must lie in [0, 1), got {config.dropout}")
+
+
+def config_from_dict(cls: type, data: dict[str, Any]) -> Any:
+    """``cls(**data)`` with nested dataclasses (e.g. ``attention``, blend weights) built from
+    their dicts too: a config as a checkpoint written by the CLI stores it. ValueError for a
+    key ``cls`` does not have."""
+    if isinstance(data, cls):
+        return data
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ValueError(f"{cls.__name__} has no field(s) {', '.join(unknown)}")
+    return cls(**{key: _convert(hints[key], value) for key, value in data.items()})
+
+
+def _convert(hint: Any, value: Any) -> Any:
+    if isinstance(value, dict):
+        for option in (hint, *typing.get_args(hint)):  # Optional[X] / Union[...]: the dataclass
+            if dataclasses.is_dataclass(option):
+                return config_from_dict(option, value)
+    if isinstance(value, list):
+        for option in (hint, *typing.get_args(hint)):
+            if typing.get_origin(option) is list:
+                (item,) = typing.get_args(option)
+                return [_convert(item, v) for v in value]
+    return value

@@ -9,9 +9,11 @@ with post-LN blocks and scaled embeddings; see DecoderConfig)
 Shapes: input_ids / target_ids ``(batch, seq)`` long; hidden ``(batch, seq, dim)``;
 log-probabilities ``(..., vocab)``.
 
-Decoding: ``init_state``/``prefill`` then ``step`` one token at a time. With the FMM kinds
-(band, linear, fmm) every layer's state has a fixed size (the last ``bandwidth`` keys/values
-and the far-field sums), so generating token t costs the same for every t. The ``softmax``
+Decoding: ``init_state``/``prefill`` then ``step`` one token at a time (``static_state`` and
+``step_``: the same on fixed buffers updated in place, for CUDA graphs; see generation.py).
+With the FMM kinds (band, linear, fmm) every layer's state has a fixed size (the last
+``bandwidth`` keys/values and the far-field sums), so generating token t costs the same for
+every t. The ``softmax``
 kind keeps a growing KV cache. Positions: learned positions stop at ``max_length`` (going
 past raises ValueError); sinusoidal positions are defined everywhere, so such a model can
 generate past ``max_length`` (quality beyond the trained length is another matter).
@@ -27,6 +29,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from fmmformer_pl.attention.layer import AttentionState
 
@@ -141,7 +144,7 @@ class DecoderState:
     """Decoding state after ``position`` tokens: one ``AttentionState`` per block."""
 
     layers: list[AttentionState]
-    position: int = 0
+    position: int | torch.Tensor = 0  # a 0-dim long tensor in a static state
 
     def tensors(self) -> list[torch.Tensor]:
         return [t for layer in self.layers for t in layer.tensors()]
@@ -158,6 +161,7 @@ class FMMDecoderLM(nn.Module):
             scale=config.embedding_scale,
         )  # fmt: skip
         self.blocks = block_stack(config, causal=True)
+        self.checkpointed = config.checkpointed_blocks()
         self.ln_final = nn.LayerNorm(config.dim) if config.final_norm else nn.Identity()
         self.final_drop = nn.Dropout(config.dropout if config.final_dropout else 0.0)
         self.adaptive = None
@@ -184,8 +188,12 @@ class FMMDecoderLM(nn.Module):
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be (batch, seq), got shape {tuple(input_ids.shape)}")
         x = self.embed(input_ids)  # (batch, seq, dim)
-        for block in self.blocks:
-            x = block(x)
+        for i, block in enumerate(self.blocks):
+            if i in self.checkpointed and torch.is_grad_enabled():
+                # Keeps only x; the block runs again in backward (same dropout masks).
+                x = checkpoint(block, x, use_reentrant=False)
+            else:
+                x = block(x)
         return self.final_drop(self.ln_final(x))  # (batch, seq, dim)
 
     def log_probs(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -227,9 +235,29 @@ class FMMDecoderLM(nn.Module):
         # hidden (n, dim), target (n,) -> (n,) float32
         if target.numel() and (target.min() < 0 or target.max() >= self.vocab_size):
             raise ValueError(f"target ids must lie in [0, {self.vocab_size})")
+        size = self.config.loss_chunk_size
+        if size is None or hidden.shape[0] <= size:
+            return self._chunk_nll(hidden, target)
+        parts = []
+        for h, t in zip(hidden.split(size), target.split(size), strict=True):
+            if torch.is_grad_enabled():
+                # Keeps only the chunk's (n,) result; its logits are recomputed in backward,
+                # so the peak is one chunk's logits, not every token's.
+                parts.append(checkpoint(self._chunk_nll, h, t, use_reentrant=False))
+            else:
+                parts.append(self._chunk_nll(h, t))
+        return torch.cat(parts)
+
+    def _chunk_nll(self, hidden: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        # hidden (n, dim), target (n,) -> (n,) float32
         if self.adaptive is not None:
             return self.adaptive.nll(hidden, target, self._tied_weight())
-        return -self.log_probs(hidden).gather(1, target[:, None])[:, 0]
+        if self.lm_head is not None:
+            logits = self.lm_head(hidden)
+        else:
+            logits = F.linear(hidden, self._tied_weight())  # (n, vocab)
+        # = -log_softmax(logits)[target] without a second (n, vocab) float32 tensor
+        return F.cross_entropy(logits.float(), target, reduction="none")
 
     # ------------------------------------------------------------------ decoding
 
@@ -269,6 +297,29 @@ class FMMDecoderLM(nn.Module):
             layers.append(layer_state)
         hidden = self.final_drop(self.ln_final(x[:, 0]))  # (batch, dim)
         return self.log_probs(hidden), DecoderState(layers, state.position + 1)
+
+    def static_state(self, state: DecoderState, capacity: int | None = None) -> DecoderState:
+        """A copy of ``state`` for ``step_``: fixed buffers, the position on the device;
+        ``capacity``: the tokens a softmax model's KV cache holds (FMMAttention.static_state)."""
+        layers = [
+            block.attn.static_state(layer, capacity)
+            for block, layer in zip(self.blocks, state.layers, strict=True)
+        ]
+        device = self.embed.tokens.weight.device
+        return DecoderState(layers, torch.tensor(state.position, dtype=torch.long, device=device))
+
+    def step_(self, token_ids: torch.Tensor, state: DecoderState) -> torch.Tensor:
+        """``step`` on a ``static_state``, updated in place: ``(batch,)`` -> ``(batch, vocab)``.
+
+        Nothing depends on a host value, so the call can be captured as a CUDA graph
+        (``fmmformer_pl.models.generation.StaticDecoder``). The caller keeps the position
+        within the learned positions and a softmax cache's capacity (not checked here).
+        """
+        x = self.embed(token_ids[:, None], start=state.position)  # (batch, 1, dim)
+        for block, layer_state in zip(self.blocks, state.layers, strict=True):
+            x = block.step_(x, layer_state)
+        state.position.add_(1)
+        return self.log_probs(self.final_drop(self.ln_final(x[:, 0])))  # (batch, vocab)
 
     @torch.no_grad()
     def generate(

@@ -76,15 +76,22 @@ class TokenPositionEmbedding(nn.Module):
         self.drop = nn.Dropout(dropout)
         self.scale = math.sqrt(dim) if scale else 1.0
 
-    def position_embedding(self, start: int, length: int, device) -> torch.Tensor:
-        """Embeddings of positions start .. start + length - 1: ``(length, dim)``."""
-        end = start + length
-        if self.learned is not None and end > self.max_positions:
-            raise ValueError(
-                f"position {end - 1} is beyond the {self.max_positions} learned positions "
-                "(use positions='sinusoidal' to run past max_length)"
-            )
-        pos = torch.arange(start, end, device=device)
+    def position_embedding(self, start: int | torch.Tensor, length: int, device) -> torch.Tensor:
+        """Embeddings of positions start .. start + length - 1: ``(length, dim)``.
+
+        ``start`` may be a 0-dim long tensor (static decoding: no host synchronisation); the
+        caller then keeps learned positions below ``max_positions`` (not checked).
+        """
+        if isinstance(start, torch.Tensor):
+            pos = start + torch.arange(length, device=device)
+        else:
+            end = start + length
+            if self.learned is not None and end > self.max_positions:
+                raise ValueError(
+                    f"position {end - 1} is beyond the {self.max_positions} learned positions "
+                    "(use positions='sinusoidal' to run past max_length)"
+                )
+            pos = torch.arange(start, end, device=device)
         if self.learned is not None:
             return self.learned(pos)
         if self.positions == "transformer_xl":
@@ -98,7 +105,7 @@ class TokenPositionEmbedding(nn.Module):
             raise TypeError(f"input_ids must be torch.long, got {input_ids.dtype}")
         return self.tokens(input_ids)
 
-    def forward(self, input_ids: torch.Tensor, start: int = 0) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, start: int | torch.Tensor = 0) -> torch.Tensor:
         # input_ids: (batch, seq); positions start .. start + seq - 1
         x = self.token_embedding(input_ids) * self.scale  # (batch, seq, dim)
         x = x + self.position_embedding(start, input_ids.shape[1], input_ids.device)
