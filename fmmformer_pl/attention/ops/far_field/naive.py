@@ -85,9 +85,9 @@ def _causal_sums(phi_q, phi_k, v):
     n_chunks = -(-seq // chunk)
     pad = n_chunks * chunk - seq
     # Zero padding: padded keys add nothing, padded queries are cut off below.
-    phi_q = F.pad(phi_q, (0, 0, 0, pad)).view(batch, heads, n_chunks, chunk, dim)
-    phi_k = F.pad(phi_k, (0, 0, 0, pad)).view(batch, heads, n_chunks, chunk, dim)
-    v = F.pad(v, (0, 0, 0, pad)).view(batch, heads, n_chunks, chunk, dim_v)
+    phi_q = F.pad(phi_q, (0, 0, 0, pad)).reshape(batch, heads, n_chunks, chunk, dim)
+    phi_k = F.pad(phi_k, (0, 0, 0, pad)).reshape(batch, heads, n_chunks, chunk, dim)
+    v = F.pad(v, (0, 0, 0, pad)).reshape(batch, heads, n_chunks, chunk, dim_v)
 
     # Intra-chunk: direct masked product, j <= i inside the chunk.
     tril = torch.ones(chunk, chunk, dtype=torch.bool, device=phi_q.device).tril()
