@@ -20,7 +20,7 @@ IMAGE ?= fmmformer-pl
 QUICKSTART_CKPT := logs/quickstart/latest/checkpoints/last.ckpt
 
 .DEFAULT_GOAL := help
-.PHONY: help install quickstart test lint bench tensorboard docker-build docker-run clean
+.PHONY: help install quickstart test test-tools lint bench tensorboard docker-build docker-run clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-13s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -44,9 +44,12 @@ TEST_WORKERS ?= 2
 test: $(STAMP) ## Run the test suite (GPU tests are skipped without CUDA)
 	$(PY) -m pytest -q -n $(TEST_WORKERS)
 
+test-tools: $(STAMP) ## Run the tests of the benchmark and plotting scripts (bench/tests, scripts/tests)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) bench/tests scripts/tests
+
 lint: $(STAMP) ## ruff (code) and hadolint (Dockerfile)
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check fmmformer_pl data_modules tests bench scripts cli.py
+	$(VENV)/bin/ruff format --check fmmformer_pl data_modules tests bench scripts cli.py conftest.py
 	$(VENV)/bin/hadolint Dockerfile
 
 bench: $(STAMP) ## CPU attention benchmark (table + CSV); GPU ones: bench/attention_gpu.py, bench/train_throughput.py

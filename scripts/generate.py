@@ -121,7 +121,9 @@ def tokenize(text: str, stoi: dict[str, int]) -> list[int]:
         elif UNK in stoi:
             ids.append(stoi[UNK])
         else:
-            raise UserError(f"the prompt word {word!r} is not in the vocabulary (which has no {UNK})")
+            raise UserError(
+                f"the prompt word {word!r} is not in the vocabulary (which has no {UNK})"
+            )
     return ids
 
 
@@ -183,10 +185,14 @@ def run(args) -> None:
         ids = args.prompt_ids
         bad = [i for i in ids if not 0 <= i < model.vocab_size]
         if bad:
-            raise UserError(f"--prompt-ids {bad[0]} is outside the vocabulary [0, {model.vocab_size})")
+            raise UserError(
+                f"--prompt-ids {bad[0]} is outside the vocabulary [0, {model.vocab_size})"
+            )
     capacity = len(ids) + max(args.max_new_tokens, 1)
     try:
-        decoder = StaticDecoder(model, 1, capacity, cuda_graph=False if args.no_cuda_graph else None)
+        decoder = StaticDecoder(
+            model, 1, capacity, cuda_graph=False if args.no_cuda_graph else None
+        )
     except ValueError as error:
         raise UserError(str(error)) from None
     generator = None

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from torch.utils.tensorboard import SummaryWriter
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "plot_run.py"
+SCRIPT = Path(__file__).resolve().parents[1] / "plot_run.py"
 spec = importlib.util.spec_from_file_location("plot_run", SCRIPT)
 plot_run = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(plot_run)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-BENCH = Path(__file__).resolve().parents[2] / "bench"
+BENCH = Path(__file__).resolve().parents[1]
 TINY = ["--device", "cpu", "--models", "tiny", "--vocab-size", "500", "--cutoffs", "50", "100",
         "300"]  # fmt: skip
 

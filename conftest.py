@@ -1,4 +1,5 @@
-"""Suite-wide test settings: tests marked ``gpu`` are skipped on machines without CUDA."""
+"""Settings for every test folder (tests/, bench/tests/, scripts/tests/): tests marked ``gpu``
+are skipped on machines without CUDA."""
 
 from __future__ import annotations
 
