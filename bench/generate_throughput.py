@@ -20,18 +20,25 @@ Models and kinds: bench/lm_setups.py. ``--device cpu --models tiny`` runs it on 
 from __future__ import annotations
 
 import argparse
-import csv
-import gc
 import sys
 import time
-import traceback
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from lm_setups import KINDS, MODELS, REPO, VOCAB, build, zipf_ids  # noqa: E402
+from lm_setups import (  # noqa: E402
+    KINDS,
+    MODELS,
+    REPO,
+    VOCAB,
+    build,
+    measured,
+    sync,
+    write_csv,
+    zipf_ids,
+)
 
 from fmmformer_pl.models.generation import StaticDecoder  # noqa: E402
 
@@ -41,27 +48,21 @@ FIELDS = (
 )  # fmt: skip
 
 
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 @torch.no_grad()
 def run_point(args, model_name, kind, prompt_len, batch, graph, device, dtype):
     row = dict(model=model_name, kind=kind, prompt=prompt_len, batch=batch, cuda_graph=graph,
                note="")  # fmt: skip
-    model = decoder = state = None
-    try:
+    with measured(row, device):
         torch.manual_seed(0)
         capacity = prompt_len + args.new_tokens + args.warmup
         model = build(model_name, kind, capacity, args.vocab_size, args.cutoffs)
         model = model.to(device=device, dtype=dtype).eval()
         gen = torch.Generator(device=device).manual_seed(0)
         prompt = zipf_ids((1, prompt_len), args.vocab_size, device, gen)
-        _sync(device)
+        sync(device)
         t0 = time.perf_counter()
         log_probs, state = model.prefill(prompt)
-        _sync(device)
+        sync(device)
         row["prefill_s"] = round(time.perf_counter() - t0, 3)
         decoder = StaticDecoder(model, batch, capacity, cuda_graph=graph == "on")
         decoder.load(state)
@@ -72,13 +73,13 @@ def run_point(args, model_name, kind, prompt_len, batch, graph, device, dtype):
         token = log_probs.argmax(-1).expand(batch).contiguous()
         for _ in range(args.warmup):
             token = decoder.step(token).argmax(-1)
-        _sync(device)
+        sync(device)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         t0 = time.perf_counter()
         for _ in range(args.new_tokens):
             token = decoder.step(token).argmax(-1)  # stays on the device: no host sync
-        _sync(device)
+        sync(device)
         seconds = time.perf_counter() - t0
         row.update(
             tokens_per_s=round(batch * args.new_tokens / seconds),
@@ -86,26 +87,11 @@ def run_point(args, model_name, kind, prompt_len, batch, graph, device, dtype):
         )
         if device.type == "cuda":
             row["peak_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
-    except torch.OutOfMemoryError:
-        row["note"] = "OOM"
-    except Exception as err:  # noqa: BLE001 - reported in the table
-        row["note"] = f"failed: {type(err).__name__}: {str(err)[:200]}"
-        traceback.print_exc()
-    finally:
-        del model, decoder, state
-        gc.collect()
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
     return row
 
 
 def write_outputs(rows, out_dir: Path, device_name: str) -> None:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with open(out_dir / "generate_throughput.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=FIELDS)
-        writer.writeheader()
-        for r in rows:
-            writer.writerow({k: r.get(k, "") for k in FIELDS})
+    write_csv(rows, FIELDS, out_dir / "generate_throughput.csv")
     lines = [
         f"Decoding after a prompt ({device_name}):",
         "",

@@ -21,8 +21,13 @@ tokens in the 20k shortlist; uniform ids would put 60% in the 160k-word cluster)
 
 from __future__ import annotations
 
+import contextlib
+import csv
 import dataclasses
+import gc
 import sys
+import traceback
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -77,3 +82,37 @@ def describe(config: DecoderConfig) -> dict:
     """A few fields for a table row."""
     keep = ("dim", "depth", "num_heads", "ffn_dim", "checkpoint_blocks", "loss_chunk_size")
     return {k: v for k, v in dataclasses.asdict(config).items() if k in keep}
+
+
+# ------------------------------------------------------------------ measuring and writing
+def sync(device: torch.device) -> None:
+    """Waits for the device's queued work (a no-op on the CPU), before reading a clock."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@contextlib.contextmanager
+def measured(row: dict, device: torch.device) -> Iterator[None]:
+    """One point of a sweep: an out-of-memory error or any other failure becomes the row's
+    ``note`` (and the sweep goes on to the next point); memory is released afterwards."""
+    try:
+        yield
+    except torch.OutOfMemoryError:
+        row["note"] = "OOM"
+    except Exception as err:  # noqa: BLE001 - reported in the table (e.g. a compile failure)
+        row["note"] = f"failed: {type(err).__name__}: {str(err)[:200]}"
+        traceback.print_exc()
+    finally:
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+def write_csv(rows: Sequence[dict], fields: Sequence[str], path: Path) -> None:
+    """``rows`` as CSV with the columns ``fields`` (a missing value is empty)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(fields))
+        writer.writeheader()
+        for r in rows:
+            writer.writerow({k: r.get(k, "") for k in fields})

@@ -26,30 +26,33 @@ from __future__ import annotations
 
 import argparse
 import csv
-import gc
 import math
 import statistics
 import sys
 import time
-import traceback
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from lm_setups import KINDS, MODELS, REPO, VOCAB, build, zipf_ids  # noqa: E402
+from lm_setups import (  # noqa: E402
+    KINDS,
+    MODELS,
+    REPO,
+    VOCAB,
+    build,
+    measured,
+    sync,
+    write_csv,
+    zipf_ids,
+)
 
 CUTOFFS = [20000, 40000, 200000]
 FIELDS = (
     "model", "kind", "memory", "context", "batch", "params", "step_ms", "tokens_per_s",
     "peak_gib", "warmup_s", "loss", "note",
 )  # fmt: skip
-
-
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def make_step(model, opt, device, compile_mode, backend="inductor", dynamic=None):
@@ -81,8 +84,7 @@ def memory_options(args, on: bool) -> dict:
 def run_point(args, model_name, kind, memory, context, device):
     batch = max(1, args.tokens // context)
     row = dict(model=model_name, kind=kind, memory=memory, context=context, batch=batch, note="")
-    model = opt = None
-    try:
+    with measured(row, device):
         torch.manual_seed(0)
         model = build(
             model_name, kind, context, args.vocab_size, args.cutoffs,
@@ -96,7 +98,7 @@ def run_point(args, model_name, kind, memory, context, device):
         t0 = time.perf_counter()
         for _ in range(args.warmup):
             loss = step(ids)
-        _sync(device)
+        sync(device)
         row["warmup_s"] = round(time.perf_counter() - t0, 1)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
@@ -104,7 +106,7 @@ def run_point(args, model_name, kind, memory, context, device):
         for _ in range(args.steps):
             t0 = time.perf_counter()
             loss = step(ids)
-            _sync(device)
+            sync(device)
             times.append(time.perf_counter() - t0)
         ms = statistics.median(times) * 1e3
         row.update(
@@ -116,26 +118,11 @@ def run_point(args, model_name, kind, memory, context, device):
             row["peak_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
         if not math.isfinite(float(loss)):
             row["note"] = "non-finite loss"
-    except torch.OutOfMemoryError:
-        row["note"] = "OOM"
-    except Exception as err:  # noqa: BLE001 - reported in the table (e.g. a compile failure)
-        row["note"] = f"failed: {type(err).__name__}: {str(err)[:200]}"
-        traceback.print_exc()
-    finally:
-        del model, opt
-        gc.collect()
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
     return row
 
 
 def write_table(rows, out_dir: Path, device_name: str) -> None:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with open(out_dir / "long_context.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=FIELDS)
-        writer.writeheader()
-        for r in rows:
-            writer.writerow({k: r.get(k, "") for k in FIELDS})
+    write_csv(rows, FIELDS, out_dir / "long_context.csv")
     lines = [
         f"Training step of the WikiText-103 decoder, same tokens per step at every context "
         f"({device_name}):",

@@ -28,7 +28,6 @@ Adam) also gives ``peak_gib`` = ``torch.cuda.max_memory_allocated``. Writes
 from __future__ import annotations
 
 import argparse
-import csv
 import gc
 import sys
 from pathlib import Path
@@ -38,7 +37,15 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from lm_setups import KINDS, MODELS, REPO, VOCAB, decoder_config, zipf_ids  # noqa: E402
+from lm_setups import (  # noqa: E402
+    KINDS,
+    MODELS,
+    REPO,
+    VOCAB,
+    decoder_config,
+    write_csv,
+    zipf_ids,
+)
 
 from fmmformer_pl.models import DecoderConfig, FMMDecoderLM  # noqa: E402
 from fmmformer_pl.models.config import config_from_dict  # noqa: E402
@@ -187,12 +194,7 @@ def main(argv=None):
         rows.append(row)
         print(row, flush=True)
     fields = ("context", "batch", *PARTS, "saved_total", "peak_gib", "note")
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    with open(args.out_dir / "memory_profile.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
-        writer.writeheader()
-        for r in rows:
-            writer.writerow({k: r.get(k, "") for k in fields})
+    write_csv(rows, fields, args.out_dir / "memory_profile.csv")
     title = args.config or f"{args.model} {args.kind}"
     lines = [
         f"MiB kept for backward per part ({title}; checkpoint_blocks={config.checkpoint_blocks}, "
