@@ -311,8 +311,11 @@ class Scheduler:
 
 
 # -------------------------------------------------------------------------------- report
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+def _spread(values: list[float], each: bool = False) -> str:
+    """``mean +- std`` to 2 decimals (std 0 for one value), and each value after it."""
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    text = f"{statistics.fmean(values):.2f} +- {std:.2f}"
+    return text + f" ({', '.join(f'{v:.2f}' for v in values)})" if each else text
 
 
 def report(out: Path) -> None:
@@ -340,20 +343,20 @@ def report(out: Path) -> None:
         rows = sorted((r for r in results if r["variant"] == variant), key=lambda r: r["seed"])
         if not rows:
             continue
-        acc = _mean_std([scale * r[test] for r in rows])
-        val = _mean_std([scale * r["best_val"] for r in rows])
+        acc = _spread([scale * r[test] for r in rows], each=True)
+        val = _spread([scale * r["best_val"] for r in rows])
         rate = [r["train_tokens_per_s"] for r in rows if r.get("train_tokens_per_s")]
         paper = (PAPER_LM.get(variant) if meta.get("kind") == "lm"
                  else PAPER_LRA.get(variant, {}).get(task))  # fmt: skip
-        each = ", ".join(f"{scale * r[test]:.2f}" for r in rows)
-        lines.append(f"| {variant} | {acc[0]:.2f} +- {acc[1]:.2f} ({each}) | {len(rows)} | "
-                     f"{val[0]:.2f} +- {val[1]:.2f} | "
+        lines.append(f"| {variant} | {acc} | {len(rows)} | {val} | "
                      f"{f'{statistics.fmean(rate):,.0f}' if rate else '—'} | "
                      f"{'—' if paper is None else f'{paper:.2f}'} |")  # fmt: skip
     (out / "table.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
-    # Every run's curve, unfinished ones too (a reproduction in progress can be watched).
-    curves = {r.name: read_curve(r, metric["val"]) for r in runs}
+    # Every run's curve, unfinished ones too (a reproduction in progress can be watched); a
+    # run whose event files are not here (results copied without them) keeps its curve.
+    kept = read_curves(out)[1] if (out / "curves.csv").exists() else {}
+    curves = {r.name: read_curve(r, metric["val"]) or kept.get(r.name, []) for r in runs}
     curves = {name: points for name, points in curves.items() if points}
     with open(out / "curves.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
@@ -363,8 +366,8 @@ def report(out: Path) -> None:
     plot_curves(out)
 
 
-def plot_curves(out: Path) -> None:
-    """val_curves.png from curves.csv (so it can be drawn again where the runs are not)."""
+def _pyplot():
+    """matplotlib.pyplot drawing to files, or None (with a message) where it is missing."""
     try:
         import matplotlib
 
@@ -372,14 +375,28 @@ def plot_curves(out: Path) -> None:
         import matplotlib.pyplot as plt
     except ImportError:
         print("matplotlib is missing (pip install -e '.[plots]'): no PNG written")
-        return
-    meta = json.loads((out / "reproduce.json").read_text())
+        return None
+    return plt
+
+
+def read_curves(out: Path) -> tuple[str, dict[str, list[tuple[int, float]]]]:
+    """``out/curves.csv``: the validation metric's name and ``{run: [(step, value), ...]}``."""
+    curves: dict[str, list[tuple[int, float]]] = {}
     with open(out / "curves.csv", newline="") as handle:
         reader = csv.reader(handle)
         tag = next(reader)[2]
-        curves: dict[str, list[tuple[int, float]]] = {}
         for name, step, value in reader:
             curves.setdefault(name, []).append((int(step), float(value)))
+    return tag, curves
+
+
+def plot_curves(out: Path) -> None:
+    """val_curves.png from curves.csv (so it can be drawn again where the runs are not)."""
+    plt = _pyplot()
+    if plt is None:
+        return
+    meta = json.loads((out / "reproduce.json").read_text())
+    tag, curves = read_curves(out)
     fig, ax = plt.subplots(figsize=(8, 4.5))
     colours = dict(
         zip(meta["variants"], plt.rcParams["axes.prop_cycle"].by_key()["color"], strict=False)
@@ -433,12 +450,9 @@ def compare(
                           out / "runs" / f"{variant}-seed{seed}")  # fmt: skip
                 if run.result_file.exists():
                     rows.append(dict(json.loads(run.result_file.read_text()), setting=label))
-        with open(out / "curves.csv", newline="") as handle:
-            reader = csv.reader(handle)
-            next(reader)
-            for name, step, value in reader:
-                if not variants or name.rsplit("-seed", 1)[0] in variants:
-                    curves.setdefault((label, name), []).append((int(step), float(value)))
+        for name, points in read_curves(out)[1].items():
+            if not variants or name.rsplit("-seed", 1)[0] in variants:
+                curves[label, name] = points
     if not rows:
         raise UsageError("no finished run in these reproductions")
     to.mkdir(parents=True, exist_ok=True)
@@ -453,27 +467,20 @@ def compare(
         for variant in dict.fromkeys(r["variant"] for r in rows if r["setting"] == label):
             mine = sorted((r for r in rows if (r["setting"], r["variant"]) == (label, variant)),
                           key=lambda r: r["seed"])  # fmt: skip
-            acc = _mean_std([scale * r[test] for r in mine])
-            val = _mean_std([scale * r["best_val"] for r in mine])
-            each = ", ".join(f"{scale * r[test]:.2f}" for r in mine)
-            lines.append(f"| {label} | {variant} | {acc[0]:.2f} +- {acc[1]:.2f} ({each}) | "
-                         f"{val[0]:.2f} +- {val[1]:.2f} |")  # fmt: skip
+            acc = _spread([scale * r[test] for r in mine], each=True)
+            val = _spread([scale * r["best_val"] for r in mine])
+            lines.append(f"| {label} | {variant} | {acc} | {val} |")
     (to / "compare.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is missing (pip install -e '.[plots]'): no PNG written")
+    plt = _pyplot()
+    if plt is None:
         return
     fig, ax = plt.subplots(figsize=(8, 4.5))
     colours = dict(zip(labels, plt.rcParams["axes.prop_cycle"].by_key()["color"], strict=False))
     labelled = set()
+    many = len({r["variant"] for r in rows}) > 1
     for (label, name), points in sorted(curves.items()):
         steps, values = zip(*sorted(points), strict=False)
-        many = len({r["variant"] for r in rows}) > 1
         legend = f"{label}: {name.rsplit('-seed', 1)[0]}" if many else label
         ax.plot(steps, values, color=colours[label], alpha=0.8, lw=1,
                 label=None if legend in labelled else legend)  # fmt: skip

@@ -131,3 +131,13 @@ def test_compare_puts_an_ablation_in_one_table(tmp_path, capsys):
     capsys.readouterr()
     assert reproduce.main(["compare", str(paper), str(fp32), "--labels", "one"]) == 2
     assert "2 reproductions but 1 labels" in capsys.readouterr().err
+
+
+def test_report_keeps_the_curves_of_runs_without_event_files(tmp_path):
+    """Results copied without their TensorBoard files (a GPU machine's, say) report again
+    without losing the validation curves already in curves.csv."""
+    out = _finished(tmp_path / "rep", {0: 0.2, 1: 0.4}, [])
+    before = (out / "curves.csv").read_text()
+    reproduce.report(out)
+    assert (out / "curves.csv").read_text() == before
+    assert "| fmm2_band5 | 30.00 +- 14.14 (20.00, 40.00) | 2 |" in (out / "table.md").read_text()
