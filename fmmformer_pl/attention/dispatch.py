@@ -82,7 +82,8 @@ def near_field(q, k, v, bandwidth, causal, key_padding_mask, dropout_p, backend,
 
 @torch.compiler.disable
 def far_fields(q, k, v, feature_maps, causal, normalize, key_padding_mask, backend,
-               plan: KernelPlan = DEFAULT_PLAN) -> list[torch.Tensor] | None:  # fmt: skip
+               plan: KernelPlan = DEFAULT_PLAN, feature_normalize: bool = False,
+               eps: float = 0.0) -> list[torch.Tensor] | None:  # fmt: skip
     """The far fields of several feature maps on their kernels, or None: run the reference."""
     if not wants_kernels(backend, q, plan):
         return None
@@ -90,7 +91,8 @@ def far_fields(q, k, v, feature_maps, causal, normalize, key_padding_mask, backe
     if fn is None:
         return None
     outs = fn(q, k, v, feature_maps, causal=causal, normalize=normalize,
-              key_padding_mask=key_padding_mask, plan=plan)  # fmt: skip
+              key_padding_mask=key_padding_mask, plan=plan,
+              feature_normalize=feature_normalize, eps=eps)  # fmt: skip
     return _covered(outs, backend, "far-field")
 
 

@@ -55,9 +55,8 @@ def far_field(
     divided by its sum over the feature dimension before use, phi(x) <- phi(x) / sum_d phi(x)_d,
     for queries and keys. With normalize=True the query's factor cancels (except against eps);
     the key's weights key j by 1 / sum_d phi(k_j)_d. ``eps`` is added to the denominator,
-    out_i = numer_i / (denom_i + eps) (that code uses 1e-5). Neither is a pre-scaling of the
-    kernels' inputs (the kernels apply phi themselves), so either setting runs this PyTorch
-    path on every device (``backend="cuda"`` raises).
+    out_i = numer_i / (denom_i + eps) (that code uses 1e-5), 0 where that is 0; eps is unused
+    with normalize=False. The GPU kernels compute both (``ops/far_field/op.py``).
 
     Padding keys contribute nothing (phi(k_j) is zeroed there); padded queries still get an
     output, which callers ignore. bf16/fp16 inputs are accumulated in float32; the result
@@ -78,26 +77,15 @@ def far_field(
             f"feature_map must be a name or a callable, got {type(feature_map).__name__}"
         )
 
-    if feature_normalize or eps:
-        backend = _reference_only(backend)
     outs = dispatch.far_fields(
-        q, k, v, [feature_map], causal, normalize, key_padding_mask, backend, plan
-    )
+        q, k, v, [feature_map], causal, normalize, key_padding_mask, backend, plan,
+        feature_normalize, eps,
+    )  # fmt: skip
     if outs is not None:
         return outs[0]
     return far_field_reference(
         q, k, v, phi, causal, normalize, key_padding_mask, feature_normalize, eps
     )
-
-
-def _reference_only(backend: str) -> str:
-    """The backend for options the GPU kernels lack (feature normalisation, eps)."""
-    if backend == "cuda":
-        raise RuntimeError(
-            "backend='cuda': the GPU far-field kernels support neither feature_normalize nor "
-            "eps (use backend='auto' or 'reference')"
-        )
-    return "reference"
 
 
 def far_fields(
@@ -127,9 +115,9 @@ def far_fields(
     for m in maps:
         if isinstance(m, str):
             get_feature_map(m)  # unknown names fail here, whichever path runs
-    if feature_normalize or eps:
-        backend = _reference_only(backend)
-    outs = dispatch.far_fields(q, k, v, maps, causal, normalize, key_padding_mask, backend, plan)
+    outs = dispatch.far_fields(
+        q, k, v, maps, causal, normalize, key_padding_mask, backend, plan, feature_normalize, eps
+    )
     if outs is not None:
         return outs
     kw = dict(causal=causal, normalize=normalize, key_padding_mask=key_padding_mask,

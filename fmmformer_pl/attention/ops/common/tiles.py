@@ -106,6 +106,43 @@ def dphi_of_map(
 
 
 @triton.jit
+def normalize_features(p, FEATURE_NORMALIZE: tl.constexpr):
+    """y = p / sum_d p per row of a float32 (chunk x head_dim) tile of features p = phi(x)
+    (the released LM code's feature normalisation; a tile holds a whole row, BD >= D), 0 where
+    the sum is 0 (padding: p is 0 there); p itself without FEATURE_NORMALIZE."""
+    if FEATURE_NORMALIZE:
+        s = tl.sum(p, axis=1)
+        return p / tl.where(s > 0, s, 1.0)[:, None]
+    else:
+        return p
+
+
+@triton.jit
+def stored_features(p, FEATURE_NORMALIZE: tl.constexpr):
+    """The features the products take, from a tile p of the feature buffer (its dtype), which
+    holds phi(x) unnormalised: p itself, or (FEATURE_NORMALIZE) p / sum_d p in p's dtype."""
+    if FEATURE_NORMALIZE:
+        return normalize_features(p.to(tl.float32), True).to(p.dtype)
+    else:
+        return p
+
+
+@triton.jit
+def through_normalize(dy, p, FEATURE_NORMALIZE: tl.constexpr):
+    """dL/dp from dL/dy (float32 tiles) for y = p / s, s = sum_d p:
+    (dy - sum_d(dy * y)) / s, with p from the feature buffer (0 rows stay 0: their phi' is
+    0); dy itself without FEATURE_NORMALIZE."""
+    if FEATURE_NORMALIZE:
+        p = p.to(tl.float32)
+        s = tl.sum(p, axis=1)
+        inv = 1.0 / tl.where(s > 0, s, 1.0)
+        dot = tl.sum(dy * p, axis=1) * inv  # sum_d dy * y
+        return (dy - dot[:, None]) * inv[:, None]
+    else:
+        return dy
+
+
+@triton.jit
 def feature_base(phi_ptr, side, m, NM: tl.constexpr, pid_bh, n_bh, T, D):
     """Start of phi_m(q) (side 0) or phi_m(k) (side 1) of (batch * heads) row pid_bh (int64)
     in the feature buffer (side, map, batch * heads, seq, head_dim)."""
@@ -251,15 +288,15 @@ def blend_add(y, out, o_base, c_ptr, row, H, hh, offs_dv, DV):
 
 @triton.jit
 def readout(
-    a, S, z, den_ptr, row, t, T, scale,
+    a, S, z, den_ptr, row, t, T, scale, eps,
     NORMALIZE: tl.constexpr, PREC: tl.constexpr, DOT_DTYPE: tl.constexpr,
 ):  # fmt: skip
-    """out = a S / (a . z) (0 where a . z = 0; the denominators stored at den_ptr + row * T,
-    row = map * batch * heads + batch * head) or a S * scale, for a (chunk x head_dim) tile of
-    features a (float32) and a state S (in the products' dtype), z."""
+    """out = a S / (a . z + eps) (0 where that is 0; the denominators a . z + eps stored at
+    den_ptr + row * T, row = map * batch * heads + batch * head) or a S * scale, for a
+    (chunk x head_dim) tile of features a (float32) and a state S (in the products' dtype), z."""
     num = tl.dot(a.to(DOT_DTYPE), S, input_precision=PREC)
     if NORMALIZE:
-        den = tl.sum(a * z[None, :], axis=1)
+        den = tl.sum(a * z[None, :], axis=1) + eps
         pos = den > 0
         out = tl.where(pos[:, None], num / tl.where(pos, den, 1.0)[:, None], 0.0)
         tl.store(den_ptr + row * T + t, den, mask=t < T)

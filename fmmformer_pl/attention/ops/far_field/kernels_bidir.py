@@ -17,11 +17,14 @@ from ..common.tiles import (
     load_features,
     load_g_s,
     load_tile,
+    normalize_features,
     phi_queries,
     program_ids,
     readout,
     store_features,
     store_tile,
+    stored_features,
+    through_normalize,
     total_states,
 )
 
@@ -29,18 +32,20 @@ from ..common.tiles import (
 @triton.jit
 def fwd_bidir_kernel(
     q_ptr, st_ptr, o0_ptr, o1_ptr, den_ptr, phi_ptr, near_ptr, c_ptr, y_ptr,
-    H, T, D, DV, CPS, scale,
+    H, T, D, DV, CPS, scale, eps,
     sqb, sqh, sqt, sqd, sob, soh, sot, sod,
     NM: tl.constexpr, PHI0: tl.constexpr, PHI1: tl.constexpr, NORMALIZE: tl.constexpr,
-    FAST: tl.constexpr, BLEND: tl.constexpr, HAS_NEAR: tl.constexpr,
+    FEATURE_NORMALIZE: tl.constexpr, FAST: tl.constexpr, BLEND: tl.constexpr,
+    HAS_NEAR: tl.constexpr,
     BT: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
     PREC: tl.constexpr, DOT_DTYPE: tl.constexpr, SLOT: tl.constexpr,
 ):  # fmt: skip
-    """Bidirectional out_m = phi_m(q) S_m / phi_m(q) z_m from the totals (bh, map) in st.
+    """Bidirectional out_m = a S_m / (a z_m + eps), a = phi_m(q) (FEATURE_NORMALIZE:
+    phi_m(q) / sum_d phi_m(q)), from the totals (bh, map) in st.
 
     Grid (programs, batch * heads): each program reads the states once (rounded to the
-    product dtype) and then CPS chunks of q; nothing is carried between chunks. a = phi_m(q)
-    goes to the feature buffer (side 0) for the backward. BLEND (the fused FMM forward): also
+    product dtype) and then CPS chunks of q; nothing is carried between chunks. phi_m(q)
+    (unnormalised) goes to the feature buffer (side 0) for the backward. BLEND (the fused FMM forward): also
     y = c_near * near + sum_m c_m out_m (``tiles.blend_start``, ``blend_add``).
     """
     pid_p, pid_bh, _, n_bh, bb, hh = program_ids(H)
@@ -68,8 +73,9 @@ def fwd_bidir_kernel(
             a = phi_queries(qq, t, offs_d, T, D, m, PHI0, PHI1, FAST)
             a_base = feature_base(phi_ptr, 0, m, NM, pid_bh, n_bh, T, D)
             store_features(a_base, t, offs_d, T, D, a)
+            a = normalize_features(a, FEATURE_NORMALIZE)
             row = m * n_bh + pid_bh
-            out = readout(a, S, z, den_ptr, row, t, T, scale, NORMALIZE, PREC, DOT_DTYPE)
+            out = readout(a, S, z, den_ptr, row, t, T, scale, eps, NORMALIZE, PREC, DOT_DTYPE)
             store_tile(o_base, t, offs_dv, T, DV, sot, sod, out, False)
             if BLEND:
                 row = (1 if HAS_NEAR else 0) + m
@@ -83,11 +89,12 @@ def dq_bidir_kernel(
     q_ptr, phi_ptr, g_ptr, s_ptr, st_ptr, dq_ptr,
     H, T, D, DV, CPS,
     sqb, sqh, sqt, sqd, sdqb, sdqh, sdqt, sdqd,
-    NM: tl.constexpr, PHI0: tl.constexpr, PHI1: tl.constexpr,
+    NM: tl.constexpr, PHI0: tl.constexpr, PHI1: tl.constexpr, FEATURE_NORMALIZE: tl.constexpr,
     FAST: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
     PREC: tl.constexpr, DOT_DTYPE: tl.constexpr, SLOT: tl.constexpr, ACC: tl.constexpr,
 ):  # fmt: skip
-    """Bidirectional dq = sum_m (g S^T + s z^T) phi_m'(q) from the totals S, z.
+    """Bidirectional dq = sum_m (g S^T + s z^T) phi_m'(q) from the totals S, z (through the
+    feature normalisation, ``tiles.through_normalize``, where FEATURE_NORMALIZE).
 
     Grid (programs, batch * heads); the states are read once per program.
     """
@@ -113,7 +120,8 @@ def dq_bidir_kernel(
             a_base = feature_base(phi_ptr, 0, m, NM, pid_bh, n_bh, T, D)
             a = load_features(a_base, t, offs_d, T, D).to(tl.float32)
             dphi_q = dphi_of_map(a, q_base, t, offs_d, T, D, sqt, sqd, m, PHI0, PHI1, FAST)
-            dq += (da + s[:, None] * z[None, :]) * dphi_q
+            da = through_normalize(da + s[:, None] * z[None, :], a, FEATURE_NORMALIZE)
+            dq += da * dphi_q
         store_tile(dq_base, t, offs_d, T, D, sdqt, sdqd, dq, ACC)
 
 
@@ -123,12 +131,13 @@ def dkv_bidir_kernel(
     H, T, D, DV, CPS,
     skb, skh, skt, skd, svb, svh, svt, svd,
     sdkb, sdkh, sdkt, sdkd, sdvb, sdvh, sdvt, sdvd,
-    NM: tl.constexpr, PHI0: tl.constexpr, PHI1: tl.constexpr, FAST: tl.constexpr,
-    BT: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
+    NM: tl.constexpr, PHI0: tl.constexpr, PHI1: tl.constexpr, FEATURE_NORMALIZE: tl.constexpr,
+    FAST: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
     PREC: tl.constexpr, DOT_DTYPE: tl.constexpr, SLOT: tl.constexpr, ACC: tl.constexpr,
 ):  # fmt: skip
     """Bidirectional dk = sum_m (v R^T + r) phi_m'(k), dv = sum_m b R from the totals R, r,
-    with b from the forward's feature buffer (zero at padding, so no mask is needed).
+    with b from the forward's feature buffer (zero at padding, so no mask is needed; through
+    the feature normalisation where FEATURE_NORMALIZE).
 
     Grid (programs, batch * heads); the states are read once per program.
     """
@@ -154,11 +163,11 @@ def dkv_bidir_kernel(
                 R, r = R1, r1
             b = load_features(feature_base(phi_ptr, 1, m, NM, pid_bh, n_bh, T, D), t, offs_d, T, D)
             db = tl.dot(vv, tl.trans(R), input_precision=PREC) + r[None, :]
-            dv += tl.dot(b, R, input_precision=PREC)
-            dphi_k = dphi_of_map(
-                b.to(tl.float32), k_base, t, offs_d, T, D, skt, skd, m, PHI0, PHI1, FAST
-            )
-            dk += db * dphi_k  # dphi_k is 0 at padding: padded keys get no gradient
+            dv += tl.dot(stored_features(b, FEATURE_NORMALIZE), R, input_precision=PREC)
+            b = b.to(tl.float32)
+            dphi_k = dphi_of_map(b, k_base, t, offs_d, T, D, skt, skd, m, PHI0, PHI1, FAST)
+            # dphi_k is 0 at padding: padded keys get no gradient
+            dk += through_normalize(db, b, FEATURE_NORMALIZE) * dphi_k
         store_tile(dk_base, t, offs_d, T, D, sdkt, sdkd, dk, ACC)
         store_tile(dv_base, t, offs_dv, T, DV, sdvt, sdvd, dv, ACC)
 
@@ -169,8 +178,8 @@ def bwd_bidir_kernel(
     H, T, D, DV, CPS,
     sqb, sqh, sqt, sqd, skb, skh, skt, skd, svb, svh, svt, svd,
     sdqb, sdqh, sdqt, sdqd, sdkb, sdkh, sdkt, sdkd, sdvb, sdvh, sdvt, sdvd,
-    NM: tl.constexpr, PHI0: tl.constexpr, PHI1: tl.constexpr, FAST: tl.constexpr,
-    BT: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
+    NM: tl.constexpr, PHI0: tl.constexpr, PHI1: tl.constexpr, FEATURE_NORMALIZE: tl.constexpr,
+    FAST: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
     PREC: tl.constexpr, DOT_DTYPE: tl.constexpr, SLOT: tl.constexpr, ACC: tl.constexpr,
 ):  # fmt: skip
     """Both bidirectional backward passes in one launch (one launch less of host overhead):
@@ -180,7 +189,7 @@ def bwd_bidir_kernel(
             q_ptr, phi_ptr, g_ptr, s_ptr, st_ptr, dq_ptr,
             H, T, D, DV, CPS,
             sqb, sqh, sqt, sqd, sdqb, sdqh, sdqt, sdqd,
-            NM, PHI0, PHI1, FAST, BT, BD, BDV, PREC, DOT_DTYPE, SLOT, ACC,
+            NM, PHI0, PHI1, FEATURE_NORMALIZE, FAST, BT, BD, BDV, PREC, DOT_DTYPE, SLOT, ACC,
         )  # fmt: skip
     else:
         dkv_bidir_kernel(
@@ -188,5 +197,5 @@ def bwd_bidir_kernel(
             H, T, D, DV, CPS,
             skb, skh, skt, skd, svb, svh, svt, svd,
             sdkb, sdkh, sdkt, sdkd, sdvb, sdvh, sdvt, sdvd,
-            NM, PHI0, PHI1, FAST, BT, BD, BDV, PREC, DOT_DTYPE, SLOT, ACC,
+            NM, PHI0, PHI1, FEATURE_NORMALIZE, FAST, BT, BD, BDV, PREC, DOT_DTYPE, SLOT, ACC,
         )  # fmt: skip

@@ -6,6 +6,9 @@ Each walk's work on one chunk for one feature map is a ``_*_step`` helper. With 
 kernel either walks the segment once per map (PAIR False: one map's state in registers at a
 time) or once for both (PAIR True: both states in registers, and the inputs and outputs the
 maps share, v, q and the gradients, read and written once per chunk instead of once per map).
+
+FEATURE_NORMALIZE: a and b below are phi(q) / sum_d phi(q) and phi(k) / sum_d phi(k); the
+feature buffer holds phi unnormalised (``tiles.stored_features``, ``through_normalize``).
 """
 
 from __future__ import annotations
@@ -23,11 +26,14 @@ from ..common.tiles import (
     load_features,
     load_g_s,
     load_tile,
+    normalize_features,
     phi_keys,
     phi_queries,
     program_ids,
     store_features,
     store_tile,
+    stored_features,
+    through_normalize,
     walk_states,
 )
 
@@ -37,29 +43,37 @@ def _fwd_step(
     qq, vv, t, S, z, phi_ptr, pid_bh, n_bh, k_base, mask_base, causal_mask, offs_d,
     T, D, skt, skd, smt,
     M: tl.constexpr, NM: tl.constexpr, PHI0: tl.constexpr, PHI1: tl.constexpr,
-    HAS_MASK: tl.constexpr, HAS_INIT: tl.constexpr, FAST: tl.constexpr, PREC: tl.constexpr,
-    DOT_DTYPE: tl.constexpr,
+    HAS_MASK: tl.constexpr, HAS_INIT: tl.constexpr, FEATURE_NORMALIZE: tl.constexpr,
+    FAST: tl.constexpr, PREC: tl.constexpr, DOT_DTYPE: tl.constexpr,
 ):  # fmt: skip
     """(num, den, S, z) of map M on one chunk: num = a S + tril(a b^T) v, den = a z +
-    rowsum(tril(a b^T)); the state moves past the chunk. Stores a = phi_M(q), and b = phi_M(k)
-    where the state pass did not (not HAS_INIT)."""
+    rowsum(tril(a b^T)); the state moves past the chunk. Stores phi_M(q), and phi_M(k) where
+    the state pass did not (not HAS_INIT)."""
     a_base = feature_base(phi_ptr, 0, M, NM, pid_bh, n_bh, T, D)
     b_base = feature_base(phi_ptr, 1, M, NM, pid_bh, n_bh, T, D)
-    a = phi_queries(qq, t, offs_d, T, D, M, PHI0, PHI1, FAST)
+    p = phi_queries(qq, t, offs_d, T, D, M, PHI0, PHI1, FAST)
+    a = normalize_features(p, FEATURE_NORMALIZE)
     den = tl.sum(a * z[None, :], axis=1)
     a = a.to(DOT_DTYPE)
-    store_features(a_base, t, offs_d, T, D, a)
+    if FEATURE_NORMALIZE:
+        store_features(a_base, t, offs_d, T, D, p)
+    else:
+        store_features(a_base, t, offs_d, T, D, a)
     num = tl.dot(a, S.to(DOT_DTYPE), input_precision=PREC)
-    if HAS_INIT:  # the state pass has stored b
-        b = load_features(b_base, t, offs_d, T, D)
+    if HAS_INIT:  # the state pass has stored phi(k)
+        b = stored_features(load_features(b_base, t, offs_d, T, D), FEATURE_NORMALIZE)
         z += tl.sum(b.to(tl.float32), axis=0)
     else:
         kk = load_tile(k_base, t, offs_d, T, D, skt, skd)
         keep2 = keep_keys(mask_base, t, offs_d, T, D, smt, HAS_MASK)
-        b = phi_keys(kk, keep2, M, PHI0, PHI1, FAST)
+        p = phi_keys(kk, keep2, M, PHI0, PHI1, FAST)
+        b = normalize_features(p, FEATURE_NORMALIZE)
         z += tl.sum(b, axis=0)
         b = b.to(DOT_DTYPE)
-        store_features(b_base, t, offs_d, T, D, b)
+        if FEATURE_NORMALIZE:
+            store_features(b_base, t, offs_d, T, D, p)
+        else:
+            store_features(b_base, t, offs_d, T, D, b)
     A = tl.dot(a, tl.trans(b), input_precision=PREC)
     A = tl.where(causal_mask, A, 0.0)
     num += tl.dot(A.to(DOT_DTYPE), vv, input_precision=PREC)
@@ -70,11 +84,13 @@ def _fwd_step(
 
 @triton.jit
 def _fwd_store(
-    o_base, den_base, t, offs_dv, T, DV, sot, sod, num, den, scale, NORMALIZE: tl.constexpr
-):
-    """Store out = num / den (0 where den = 0) and den, or num * scale without normalisation;
-    returns out (float32)."""
+    o_base, den_base, t, offs_dv, T, DV, sot, sod, num, den, scale, eps,
+    NORMALIZE: tl.constexpr,
+):  # fmt: skip
+    """Store out = num / (den + eps) (0 where that is 0) and den + eps, or num * scale without
+    normalisation; returns out (float32)."""
     if NORMALIZE:
+        den = den + eps
         pos = den > 0
         out = tl.where(pos[:, None], num / tl.where(pos, den, 1.0)[:, None], 0.0)
         tl.store(den_base + t, den, mask=t < T)
@@ -88,10 +104,11 @@ def _fwd_store(
 def fwd_causal_kernel(
     q_ptr, k_ptr, v_ptr, mask_ptr, st_ptr, o0_ptr, o1_ptr, den_ptr, phi_ptr,
     near_ptr, c_ptr, y_ptr,
-    H, T, D, DV, CPS, scale,
+    H, T, D, DV, CPS, scale, eps,
     sqb, sqh, sqt, sqd, skb, skh, skt, skd, svb, svh, svt, svd, sob, soh, sot, sod, smb, smt,
     NM: tl.constexpr, PHI0: tl.constexpr, PHI1: tl.constexpr, HAS_MASK: tl.constexpr,
-    HAS_INIT: tl.constexpr, NORMALIZE: tl.constexpr, FAST: tl.constexpr, PAIR: tl.constexpr,
+    HAS_INIT: tl.constexpr, NORMALIZE: tl.constexpr, FEATURE_NORMALIZE: tl.constexpr,
+    FAST: tl.constexpr, PAIR: tl.constexpr,
     BLEND: tl.constexpr, HAS_NEAR: tl.constexpr,
     BT: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
     PREC: tl.constexpr, DOT_DTYPE: tl.constexpr, SLOT: tl.constexpr,
@@ -132,11 +149,12 @@ def fwd_causal_kernel(
             vv = load_tile(v_base, t, offs_dv, T, DV, svt, svd).to(DOT_DTYPE)
             num, den, S0, z0 = _fwd_step(
                 qq, vv, t, S0, z0, phi_ptr, pid_bh, n_bh, k_base, mask_base, causal_mask, offs_d,
-                T, D, skt, skd, smt, m, NM, PHI0, PHI1, HAS_MASK, HAS_INIT, FAST, PREC, DOT_DTYPE,
+                T, D, skt, skd, smt, m, NM, PHI0, PHI1, HAS_MASK, HAS_INIT, FEATURE_NORMALIZE,
+                FAST, PREC, DOT_DTYPE,
             )  # fmt: skip
             out = _fwd_store(
                 o0_base if m == 0 else o1_base, den_ptr + (m * n_bh + pid_bh) * T,
-                t, offs_dv, T, DV, sot, sod, num, den, scale, NORMALIZE,
+                t, offs_dv, T, DV, sot, sod, num, den, scale, eps, NORMALIZE,
             )  # fmt: skip
             if BLEND:
                 y = blend_start(
@@ -147,12 +165,12 @@ def fwd_causal_kernel(
             if TWO:
                 num, den, S1, z1 = _fwd_step(
                     qq, vv, t, S1, z1, phi_ptr, pid_bh, n_bh, k_base, mask_base, causal_mask,
-                    offs_d, T, D, skt, skd, smt, 1, NM, PHI0, PHI1, HAS_MASK, HAS_INIT, FAST,
-                    PREC, DOT_DTYPE,
+                    offs_d, T, D, skt, skd, smt, 1, NM, PHI0, PHI1, HAS_MASK, HAS_INIT,
+                    FEATURE_NORMALIZE, FAST, PREC, DOT_DTYPE,
                 )  # fmt: skip
                 out = _fwd_store(
                     o1_base, den_ptr + (n_bh + pid_bh) * T,
-                    t, offs_dv, T, DV, sot, sod, num, den, scale, NORMALIZE,
+                    t, offs_dv, T, DV, sot, sod, num, den, scale, eps, NORMALIZE,
                 )  # fmt: skip
                 if BLEND:
                     y = blend_add(y, out, o1_base, c_ptr, FIRST + 1, H, hh, offs_dv, DV)
@@ -165,14 +183,16 @@ def _dq_step(
     phi_ptr, g_ptr, s_ptr, pid_bh, n_bh, q_base, vv, t, S, z, causal_mask, offs_d, offs_dv,
     T, D, DV, sqt, sqd,
     M: tl.constexpr, NM: tl.constexpr, PHI0: tl.constexpr, PHI1: tl.constexpr,
-    FAST: tl.constexpr, PREC: tl.constexpr, DOT_DTYPE: tl.constexpr,
+    FEATURE_NORMALIZE: tl.constexpr, FAST: tl.constexpr, PREC: tl.constexpr,
+    DOT_DTYPE: tl.constexpr,
 ):  # fmt: skip
     """(map M's share of dq, S, z) on one chunk: da = (g S^T + s z^T) + tril(g v^T + s) b,
-    times phi_M'(q); the state moves past the chunk."""
+    times phi_M'(q) (through the feature normalisation first where FEATURE_NORMALIZE); the
+    state moves past the chunk."""
     a_base = feature_base(phi_ptr, 0, M, NM, pid_bh, n_bh, T, D)
     b_base = feature_base(phi_ptr, 1, M, NM, pid_bh, n_bh, T, D)
     g_base, s_base = gs_bases(g_ptr, s_ptr, M, pid_bh, n_bh, T, DV)
-    b = load_features(b_base, t, offs_d, T, D)
+    b = stored_features(load_features(b_base, t, offs_d, T, D), FEATURE_NORMALIZE)
     g, s = load_g_s(g_base, s_base, t, offs_dv, T, DV)
     da = tl.dot(g, tl.trans(S.to(DOT_DTYPE)), input_precision=PREC)
     da += s[:, None] * z[None, :]
@@ -183,7 +203,7 @@ def _dq_step(
     S += tl.dot(tl.trans(b), vv, input_precision=PREC)
     a = load_features(a_base, t, offs_d, T, D).to(tl.float32)
     dphi_q = dphi_of_map(a, q_base, t, offs_d, T, D, sqt, sqd, M, PHI0, PHI1, FAST)
-    return da * dphi_q, S, z
+    return through_normalize(da, a, FEATURE_NORMALIZE) * dphi_q, S, z
 
 
 @triton.jit
@@ -191,7 +211,7 @@ def dq_causal_kernel(
     q_ptr, v_ptr, phi_ptr, g_ptr, s_ptr, st_ptr, dq_ptr,
     H, T, D, DV, CPS,
     sqb, sqh, sqt, sqd, svb, svh, svt, svd, sdqb, sdqh, sdqt, sdqd,
-    NM: tl.constexpr, PHI0: tl.constexpr, PHI1: tl.constexpr,
+    NM: tl.constexpr, PHI0: tl.constexpr, PHI1: tl.constexpr, FEATURE_NORMALIZE: tl.constexpr,
     HAS_INIT: tl.constexpr, FAST: tl.constexpr, PAIR: tl.constexpr,
     BT: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
     PREC: tl.constexpr, DOT_DTYPE: tl.constexpr, SLOT: tl.constexpr, ACC: tl.constexpr,
@@ -225,12 +245,14 @@ def dq_causal_kernel(
             vv = load_tile(v_base, t, offs_dv, T, DV, svt, svd).to(DOT_DTYPE)
             dq, S0, z0 = _dq_step(
                 phi_ptr, g_ptr, s_ptr, pid_bh, n_bh, q_base, vv, t, S0, z0, causal_mask, offs_d,
-                offs_dv, T, D, DV, sqt, sqd, m, NM, PHI0, PHI1, FAST, PREC, DOT_DTYPE,
+                offs_dv, T, D, DV, sqt, sqd, m, NM, PHI0, PHI1, FEATURE_NORMALIZE, FAST, PREC,
+                DOT_DTYPE,
             )  # fmt: skip
             if TWO:
                 dq1, S1, z1 = _dq_step(
                     phi_ptr, g_ptr, s_ptr, pid_bh, n_bh, q_base, vv, t, S1, z1, causal_mask,
-                    offs_d, offs_dv, T, D, DV, sqt, sqd, 1, NM, PHI0, PHI1, FAST, PREC, DOT_DTYPE,
+                    offs_d, offs_dv, T, D, DV, sqt, sqd, 1, NM, PHI0, PHI1, FEATURE_NORMALIZE,
+                    FAST, PREC, DOT_DTYPE,
                 )  # fmt: skip
                 dq += dq1
             if m == 0:
@@ -244,7 +266,8 @@ def _dkv_step(
     phi_ptr, g_ptr, s_ptr, pid_bh, n_bh, k_base, vv, t, R, r, causal_mask_t, offs_d, offs_dv,
     T, D, DV, skt, skd,
     M: tl.constexpr, NM: tl.constexpr, PHI0: tl.constexpr, PHI1: tl.constexpr,
-    FAST: tl.constexpr, PREC: tl.constexpr, DOT_DTYPE: tl.constexpr,
+    FEATURE_NORMALIZE: tl.constexpr, FAST: tl.constexpr, PREC: tl.constexpr,
+    DOT_DTYPE: tl.constexpr,
 ):  # fmt: skip
     """(map M's shares of dk and dv, R, r) on one chunk, with the reverse state R, r of the
     chunks after it:
@@ -255,11 +278,12 @@ def _dkv_step(
     a_base = feature_base(phi_ptr, 0, M, NM, pid_bh, n_bh, T, D)
     b_base = feature_base(phi_ptr, 1, M, NM, pid_bh, n_bh, T, D)
     g_base, s_base = gs_bases(g_ptr, s_ptr, M, pid_bh, n_bh, T, DV)
-    b = load_features(b_base, t, offs_d, T, D)
+    p = load_features(b_base, t, offs_d, T, D)
+    b = stored_features(p, FEATURE_NORMALIZE)
     g, s = load_g_s(g_base, s_base, t, offs_dv, T, DV)
     db = tl.dot(vv, tl.trans(R.to(DOT_DTYPE)), input_precision=PREC) + r[None, :]
     dv = tl.dot(b, R.to(DOT_DTYPE), input_precision=PREC)
-    a = load_features(a_base, t, offs_d, T, D)
+    a = stored_features(load_features(a_base, t, offs_d, T, D), FEATURE_NORMALIZE)
     r += tl.sum(a.to(tl.float32) * s[:, None], axis=0)
     Pt = tl.dot(vv, tl.trans(g), input_precision=PREC)
     Pt = tl.where(causal_mask_t, Pt + s[None, :], 0.0)
@@ -269,8 +293,9 @@ def _dkv_step(
     dv += tl.dot(At.to(DOT_DTYPE), g, input_precision=PREC)
     R += tl.dot(tl.trans(a), g, input_precision=PREC)
     # dphi_k is 0 at padding (b is), so padded keys get no gradient.
-    dphi_k = dphi_of_map(b.to(tl.float32), k_base, t, offs_d, T, D, skt, skd, M, PHI0, PHI1, FAST)
-    return db * dphi_k, dv, R, r
+    p = p.to(tl.float32)
+    dphi_k = dphi_of_map(p, k_base, t, offs_d, T, D, skt, skd, M, PHI0, PHI1, FAST)
+    return through_normalize(db, p, FEATURE_NORMALIZE) * dphi_k, dv, R, r
 
 
 @triton.jit
@@ -279,7 +304,7 @@ def dkv_causal_kernel(
     H, T, D, DV, CPS,
     skb, skh, skt, skd, svb, svh, svt, svd,
     sdkb, sdkh, sdkt, sdkd, sdvb, sdvh, sdvt, sdvd,
-    NM: tl.constexpr, PHI0: tl.constexpr, PHI1: tl.constexpr,
+    NM: tl.constexpr, PHI0: tl.constexpr, PHI1: tl.constexpr, FEATURE_NORMALIZE: tl.constexpr,
     HAS_INIT: tl.constexpr, FAST: tl.constexpr, PAIR: tl.constexpr,
     BT: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
     PREC: tl.constexpr, DOT_DTYPE: tl.constexpr, SLOT: tl.constexpr, ACC: tl.constexpr,
@@ -315,12 +340,14 @@ def dkv_causal_kernel(
             vv = load_tile(v_base, t, offs_dv, T, DV, svt, svd).to(DOT_DTYPE)
             dk, dv, R0, r0 = _dkv_step(
                 phi_ptr, g_ptr, s_ptr, pid_bh, n_bh, k_base, vv, t, R0, r0, causal_mask_t,
-                offs_d, offs_dv, T, D, DV, skt, skd, m, NM, PHI0, PHI1, FAST, PREC, DOT_DTYPE,
+                offs_d, offs_dv, T, D, DV, skt, skd, m, NM, PHI0, PHI1, FEATURE_NORMALIZE, FAST,
+                PREC, DOT_DTYPE,
             )  # fmt: skip
             if TWO:
                 dk1, dv1, R1, r1 = _dkv_step(
                     phi_ptr, g_ptr, s_ptr, pid_bh, n_bh, k_base, vv, t, R1, r1, causal_mask_t,
-                    offs_d, offs_dv, T, D, DV, skt, skd, 1, NM, PHI0, PHI1, FAST, PREC, DOT_DTYPE,
+                    offs_d, offs_dv, T, D, DV, skt, skd, 1, NM, PHI0, PHI1, FEATURE_NORMALIZE,
+                    FAST, PREC, DOT_DTYPE,
                 )  # fmt: skip
                 dk += dk1
                 dv += dv1

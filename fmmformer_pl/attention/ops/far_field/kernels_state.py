@@ -15,11 +15,13 @@ from ..common.tiles import (
     keep_keys,
     load_features,
     load_tile,
+    normalize_features,
     phi_keys,
     program_ids,
     store_features,
     store_g_s,
     store_states,
+    stored_features,
 )
 
 
@@ -29,12 +31,13 @@ def state_fwd_kernel(
     H, T, D, DV, CPS,
     skb, skh, skt, skd, svb, svh, svt, svd, smb, smt,
     NM: tl.constexpr, PHI0: tl.constexpr, PHI1: tl.constexpr, HAS_MASK: tl.constexpr,
-    FAST: tl.constexpr,
+    FEATURE_NORMALIZE: tl.constexpr, FAST: tl.constexpr,
     BT: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
     PREC: tl.constexpr, DOT_DTYPE: tl.constexpr, SLOT: tl.constexpr,
 ):  # fmt: skip
     """Per segment and map: S = sum_j b_j v_j^T, z = sum_j b_j into slot (bh, segment, map),
-    and b = phi_m(k) into the feature buffer (side 1) for the main passes and the backward.
+    and phi_m(k) into the feature buffer (side 1) for the main passes and the backward.
+    FEATURE_NORMALIZE: b = phi_m(k) / sum_d phi_m(k); the buffer holds phi_m(k) unnormalised.
 
     Grid (segments, batch * heads); both maps' states live in registers.
     """
@@ -55,16 +58,18 @@ def state_fwd_kernel(
         kk = load_tile(k_base, t, offs_d, T, D, skt, skd)
         keep2 = keep_keys(mask_base, t, offs_d, T, D, smt, HAS_MASK)
         vv = load_tile(v_base, t, offs_dv, T, DV, svt, svd).to(DOT_DTYPE)
-        b = phi_keys(kk, keep2, 0, PHI0, PHI1, FAST)
+        p = phi_keys(kk, keep2, 0, PHI0, PHI1, FAST)
+        b = normalize_features(p, FEATURE_NORMALIZE)
         S0 += tl.dot(tl.trans(b.to(DOT_DTYPE)), vv, input_precision=PREC)
         z0 += tl.sum(b, axis=0)
-        store_features(feature_base(phi_ptr, 1, 0, NM, pid_bh, n_bh, T, D), t, offs_d, T, D, b)
+        store_features(feature_base(phi_ptr, 1, 0, NM, pid_bh, n_bh, T, D), t, offs_d, T, D, p)
         if NM == 2:
-            b = phi_keys(kk, keep2, 1, PHI0, PHI1, FAST)
+            p = phi_keys(kk, keep2, 1, PHI0, PHI1, FAST)
+            b = normalize_features(p, FEATURE_NORMALIZE)
             S1 += tl.dot(tl.trans(b.to(DOT_DTYPE)), vv, input_precision=PREC)
             z1 += tl.sum(b, axis=0)
             base = feature_base(phi_ptr, 1, 1, NM, pid_bh, n_bh, T, D)
-            store_features(base, t, offs_d, T, D, b)
+            store_features(base, t, offs_d, T, D, p)
     slot = (pid_bh * n_seg + pid_s) * NM
     store_states(seg_ptr, slot, S0, z0, S1, z1, offs_d, offs_dv, NM, BD, BDV, SLOT)
 
@@ -75,12 +80,12 @@ def state_bwd_kernel(
     H, T, D, DV, CPS, scale,
     sdob, sdoh, sdot, sdod, sob, soh, sot, sod,
     NM: tl.constexpr, NORMALIZE: tl.constexpr, REVERSED: tl.constexpr, HAS_SCALE: tl.constexpr,
-    HAS_DC: tl.constexpr,
+    HAS_DC: tl.constexpr, FEATURE_NORMALIZE: tl.constexpr,
     BT: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
     PREC: tl.constexpr, DOT_DTYPE: tl.constexpr, SLOT: tl.constexpr,
 ):  # fmt: skip
     """Per segment and map: R = sum_i a_i g_i^T, r = sum_i s_i a_i, with a = phi_m(q) read
-    from the feature buffer (side 0). Grid (segments, bh). Also stores g and s of every
+    from the feature buffer (side 0; normalised there where FEATURE_NORMALIZE). Grid (segments, bh). Also stores g and s of every
     position for the main backward kernels, which then need neither dout, out nor den.
     HAS_SCALE: do0 is the fused FMM layer's dy and map m's dout is dy * c_m, with c (map, heads,
     head_dim_v) float32 the far fields' blend coefficients (dy is read once for both maps).
@@ -118,7 +123,7 @@ def state_bwd_kernel(
     t0 = pid_s * CPS * BT
     for c in range(0, CPS):
         t = t0 + c * BT + offs_t
-        a = load_features(a0_base, t, offs_d, T, D)
+        a = stored_features(load_features(a0_base, t, offs_d, T, D), FEATURE_NORMALIZE)
         do = load_tile(do0_base, t, offs_dv, T, DV, sdot, sdod)
         o = do  # a stand-in where out is not needed
         if NORMALIZE or HAS_DC:
@@ -134,7 +139,7 @@ def state_bwd_kernel(
         r0 += tl.sum(a.to(tl.float32) * s[:, None], axis=0)
         R0 += tl.dot(tl.trans(a), g.to(DOT_DTYPE), input_precision=PREC)
         if NM == 2:
-            a = load_features(a1_base, t, offs_d, T, D)
+            a = stored_features(load_features(a1_base, t, offs_d, T, D), FEATURE_NORMALIZE)
             if NORMALIZE or HAS_DC:
                 o = load_tile(o1_base, t, offs_dv, T, DV, sot, sod)
             if HAS_DC:

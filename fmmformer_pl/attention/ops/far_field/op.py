@@ -11,6 +11,10 @@ the specification; the reference is ``naive.py``):
     out_i = num_i / den_i   (0 where den_i = 0)   if normalize
     out_i = num_i / sqrt(seq)                      otherwise
 
+and with the released LM code's options: ``feature_normalize`` divides a_i and b_j by their
+sums over head_dim (phi(x) / sum_d phi(x)_d) before use, ``eps`` is added to den_i
+(out_i = num_i / (den_i + eps), 0 where that is 0).
+
 Algorithm. The sequence is cut into chunks of BT positions and the chunks into *segments*.
 A state kernel sums each segment's state S = sum_j b_j v_j^T (head_dim x head_dim_v) and
 z = sum_j b_j, one program per (segment, batch * head); one ``cumsum_`` over the segments then
@@ -43,6 +47,17 @@ dtype) and s, so the main backward kernels read neither dout, out nor den. The f
 exponentials and selects and the conversions of dout and out were most of the backward
 kernels' instructions. phi' comes from phi itself for elu + 1, elu(-x) + 1 and relu, and is
 recomputed from q or k for tanh + 1 and softplus (``tiles.dphi_from_features``).
+
+Feature normalisation (FEATURE_NORMALIZE, a constexpr). A tile holds a whole row of head_dim
+(BD >= D), so a kernel divides phi by its row sum in registers where it computes phi
+(``tiles.normalize_features``). The feature buffer keeps phi *unnormalised*: the backward
+needs phi' (a function of phi for elu + 1, elu(-x) + 1, relu) and the row sum s, and from
+phi it gets both for one row sum per loaded tile, with no extra buffer and no extra argument;
+it forms y = phi / s for the products (``tiles.stored_features``) and takes the products'
+gradient dy back through the normalisation, dphi = (dy - sum_d dy * y) / s
+(``tiles.through_normalize``), before multiplying by phi'. Rows with s = 0 (padded keys)
+stay 0. eps is a runtime float: the forward stores den + eps as the denominator, which is
+all the backward's g and s need.
 
 The kernels live in ``kernels_state.py`` (the state passes), ``kernels_bidir.py`` and
 ``kernels_causal.py`` (the main passes), built from ``ops/common/tiles.py``; this file plans
@@ -124,7 +139,8 @@ class FarLayout:
     a function of the shapes and the plan, so a backward that rebuilds it gets the forward's
     segments."""
 
-    def __init__(self, q, v, causal, phi_codes, kernel_plan: KernelPlan):
+    def __init__(self, q, v, causal, phi_codes, kernel_plan: KernelPlan,
+                 feature_normalize: bool = False):  # fmt: skip
         plan = kernel_plan.far
         self.plan = plan
         batch, heads, seq, dim = q.shape
@@ -151,6 +167,7 @@ class FarLayout:
             NM=self.n_maps,
             PHI0=phi_codes[0],
             PHI1=phi_codes[-1],
+            FEATURE_NORMALIZE=bool(feature_normalize),
             BT=self.bt,
             BD=self.bd,
             BDV=self.bdv,
@@ -224,7 +241,7 @@ class FarSettings(NamedTuple):
     normalize: bool
     mask_strides: tuple[int, int]
     has_mask: bool
-    layout: FarLayout
+    layout: FarLayout  # its constexprs carry FEATURE_NORMALIZE; eps lives in the saved den
 
 
 class FarSaved(NamedTuple):
@@ -234,20 +251,21 @@ class FarSaved(NamedTuple):
     settings: FarSettings
 
 
-def _far_settings(q, v, key_padding_mask, phi_codes, causal, normalize, kernel_plan):
+def _far_settings(q, v, key_padding_mask, phi_codes, causal, normalize, kernel_plan,
+                 feature_normalize=False):  # fmt: skip
     """(the mask as uint8, ``FarSettings``)."""
     mask, smb, smt = padding_as_uint8(key_padding_mask, q)
-    layout = FarLayout(q, v, causal, phi_codes, kernel_plan)
+    layout = FarLayout(q, v, causal, phi_codes, kernel_plan, feature_normalize)
     has_mask = key_padding_mask is not None
     return mask, FarSettings(tuple(phi_codes), causal, normalize, (smb, smt), has_mask, layout)
 
 
 def far_saved(q, k, v, key_padding_mask, den, state, phi, outs, phi_codes, causal, normalize,
-              kernel_plan: KernelPlan) -> FarSaved:  # fmt: skip
+              kernel_plan: KernelPlan, feature_normalize: bool = False) -> FarSaved:  # fmt: skip
     """``FarSaved`` rebuilt by a caller that kept only the tensors (the custom op of
     ``ops/fmm``)."""
     mask, settings = _far_settings(q, v, key_padding_mask, phi_codes, causal, normalize,
-                                   kernel_plan)  # fmt: skip
+                                   kernel_plan, feature_normalize)  # fmt: skip
     return FarSaved(FarTensors(q, k, v, mask, den, state, phi, tuple(outs)), settings)
 
 
@@ -260,9 +278,11 @@ def blend_fusable(phi_codes: Sequence[int], causal: bool, plan: FarPlan) -> bool
 
 
 def far_forward(
-    q, k, v, key_padding_mask, phi_codes, causal, normalize, kernel_plan: KernelPlan, blend=None
-):
-    """The far fields of one or two feature maps: ``(outs, saved)`` (``FarSaved``).
+    q, k, v, key_padding_mask, phi_codes, causal, normalize, kernel_plan: KernelPlan, blend=None,
+    feature_normalize: bool = False, eps: float = 0.0,
+):  # fmt: skip
+    """The far fields of one or two feature maps: ``(outs, saved)`` (``FarSaved``);
+    ``feature_normalize`` and ``eps`` as in ``attention.far_field``.
 
     ``blend`` = (y, near or None, coeffs), for the fused FMM forward where ``blend_fusable``:
     the kernels also write y = coeffs[0] * near + sum_m coeffs[m + 1] * out_m (without a near
@@ -270,7 +290,7 @@ def far_forward(
     as ``empty_like_layout(q, head_dim_v)`` lays out the fields."""
     nm = len(phi_codes)
     mask, settings = _far_settings(
-        q, v, key_padding_mask, phi_codes, causal, normalize, kernel_plan
+        q, v, key_padding_mask, phi_codes, causal, normalize, kernel_plan, feature_normalize
     )
     (smb, smt), has_mask, lay = settings.mask_strides, settings.has_mask, settings.layout
     launches = lay.plan.launch
@@ -319,7 +339,7 @@ def far_forward(
         launch(
             fwd_causal_kernel, (lay.n_seg, lay.bh),
             q, k, v, mask, state if state is not None else den, outs[0], o1, den, phi,
-            *blend_args, *sizes, lay.cps, lay.scale,
+            *blend_args, *sizes, lay.cps, lay.scale, float(eps),
             *strides(q), *strides(k), *strides(v), *strides(outs[0]), smb, smt,
             HAS_MASK=has_mask, HAS_INIT=state is not None, NORMALIZE=normalize,
             **fused, **lay.constexprs, **lay.causal_launch("fwd"),
@@ -328,6 +348,7 @@ def far_forward(
         launch(
             fwd_bidir_kernel, (lay.n_main, lay.bh),
             q, state, outs[0], o1, den, phi, *blend_args, *sizes, lay.main_cps, lay.scale,
+            float(eps),
             *strides(q), *strides(outs[0]),
             NORMALIZE=normalize, **fused, **lay.constexprs, **launches.of("fwd_bidir"),
         )  # fmt: skip
@@ -420,10 +441,12 @@ class FarFields(torch.autograd.Function):
     """The far fields of one or two feature maps: (q, k, v) -> (out_0[, out_1])."""
 
     @staticmethod
-    def forward(ctx, q, k, v, key_padding_mask, phi_codes, causal, normalize, kernel_plan):
+    def forward(ctx, q, k, v, key_padding_mask, phi_codes, causal, normalize, kernel_plan,
+                feature_normalize, eps):  # fmt: skip
         outs, saved = far_forward(
-            q, k, v, key_padding_mask, phi_codes, causal, normalize, kernel_plan
-        )
+            q, k, v, key_padding_mask, phi_codes, causal, normalize, kernel_plan,
+            feature_normalize=feature_normalize, eps=eps,
+        )  # fmt: skip
         ctx.save_for_backward(*saved.tensors.flat())
         ctx.settings = saved.settings
         return tuple(outs)
@@ -432,7 +455,7 @@ class FarFields(torch.autograd.Function):
     def backward(ctx, *douts):
         saved = FarSaved(FarTensors.from_flat(ctx.saved_tensors), ctx.settings)
         dq, dk, dv = far_backward(saved, douts)
-        return dq, dk, dv, None, None, None, None, None
+        return dq, dk, dv, None, None, None, None, None, None, None
 
 
 def far_fields_kernel(
@@ -444,13 +467,15 @@ def far_fields_kernel(
     normalize: bool = True,
     key_padding_mask: torch.Tensor | None = None,
     plan: KernelPlan = DEFAULT_PLAN,
+    feature_normalize: bool = False,
+    eps: float = 0.0,
 ) -> list[torch.Tensor] | None:
     """The far fields of several feature maps through the Triton kernels (one output per map),
     or None for a case they do not cover.
 
     Covered: the feature maps with a kernel code (``feature_maps.FEATURE_MAP_TABLE``; a
     callable returns None), fp16/bf16/fp32, head_dim and head_dim_v up to 128, any sequence
-    length. The maps are computed in groups (``map_groups``), each from one pass over the
+    length, ``feature_normalize`` and ``eps`` (``attention.far_field``). The maps are computed in groups (``map_groups``), each from one pass over the
     inputs. Inputs are validated by the caller (``far_field`` / ``far_fields``).
     """
     codes = kernel_codes(list(feature_maps))
@@ -460,7 +485,6 @@ def far_fields_kernel(
         return None
     outs: list[torch.Tensor] = []
     for group in map_groups(codes, bool(causal), plan.far):
-        outs.extend(
-            FarFields.apply(q, k, v, key_padding_mask, group, bool(causal), bool(normalize), plan)
-        )
+        args = (bool(causal), bool(normalize), plan, bool(feature_normalize), float(eps))
+        outs.extend(FarFields.apply(q, k, v, key_padding_mask, group, *args))
     return outs
