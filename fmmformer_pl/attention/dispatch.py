@@ -139,7 +139,7 @@ prepare(DEFAULT_PLAN)
 def route(backend: str, q: torch.Tensor, fusable: bool, plan: KernelPlan = DEFAULT_PLAN) -> Route:
     """How one layer call runs: "fused" (one node), "fields" (field by field, each on its
     kernel where it covers the case) or "reference". ``fusable``: the layer's fields are what
-    the fused node computes (a far field, named feature maps, no options the kernels lack)."""
+    the fused node computes (a far field, feature maps the kernels compute)."""
     if not wants_kernels(backend, q, plan):
         return "reference"
     if fusable and (not torch.compiler.is_compiling() or _COMPILED_OP or backend == "cuda"):
@@ -148,12 +148,14 @@ def route(backend: str, q: torch.Tensor, fusable: bool, plan: KernelPlan = DEFAU
 
 
 def fused(q, k, v, coeffs, bandwidth, feature_maps, causal, normalize, key_padding_mask,
-          dropout_p, backend, plan: KernelPlan = DEFAULT_PLAN) -> torch.Tensor | None:  # fmt: skip
+          dropout_p, backend, plan: KernelPlan = DEFAULT_PLAN, feature_normalize: bool = False,
+          eps: float = 0.0) -> torch.Tensor | None:  # fmt: skip
     """Near field, far fields and blend as one node (``ops/fmm``), or None where the kernels
     do not cover the case (the caller then runs the fields). Under torch.compile the custom
     op, which traces into the compiled graph (the eager autograd.Function would break it)."""
     kw = dict(causal=causal, normalize=normalize, key_padding_mask=key_padding_mask,
-              dropout_p=dropout_p, plan=plan)  # fmt: skip
+              dropout_p=dropout_p, plan=plan, feature_normalize=feature_normalize,
+              eps=eps)  # fmt: skip
     args = (q, k, v, coeffs, bandwidth, feature_maps)
     if torch.compiler.is_compiling():
         if not _COMPILED_OP:

@@ -78,8 +78,7 @@ class FMMAttention(nn.Module):
 
     bias: the q/k/v and output projections have biases (the released LM code has none).
     far_feature_normalize, far_eps: the released LM code's far field, phi(x) / sum_d phi(x)_d
-        and a denominator + eps (``far_field``); these run the far field in PyTorch on every
-        device, since the GPU kernels apply phi themselves and have neither.
+        and a denominator + eps (``far_field``); the GPU kernels compute both.
     kernel_plan: the GPU kernels' tuning (``ops/plan.py``); the default suits every model.
     """
 
@@ -171,9 +170,9 @@ class FMMAttention(nn.Module):
         return self.blend(near, far, plan=plan)
 
     def _fusable(self) -> bool:
-        """Whether the fused node computes this layer's fields: a far field, feature maps the
-        kernels compute, and none of the released LM code's options they lack."""
-        if not self.has_far or self.far_feature_normalize or self.far_eps:
+        """Whether the fused node computes this layer's fields: a far field and feature maps
+        the kernels compute."""
+        if not self.has_far:
             return False
         return kernel_codes(self.config.feature_maps) is not None
 
@@ -189,6 +188,7 @@ class FMMAttention(nn.Module):
             q, k, v, self.blend.coefficients(far_scale),
             cfg.bandwidth if self.has_near else None, cfg.feature_maps, self.causal,
             cfg.far_normalize, key_padding_mask, dropout_p, cfg.backend, self.kernel_plan,
+            self.far_feature_normalize, self.far_eps,
         )  # fmt: skip
 
     def _softmax(self, q, k, v, key_padding_mask, dropout_p):

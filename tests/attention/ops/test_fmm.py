@@ -35,14 +35,19 @@ SHORT = INTERPRET.with_(
 
 
 def layer_pair(kind, maps, causal, normalize=True, bandwidth=5, dropout=0.0, heads=2, dim=16,
-               plan=GENERAL):  # fmt: skip
-    """A layer on the kernels (``plan``) and a reference layer with the same weights."""
+               plan=GENERAL, **layer_kw):  # fmt: skip
+    """A layer on the kernels (``plan``) and a reference layer with the same weights
+    (``layer_kw``: more ``FMMAttention`` arguments, for both)."""
     cfg = dict(
         kind=kind, bandwidth=bandwidth, feature_maps=maps, far_normalize=normalize,
         dropout=dropout,
     )  # fmt: skip
-    fused = FMMAttention(heads * dim, heads, AttentionConfig(**cfg), causal, kernel_plan=plan)
-    ref = FMMAttention(heads * dim, heads, AttentionConfig(**cfg, backend="reference"), causal)
+    fused = FMMAttention(
+        heads * dim, heads, AttentionConfig(**cfg), causal, kernel_plan=plan, **layer_kw
+    )
+    ref = FMMAttention(
+        heads * dim, heads, AttentionConfig(**cfg, backend="reference"), causal, **layer_kw
+    )
     with torch.no_grad():
         for p in fused.blend.parameters():
             p.add_(torch.randn_like(p))
@@ -256,7 +261,7 @@ def test_fmm_custom_op_passes_opcheck(causal, normalize, dropout_p, segments):
     args = (
         q.detach().requires_grad_(True), k.detach().requires_grad_(True),
         v.detach().requires_grad_(True), torch.randn(3, 2, 16, requires_grad=True), mask,
-        5, dropout_p, seed, causal, [0, 1], normalize, plan_key(_plan(segments)),
+        5, dropout_p, seed, causal, [0, 1], normalize, False, 0.0, plan_key(_plan(segments)),
     )  # fmt: skip
     torch.library.opcheck(torch.ops.fmmformer.fmm_attention_fwd.default, args)
 

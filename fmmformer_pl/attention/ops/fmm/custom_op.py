@@ -7,7 +7,8 @@ implementation giving every output's shape and strides, and a registered backwar
 compiler traces the whole model around them in one graph.
 
     fmmformer::fmm_attention_fwd(q, k, v, coeffs, mask?, bandwidth, dropout_p, seed, causal,
-                                 phi_codes, normalize, plan) -> [y, *fields, *extras]
+                                 phi_codes, normalize, feature_normalize, eps, plan)
+                                 -> [y, *fields, *extras]
     fmmformer::fmm_attention_bwd(dy, q, k, v, coeffs, mask?, saved, ..., short, plan)
                                  -> [dq, dk, dv, dc]
 
@@ -34,8 +35,8 @@ from ..common.host import empty_like_layout
 from ..far_field.op import FarLayout, far_saved, map_groups
 from ..near_field.op import NearArgs, near_saved
 from ..plan import DEFAULT_PLAN, KernelPlan
-from ..short.op import short_applies, short_saved, state_slots
-from .op import Part, fmm_arguments, fmm_backward, fmm_forward
+from ..short.op import short_saved, state_slots
+from .op import Part, fmm_arguments, fmm_backward, fmm_forward, takes_short
 
 _NO_NEAR = -1
 
@@ -64,10 +65,10 @@ def _near_args(bandwidth, dropout_p, seed) -> NearArgs | None:
     return None if bandwidth == _NO_NEAR else NearArgs(bandwidth, dropout_p, seed)
 
 
-def _takes_short(q, bandwidth, phi_codes, causal, plan) -> bool:
+def _takes_short(q, bandwidth, phi_codes, causal, plan, feature_normalize, eps) -> bool:
     """Whether the fused forward takes the short path: one decision, from the plan."""
     near = None if bandwidth == _NO_NEAR else (bandwidth,)
-    return short_applies(q, near, phi_codes, causal, plan)
+    return takes_short(q, near, phi_codes, causal, plan, feature_normalize, eps)
 
 
 def _extras(parts: list[Part], q):
@@ -86,7 +87,8 @@ def _extras(parts: list[Part], q):
     return out
 
 
-def _rebuild_parts(q, k, v, mask, fields, extras, near_args, causal, codes, norm, short, plan):
+def _rebuild_parts(q, k, v, mask, fields, extras, near_args, causal, codes, norm, short, plan,
+                   feature_normalize):  # fmt: skip
     """``fmm_forward``'s parts from the op's saved tensors."""
     if short:
         lse, den, states = extras
@@ -102,7 +104,8 @@ def _rebuild_parts(q, k, v, mask, fields, extras, near_args, causal, codes, norm
         den, state, phi = extras.pop(0), extras.pop(0), extras.pop(0)
         den = outs[0] if den.numel() == 0 and not norm else den
         state = None if state.numel() == 0 else state
-        saved = far_saved(q, k, v, mask, den, state, phi, outs, group, causal, norm, plan)
+        saved = far_saved(q, k, v, mask, den, state, phi, outs, group, causal, norm, plan,
+                          feature_normalize)  # fmt: skip
         parts.append(Part("far", saved, len(outs)))
     return parts
 
@@ -120,25 +123,29 @@ def fmm_attention_fwd(
     causal: bool,
     phi_codes: list[int],
     normalize: bool,
+    feature_normalize: bool,
+    eps: float,
     plan: int,
 ) -> list[torch.Tensor]:
     kernel_plan = _PLANS[plan]
     near_args = _near_args(bandwidth, dropout_p, _near_seed(seed, dropout_p))
     codes = tuple(phi_codes)
     y, fields, parts = fmm_forward(
-        q, k, v, coeffs, mask, near_args, causal, codes, normalize, kernel_plan
-    )
+        q, k, v, coeffs, mask, near_args, causal, codes, normalize, kernel_plan,
+        feature_normalize, eps,
+    )  # fmt: skip
     return [y, *fields, *_extras(parts, q)]
 
 
 @fmm_attention_fwd.register_fake
-def _(q, k, v, coeffs, mask, bandwidth, dropout_p, seed, causal, phi_codes, normalize, plan):
+def _(q, k, v, coeffs, mask, bandwidth, dropout_p, seed, causal, phi_codes, normalize,
+      feature_normalize, eps, plan):  # fmt: skip
     kernel_plan = _PLANS[plan]
     batch, heads, seq, _ = q.shape
     bh, dim_v, f32 = batch * heads, v.shape[-1], torch.float32
     fields, extras = [], []
     codes = tuple(phi_codes)
-    if _takes_short(q, bandwidth, codes, causal, kernel_plan):
+    if _takes_short(q, bandwidth, codes, causal, kernel_plan, feature_normalize, eps):
         fields = [empty_like_layout(q, dim_v) for _ in range(1 + len(codes))]
         den = q.new_empty(len(codes) if normalize else 0, bh, seq, dtype=f32)
         lse = q.new_empty(bh, seq, dtype=f32)
@@ -150,7 +157,7 @@ def _(q, k, v, coeffs, mask, bandwidth, dropout_p, seed, causal, phi_codes, norm
     for group in map_groups(codes, causal, kernel_plan.far):
         nm = len(group)
         fields.extend(empty_like_layout(q, dim_v) for _ in group)
-        lay = FarLayout(q, v, causal, group, kernel_plan)
+        lay = FarLayout(q, v, causal, group, kernel_plan, feature_normalize)
         extras.append(q.new_empty(nm, bh, seq, dtype=f32) if normalize else q.new_empty(0))
         if causal and lay.n_seg > 1:
             extras.append(q.new_empty(bh, lay.n_seg, nm, lay.slot, dtype=f32))
@@ -178,6 +185,7 @@ def fmm_attention_bwd(
     causal: bool,
     phi_codes: list[int],
     normalize: bool,
+    feature_normalize: bool,
     short: bool,
     plan: int,
 ) -> list[torch.Tensor]:
@@ -186,7 +194,7 @@ def fmm_attention_bwd(
     near_args = _near_args(bandwidth, dropout_p, _near_seed(seed, dropout_p))
     parts = _rebuild_parts(
         q, k, v, mask, fields, extras, near_args, causal, tuple(phi_codes), normalize, short,
-        kernel_plan,
+        kernel_plan, feature_normalize,
     )  # fmt: skip
     dq, dk, dv, dc = fmm_backward(dy, coeffs, fields, parts, kernel_plan)
     return [dq, dk, dv, dc]
@@ -198,25 +206,28 @@ def _(dy, q, k, v, coeffs, mask, saved, n_fields, bandwidth, dropout_p, seed, ca
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, coeffs, mask, bandwidth, dropout_p, seed, causal, phi_codes, normalize, plan = inputs
+    (q, k, v, coeffs, mask, bandwidth, dropout_p, seed, causal, phi_codes, normalize,
+     feature_normalize, eps, plan) = inputs  # fmt: skip
     n_fields = len(phi_codes) + (bandwidth != _NO_NEAR)
-    short = _takes_short(q, bandwidth, tuple(phi_codes), causal, _PLANS[plan])
+    codes = tuple(phi_codes)
+    short = _takes_short(q, bandwidth, codes, causal, _PLANS[plan], feature_normalize, eps)
     ctx.save_for_backward(q, k, v, coeffs, mask, seed, *output[1:])
-    ctx.settings = (n_fields, bandwidth, dropout_p, causal, list(phi_codes), normalize, short,
-                    plan)  # fmt: skip
+    ctx.settings = (n_fields, bandwidth, dropout_p, causal, list(phi_codes), normalize,
+                    feature_normalize, short, plan)  # fmt: skip
 
 
 def _backward(ctx, grads):
     q, k, v, coeffs, mask, seed, *saved = ctx.saved_tensors
-    n_fields, bandwidth, dropout_p, causal, phi_codes, normalize, short, plan = ctx.settings
+    (n_fields, bandwidth, dropout_p, causal, phi_codes, normalize, feature_normalize, short,
+     plan) = ctx.settings  # fmt: skip
     dy = grads[0]
     if dy is None:
-        return (None,) * 12
+        return (None,) * 14
     dq, dk, dv, dc = fmm_attention_bwd(
         dy, q, k, v, coeffs, mask, saved, n_fields, bandwidth, dropout_p, seed, causal,
-        phi_codes, normalize, short, plan,
+        phi_codes, normalize, feature_normalize, short, plan,
     )  # fmt: skip
-    return dq, dk, dv, dc, *(None,) * 8
+    return dq, dk, dv, dc, *(None,) * 10
 
 
 fmm_attention_fwd.register_autograd(_backward, setup_context=_setup_context)
@@ -234,6 +245,8 @@ def fmm_attention_op(
     key_padding_mask: torch.Tensor | None = None,
     dropout_p: float = 0.0,
     plan: KernelPlan = DEFAULT_PLAN,
+    feature_normalize: bool = False,
+    eps: float = 0.0,
 ) -> torch.Tensor | None:
     """``op.fmm_attention_kernel`` through the custom ops (same arguments and result), or
     None for a case the kernels do not cover. Traceable by ``torch.compile``."""
@@ -247,6 +260,6 @@ def fmm_attention_op(
     out = fmm_attention_fwd(
         q, k, v, coeffs.float().contiguous(), key_padding_mask,
         _NO_NEAR if bandwidth is None else bandwidth, float(dropout_p), seed, bool(causal),
-        list(codes), bool(normalize), plan_key(plan),
+        list(codes), bool(normalize), bool(feature_normalize), float(eps), plan_key(plan),
     )  # fmt: skip
     return out[0]

@@ -51,18 +51,27 @@ class Part(NamedTuple):
     n_fields: int
 
 
+def takes_short(q, near_args, phi_codes, causal, plan: KernelPlan, feature_normalize, eps):
+    """Whether the fused forward takes the short path (``short_applies``). Its kernels lack
+    the released LM code's far-field options (feature normalisation, eps), which take the
+    general path (the far-field kernels)."""
+    released = bool(feature_normalize) or bool(eps)
+    return not released and short_applies(q, near_args, phi_codes, causal, plan)
+
+
 def fmm_forward(q, k, v, coeffs, mask, near_args: NearArgs | None, causal, phi_codes, normalize,
-                plan: KernelPlan):  # fmt: skip
+                plan: KernelPlan, feature_normalize=False, eps=0.0):  # fmt: skip
     """``(y, fields, parts)``: the blended output, the fields (near first), and the ``Part``s.
+    ``feature_normalize``, ``eps``: the far fields' options (``attention.far_field``).
 
     The blend is formed by the far kernels, from their outputs in registers and the near
     field, which then runs first (``blend_fusable``: the paper's r <= 2, and
     ``FusedPlan.far_forms_blend``); else by the near kernel, from its output in registers and
     the far fields, which then run first (``FusedPlan.near_forms_blend``); else by the blend
     kernel. The fields are stored either way (the backward needs them). A short
-    bidirectional sequence in a small grid takes the short path instead (``short_applies``),
+    bidirectional sequence in a small grid takes the short path instead (``takes_short``),
     its one part of kind "short"."""
-    if short_applies(q, near_args, phi_codes, causal, plan):
+    if takes_short(q, near_args, phi_codes, causal, plan, feature_normalize, eps):
         y, fields, saved = short_forward(
             q, k, v, coeffs, mask, near_args, phi_codes, normalize, plan
         )
@@ -73,14 +82,16 @@ def fmm_forward(q, k, v, coeffs, mask, near_args: NearArgs | None, causal, phi_c
     near_part = None
     if near_args is not None and not near_blend:
         near_part = near_forward(q, k, v, mask, near_args, causal, plan.near)
+    options = dict(feature_normalize=feature_normalize, eps=eps)
     if far_blend:
         near = None if near_part is None else near_part[0]
+        blend = (y, near, coeffs)
         far_parts = [
-            far_forward(q, k, v, mask, phi_codes, causal, normalize, plan, (y, near, coeffs))
+            far_forward(q, k, v, mask, phi_codes, causal, normalize, plan, blend, **options)
         ]
     else:
         far_parts = [
-            far_forward(q, k, v, mask, group, causal, normalize, plan)
+            far_forward(q, k, v, mask, group, causal, normalize, plan, **options)
             for group in map_groups(phi_codes, causal, plan.far)
         ]
     fars = [out for outs, _ in far_parts for out in outs]
@@ -155,10 +166,12 @@ def _part_from(kind, tensors, settings, n_fields) -> Part:
 
 class FMMAttentionFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, coeffs, mask, near_args, causal, phi_codes, normalize, plan):
+    def forward(ctx, q, k, v, coeffs, mask, near_args, causal, phi_codes, normalize, plan,
+                feature_normalize, eps):  # fmt: skip
         y, fields, parts = fmm_forward(
-            q, k, v, coeffs, mask, near_args, causal, phi_codes, normalize, plan
-        )
+            q, k, v, coeffs, mask, near_args, causal, phi_codes, normalize, plan,
+            feature_normalize, eps,
+        )  # fmt: skip
         # Tensors go through save_for_backward (autograd checks them for in-place changes);
         # each part keeps the count of its tensors and its settings.
         tensors, layout = [coeffs, *fields], []
@@ -180,7 +193,7 @@ class FMMAttentionFunction(torch.autograd.Function):
             part, rest = rest[: entry.n_tensors], rest[entry.n_tensors :]
             parts.append(_part_from(entry.kind, part, entry.settings, entry.n_fields))
         dq, dk, dv, dc = fmm_backward(dy, coeffs, fields, parts, ctx.plan)
-        return dq, dk, dv, dc, None, None, None, None, None, None
+        return dq, dk, dv, dc, *(None,) * 8
 
 
 def fmm_arguments(q, k, v, coeffs, bandwidth, feature_maps, dropout_p):
@@ -215,9 +228,12 @@ def fmm_attention_kernel(
     key_padding_mask: torch.Tensor | None = None,
     dropout_p: float = 0.0,
     plan: KernelPlan = DEFAULT_PLAN,
+    feature_normalize: bool = False,
+    eps: float = 0.0,
 ) -> torch.Tensor | None:
     """``coeffs[0] * near + sum_l coeffs[l] * far_l`` (no near field when bandwidth is None),
     or None for a case the kernels do not cover (the caller then runs the fields one by one).
+    ``feature_normalize``, ``eps``: the far fields' options (``attention.far_field``).
     """
     args = fmm_arguments(q, k, v, coeffs, bandwidth, feature_maps, dropout_p)
     if args is None:
@@ -228,5 +244,5 @@ def fmm_attention_kernel(
         near_args = near_arguments(q, bandwidth, dropout_p, None)
     return FMMAttentionFunction.apply(
         q, k, v, coeffs.float().contiguous(), key_padding_mask, near_args, bool(causal), codes,
-        bool(normalize), plan,
+        bool(normalize), plan, bool(feature_normalize), float(eps),
     )  # fmt: skip
