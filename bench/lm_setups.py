@@ -11,8 +11,8 @@ Every model has the released layout (post-LN, Transformer-XL positions, adaptive
 cutoffs 20k/40k/200k, tied; scripts/make_configs.py's WT103_DECODER). Kinds: ``softmax``
 (SDPA: FlashAttention on the GPU), ``linear``, ``fmm2_band20`` as in their configs, and
 ``fmm2_band20_fused``: fmm2_band20 without the released feature normalisation of the far
-field (phi(x) / sum phi(x), denominator + 1e-5), which the fused GPU kernels lack, so this
-kind runs them.
+field (phi(x) / sum phi(x), denominator + 1e-5). Both run the fused GPU kernels (which
+compute the normalisation too), so the two differ by what the normalisation costs.
 
 Synthetic token ids follow Zipf's law, p(id) ~ 1 / (id + 1): ids are ranked by frequency as
 in the real vocabulary, so the adaptive softmax's clusters see real-like traffic (about 80% of

@@ -115,17 +115,11 @@ def test_feature_normalised_far_field_equals_dense_formula(causal):
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
 
 
-def test_feature_normalised_far_field_refuses_the_cuda_backend():
-    q = torch.randn(1, 1, 4, 4)
-    with pytest.raises(RuntimeError, match="feature_normalize"):
-        far_field(q, q, q, feature_normalize=True, backend="cuda")
-
-
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_released_block_on_cuda_equals_the_cpu_block():
-    # On CUDA the near field and the blend take the Triton kernels, the feature-normalised
-    # far field the PyTorch reference (docs/models.md): forward and backward as on the CPU.
+    # On CUDA the released block (feature-normalised far field, eps) runs the fused Triton
+    # kernels: forward and backward as the PyTorch reference on the CPU.
     torch.manual_seed(0)
     block = block_stack(_released_decoder(bandwidth=BAND), causal=True)[0].eval()
     with torch.no_grad():

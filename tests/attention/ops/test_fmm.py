@@ -168,6 +168,28 @@ def test_fused_layer_with_the_per_mode_choices_flipped(causal, bandwidth, near_b
 
 
 @interpreter
+@pytest.mark.parametrize("plan", ["general", "short", "many"])
+@pytest.mark.parametrize("causal", [False, True])
+def test_layer_with_the_released_far_field_runs_the_kernels(causal, plan):
+    """FMMAttention with the released LM code's far field (feature normalisation, eps 1e-5)
+    takes the fused route, and field by field the far-field kernels, both equal to the
+    reference path (forward, q, k, v and blend-weight gradients). The short path lacks the
+    options: its plan runs the general fused path."""
+    from fmmformer_pl.attention.ops.fmm.op import takes_short
+
+    plan = {"general": GENERAL, "short": SHORT, "many": GENERAL.with_(far=MANY_SEGMENTS)}[plan]
+    released = dict(far_feature_normalize=True, far_eps=1e-5)
+    fused, ref = layer_pair("fmm", ["elu", "elu_flip"], causal, plan=plan, **released)
+    q, k, v, mask = inputs(1, 2, 37, 24, 24, seed=6)
+    assert dispatch.route("auto", q, fused._fusable(), fused.kernel_plan) == "fused"
+    assert not takes_short(q, (5,), (0, 1), causal, plan, True, 1e-5)
+    check_layers(fused, ref, q, k, v, mask)
+    fused._fusable = lambda: False  # field by field: far_fields on its kernels
+    assert dispatch.route("auto", q, fused._fusable(), fused.kernel_plan) == "fields"
+    check_layers(fused, ref, q, k, v, mask)
+
+
+@interpreter
 def test_layer_fused_path_validates_inputs():
     """Bad masks and inputs are refused as on the reference path, not read as raw bytes."""
     fused, _ = layer_pair("fmm", ["elu"], causal=False)
@@ -239,6 +261,29 @@ def test_fmm_custom_op_matches_the_function(
         y = fn(*xs[:3], xs[3], bandwidth, maps, plan=plan, **kw)
         g = torch.autograd.grad(y, xs, torch.ones_like(y))
         return [y, *g]
+
+    for a, b in zip(run(fmm_attention_op), run(fmm_attention_kernel), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+
+
+@interpreter
+@pytest.mark.parametrize("causal, segments", [(False, "short"), (True, "many")])
+def test_fmm_custom_op_with_the_released_far_field(causal, segments):
+    """The custom ops with feature normalisation and eps equal the autograd.Function,
+    forward and backward (the short plan: the general path, decided alike by the op's forward
+    and backward). The schema with these arguments: ``test_fmm_custom_op_passes_opcheck``."""
+    from fmmformer_pl.attention.ops.fmm.custom_op import fmm_attention_op
+    from fmmformer_pl.attention.ops.fmm.op import fmm_attention_kernel
+
+    plan = _plan(segments)
+    q, k, v, mask = inputs(1, 2, 150, 16, 16, seed=3)
+    coeffs = torch.randn(3, 2, 16)
+    kw = dict(causal=causal, key_padding_mask=mask, feature_normalize=True, eps=1e-5)
+
+    def run(fn):
+        xs = [t.detach().clone().requires_grad_(True) for t in (q, k, v, coeffs)]
+        y = fn(*xs[:3], xs[3], 5, ("elu", "elu_flip"), plan=plan, **kw)
+        return [y, *torch.autograd.grad(y, xs, torch.ones_like(y))]
 
     for a, b in zip(run(fmm_attention_op), run(fmm_attention_kernel), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
@@ -339,14 +384,18 @@ def test_compiled_layer_draws_a_fresh_dropout_seed_per_call():
 
 
 @gpu
-@pytest.mark.parametrize("kind", ["band", "linear", "fmm"])
+@pytest.mark.parametrize(
+    "kind, released", [("band", False), ("linear", False), ("fmm", False), ("fmm", True)]
+)
 @pytest.mark.parametrize("causal", [False, True])
-def test_layer_cuda_backend_matches_reference_backend(kind, causal):
-    """FMMAttention (r = 2, band 64, per-head blend) on the kernels equals the reference."""
+def test_layer_cuda_backend_matches_reference_backend(kind, released, causal):
+    """FMMAttention (r = 2, band 64, per-head blend) on the kernels equals the reference;
+    released: the LM configs' far field (feature normalisation, eps 1e-5)."""
     torch.manual_seed(0)
     cfg = dict(kind=kind, bandwidth=64, feature_maps=["elu", "elu_flip"])
-    fast = FMMAttention(256, 4, AttentionConfig(**cfg, backend="cuda"), causal).cuda()
-    ref = FMMAttention(256, 4, AttentionConfig(**cfg, backend="reference"), causal).cuda()
+    kw = dict(far_feature_normalize=released, far_eps=1e-5 if released else 0.0)
+    fast = FMMAttention(256, 4, AttentionConfig(**cfg, backend="cuda"), causal, **kw).cuda()
+    ref = FMMAttention(256, 4, AttentionConfig(**cfg, backend="reference"), causal, **kw).cuda()
     ref.load_state_dict(fast.state_dict())
     x = torch.randn(2, 1500, 256, device="cuda")
     mask = cuda_padding(2, 1500, "right")

@@ -166,7 +166,7 @@ def short_fwd_kernel(
                 S, z, f_ptr = S1, z1, f1_ptr
             a = phi_queries(qq, t, offs_d, T, D, m, PHI0, PHI1, FAST)
             row = m * n_bh + pid_bh
-            far = readout(a, S, z, den_ptr, row, t, T, scale, NORMALIZE, PREC, DOT_DTYPE)
+            far = readout(a, S, z, den_ptr, row, t, T, scale, 0.0, NORMALIZE, PREC, DOT_DTYPE)
             store_tile(f_ptr + fields, t, offs_dv, T, DV, sot, sod, far, False)
             y = blend_add(y, far, f_ptr, c_ptr, 1 + m, H, hh, offs_dv, DV)
         store_tile(y_ptr + fields, t, offs_dv, T, DV, sot, sod, y, False)
