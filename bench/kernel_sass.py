@@ -3,6 +3,7 @@ spills, shared memory and the instructions of each kernel's main loop (per chunk
 
     python bench/kernel_sass.py                 # any machine, ~1 minute; -> results/kernel_sass.csv
     python bench/kernel_sass.py --field near    # the near field's
+    python bench/kernel_sass.py --released      # the LM configs' far field (phi / sum phi, eps)
 
 ``--field near``: the near field's kernels (band 64: the forward, then dq and dk/dv);
 ``loop`` is then its longest loop, one key or query tile.
@@ -99,12 +100,14 @@ def _recording(module, calls):
             setattr(module, name, obj)
 
 
-def record_launches(seq: int, causal: bool, heads: int = 8, dim: int = 64):
-    """The (name, kernel, args, kwargs) of every far-field launch of one fwd+bwd."""
+def record_launches(seq: int, causal: bool, heads: int = 8, dim: int = 64, released=False):
+    """The (name, kernel, args, kwargs) of every far-field launch of one fwd+bwd; released:
+    with the released LM code's feature normalisation and eps 1e-5."""
     calls = []
     with _recording(far, calls):
         q, k, v = (torch.empty(1, heads, seq, dim, dtype=torch.bfloat16) for _ in range(3))
-        outs, saved = far.far_forward(q, k, v, None, (0, 1), causal, True, PLAN)
+        options = dict(feature_normalize=released, eps=1e-5 if released else 0.0)
+        outs, saved = far.far_forward(q, k, v, None, (0, 1), causal, True, PLAN, **options)
         far.far_backward(saved, [torch.empty_like(o) for o in outs])
     return calls
 
@@ -185,12 +188,15 @@ def loop_mix(lines: list[str]) -> collections.Counter:
     return mix
 
 
-def report(seq: int, modes, note: str, field: str = "far"):
+def report(seq: int, modes, note: str, field: str = "far", released: bool = False):
     rows = []
-    record = record_launches if field == "far" else record_near_launches
     for causal in modes:
         seen = set()
-        for name, fn, args, kwargs in record(seq, causal):
+        if field == "far":
+            launches = record_launches(seq, causal, released=released)
+        else:
+            launches = record_near_launches(seq, causal)
+        for name, fn, args, kwargs in launches:
             if name in seen:
                 continue
             seen.add(name)
@@ -221,12 +227,17 @@ def main(argv=None) -> None:
     p.add_argument("--seq", type=int, default=65536)
     p.add_argument("--modes", nargs="+", default=["causal", "bidirectional"])
     p.add_argument("--field", choices=["far", "near"], default="far")
+    p.add_argument(
+        "--released",
+        action="store_true",
+        help="far field with the LM configs' feature normalisation and eps",
+    )
     p.add_argument("--note", default="", help="a label for the rows (e.g. the commit)")
     p.add_argument(
         "--out", type=Path, default=REPO / "results" / "kernel_sass.csv", help="CSV to append to"
     )
     a = p.parse_args(argv)
-    rows = report(a.seq, [m == "causal" for m in a.modes], a.note, a.field)
+    rows = report(a.seq, [m == "causal" for m in a.modes], a.note, a.field, a.released)
     cols = list(rows[0])
     print(" | ".join(cols[:-1]))
     for r in rows:

@@ -106,13 +106,24 @@ def dphi_of_map(
 
 
 @triton.jit
-def normalize_features(p, FEATURE_NORMALIZE: tl.constexpr):
-    """y = p / sum_d p per row of a float32 (chunk x head_dim) tile of features p = phi(x)
-    (the released LM code's feature normalisation; a tile holds a whole row, BD >= D), 0 where
-    the sum is 0 (padding: p is 0 there); p itself without FEATURE_NORMALIZE."""
+def inverse_row_sum(p, FEATURE_NORMALIZE: tl.constexpr):
+    """1 / sum_d p per row of a float32 (chunk x head_dim) tile of features p = phi(x) (a tile
+    holds a whole row, BD >= D), 1 where the sum is 0 (padding: p is 0 there), the factor of
+    the released LM code's feature normalisation y = p / sum_d p; one division per row, not
+    per element. A stand-in 1.0 without FEATURE_NORMALIZE."""
     if FEATURE_NORMALIZE:
         s = tl.sum(p, axis=1)
-        return p / tl.where(s > 0, s, 1.0)[:, None]
+        return 1.0 / tl.where(s > 0, s, 1.0)
+    else:
+        return 1.0
+
+
+@triton.jit
+def normalize_features(p, FEATURE_NORMALIZE: tl.constexpr):
+    """y = p / sum_d p per row of a float32 tile of features (``inverse_row_sum``); p itself
+    without FEATURE_NORMALIZE."""
+    if FEATURE_NORMALIZE:
+        return p * inverse_row_sum(p, True)[:, None]
     else:
         return p
 
@@ -128,14 +139,11 @@ def stored_features(p, FEATURE_NORMALIZE: tl.constexpr):
 
 
 @triton.jit
-def through_normalize(dy, p, FEATURE_NORMALIZE: tl.constexpr):
-    """dL/dp from dL/dy (float32 tiles) for y = p / s, s = sum_d p:
-    (dy - sum_d(dy * y)) / s, with p from the feature buffer (0 rows stay 0: their phi' is
-    0); dy itself without FEATURE_NORMALIZE."""
+def through_normalize(dy, p, inv, FEATURE_NORMALIZE: tl.constexpr):
+    """dL/dp from dL/dy (float32 tiles) for y = p / s, s = sum_d p: (dy - sum_d(dy * y)) / s,
+    with p (float32) from the feature buffer and inv = 1 / s (``inverse_row_sum``; rows of p
+    that are 0 have phi' = 0); dy itself without FEATURE_NORMALIZE."""
     if FEATURE_NORMALIZE:
-        p = p.to(tl.float32)
-        s = tl.sum(p, axis=1)
-        inv = 1.0 / tl.where(s > 0, s, 1.0)
         dot = tl.sum(dy * p, axis=1) * inv  # sum_d dy * y
         return (dy - dot[:, None]) * inv[:, None]
     else:

@@ -14,6 +14,7 @@ from ..common.tiles import (
     dphi_of_map,
     feature_base,
     gs_bases,
+    inverse_row_sum,
     load_features,
     load_g_s,
     load_tile,
@@ -23,7 +24,6 @@ from ..common.tiles import (
     readout,
     store_features,
     store_tile,
-    stored_features,
     through_normalize,
     total_states,
 )
@@ -120,7 +120,8 @@ def dq_bidir_kernel(
             a_base = feature_base(phi_ptr, 0, m, NM, pid_bh, n_bh, T, D)
             a = load_features(a_base, t, offs_d, T, D).to(tl.float32)
             dphi_q = dphi_of_map(a, q_base, t, offs_d, T, D, sqt, sqd, m, PHI0, PHI1, FAST)
-            da = through_normalize(da + s[:, None] * z[None, :], a, FEATURE_NORMALIZE)
+            inv = inverse_row_sum(a, FEATURE_NORMALIZE)
+            da = through_normalize(da + s[:, None] * z[None, :], a, inv, FEATURE_NORMALIZE)
             dq += da * dphi_q
         store_tile(dq_base, t, offs_d, T, D, sdqt, sdqd, dq, ACC)
 
@@ -163,11 +164,14 @@ def dkv_bidir_kernel(
                 R, r = R1, r1
             b = load_features(feature_base(phi_ptr, 1, m, NM, pid_bh, n_bh, T, D), t, offs_d, T, D)
             db = tl.dot(vv, tl.trans(R), input_precision=PREC) + r[None, :]
-            dv += tl.dot(stored_features(b, FEATURE_NORMALIZE), R, input_precision=PREC)
-            b = b.to(tl.float32)
-            dphi_k = dphi_of_map(b, k_base, t, offs_d, T, D, skt, skd, m, PHI0, PHI1, FAST)
+            p = b.to(tl.float32)
+            inv = inverse_row_sum(p, FEATURE_NORMALIZE)
+            if FEATURE_NORMALIZE:
+                b = (p * inv[:, None]).to(b.dtype)
+            dv += tl.dot(b, R, input_precision=PREC)
+            dphi_k = dphi_of_map(p, k_base, t, offs_d, T, D, skt, skd, m, PHI0, PHI1, FAST)
             # dphi_k is 0 at padding: padded keys get no gradient
-            dk += through_normalize(db, b, FEATURE_NORMALIZE) * dphi_k
+            dk += through_normalize(db, p, inv, FEATURE_NORMALIZE) * dphi_k
         store_tile(dk_base, t, offs_d, T, D, sdkt, sdkd, dk, ACC)
         store_tile(dv_base, t, offs_dv, T, DV, sdvt, sdvd, dv, ACC)
 

@@ -22,6 +22,7 @@ from ..common.tiles import (
     dphi_of_map,
     feature_base,
     gs_bases,
+    inverse_row_sum,
     keep_keys,
     load_features,
     load_g_s,
@@ -203,7 +204,8 @@ def _dq_step(
     S += tl.dot(tl.trans(b), vv, input_precision=PREC)
     a = load_features(a_base, t, offs_d, T, D).to(tl.float32)
     dphi_q = dphi_of_map(a, q_base, t, offs_d, T, D, sqt, sqd, M, PHI0, PHI1, FAST)
-    return through_normalize(da, a, FEATURE_NORMALIZE) * dphi_q, S, z
+    inv = inverse_row_sum(a, FEATURE_NORMALIZE)
+    return through_normalize(da, a, inv, FEATURE_NORMALIZE) * dphi_q, S, z
 
 
 @triton.jit
@@ -278,8 +280,11 @@ def _dkv_step(
     a_base = feature_base(phi_ptr, 0, M, NM, pid_bh, n_bh, T, D)
     b_base = feature_base(phi_ptr, 1, M, NM, pid_bh, n_bh, T, D)
     g_base, s_base = gs_bases(g_ptr, s_ptr, M, pid_bh, n_bh, T, DV)
-    p = load_features(b_base, t, offs_d, T, D)
-    b = stored_features(p, FEATURE_NORMALIZE)
+    b = load_features(b_base, t, offs_d, T, D)
+    p = b.to(tl.float32)
+    inv = inverse_row_sum(p, FEATURE_NORMALIZE)
+    if FEATURE_NORMALIZE:
+        b = (p * inv[:, None]).to(b.dtype)
     g, s = load_g_s(g_base, s_base, t, offs_dv, T, DV)
     db = tl.dot(vv, tl.trans(R.to(DOT_DTYPE)), input_precision=PREC) + r[None, :]
     dv = tl.dot(b, R.to(DOT_DTYPE), input_precision=PREC)
@@ -293,9 +298,8 @@ def _dkv_step(
     dv += tl.dot(At.to(DOT_DTYPE), g, input_precision=PREC)
     R += tl.dot(tl.trans(a), g, input_precision=PREC)
     # dphi_k is 0 at padding (b is), so padded keys get no gradient.
-    p = p.to(tl.float32)
     dphi_k = dphi_of_map(p, k_base, t, offs_d, T, D, skt, skd, M, PHI0, PHI1, FAST)
-    return through_normalize(db, p, FEATURE_NORMALIZE) * dphi_k, dv, R, r
+    return through_normalize(db, p, inv, FEATURE_NORMALIZE) * dphi_k, dv, R, r
 
 
 @triton.jit
