@@ -209,10 +209,11 @@ class SaveRunConfig(SaveConfigCallback):
         if not trainer.is_global_zero or callback is None or not callback.dirpath:
             return
         folder = Path(callback.dirpath)
-        last = getattr(callback, "last_model_path", "") or getattr(callback, "best_model_path", "")
+        last = getattr(callback, "last_model_path", "")
+        best = getattr(callback, "best_model_path", "")
         if folder.is_dir():
-            latest = f"; last: {last}" if last else ""
-            print(f"Checkpoints of this run: {folder}{latest}", flush=True)
+            named = f"; last: {last}" if last else f"; best: {best}" if best else ""
+            print(f"Checkpoints of this run: {folder}{named}", flush=True)
 
 
 _ACTIVE: Optional[FMMCLI] = None  # the CLI main() runs (it may fail inside its __init__)
