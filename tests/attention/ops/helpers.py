@@ -37,6 +37,13 @@ _INTERPRETER = pytest.mark.skipif(
 
 # The kernels on CPU tensors (the interpreter counts 8 SMs).
 INTERPRET = KernelPlan(interpret=True)
+# The fused node's general path (the field kernels), which short bidirectional cases would
+# otherwise leave for the short path (``test_short.py`` runs that), and the short path forced
+# at any length, its states in two segments.
+GENERAL = INTERPRET.with_(short=dict(max_seq=0))
+SHORT = INTERPRET.with_(
+    short=dict(max_seq=1 << 20, max_blocks_per_sm=1 << 20, programs_per_sm=1, state_segments=2)
+)
 
 
 def interpreter(fn):

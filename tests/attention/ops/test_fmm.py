@@ -13,7 +13,9 @@ from fmmformer_pl.attention.layer import FMMAttention
 from fmmformer_pl.attention.ops.plan import ByMode, FusedPlan
 
 from .helpers import (
+    GENERAL,
     INTERPRET,
+    SHORT,
     check,
     cuda_inputs,
     cuda_padding,
@@ -24,14 +26,8 @@ from .helpers import (
     rel,
 )
 
-# The general path (the field kernels): the short path would take the short bidirectional
-# cases of these tests (``test_short.py`` runs it).
-GENERAL = INTERPRET.with_(short=dict(max_seq=0))
 # Many segments (the states' cumsum and their rebuild in the backward op) or one.
 MANY_SEGMENTS = dict(single_segment_chunks=0, min_segment_chunks=1, main_chunks_bidir=2)
-SHORT = INTERPRET.with_(
-    short=dict(max_seq=1 << 20, max_blocks_per_sm=1 << 20, programs_per_sm=1, state_segments=2)
-)
 
 
 def layer_pair(kind, maps, causal, normalize=True, bandwidth=5, dropout=0.0, heads=2, dim=16,

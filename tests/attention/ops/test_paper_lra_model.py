@@ -16,16 +16,11 @@ import dataclasses
 import pytest
 import torch
 
+from fmmformer_pl.attention import dispatch
 from fmmformer_pl.attention.ops.plan import DEFAULT_PLAN
 from tests.models.test_released_lra_model import _paper_model
 
-from .helpers import INTERPRET, gpu, interpreter, rel
-
-# The general path (the field kernels) and the short path (one kernel for short sequences).
-GENERAL = INTERPRET.with_(short=dict(max_seq=0))
-SHORT = INTERPRET.with_(
-    short=dict(max_seq=1 << 20, max_blocks_per_sm=1 << 20, programs_per_sm=1, state_segments=2)
-)
+from .helpers import GENERAL, SHORT, gpu, interpreter, rel
 
 
 def _pair(max_length: int, plan, device: str = "cpu"):
@@ -41,7 +36,7 @@ def _pair(max_length: int, plan, device: str = "cpu"):
     for block in fast.encoder.blocks:
         block.attn.kernel_plan = plan
     for block in ref.encoder.blocks:
-        block.attn.kernel_plan = DEFAULT_PLAN  # CPU: the reference path
+        block.attn.config = dataclasses.replace(block.attn.config, backend="reference")
     return fast, ref
 
 
@@ -63,11 +58,15 @@ def _step(model, ids, padding, labels):
 @interpreter
 @pytest.mark.parametrize("plan", [SHORT, GENERAL], ids=["short", "general"])
 @pytest.mark.parametrize("n", [45, 130])
-def test_paper_listops_model_trains_the_same_on_the_kernels(plan, n):
+def test_paper_listops_model_trains_the_same_on_the_kernels(plan, n, monkeypatch):
     fast, ref = _pair(max_length=160, plan=plan)
     ids, padding = _batch(n)
     labels = torch.tensor([1, 4, 9])
+    fused, ran = dispatch.fused, []
+    monkeypatch.setattr(dispatch, "fused", lambda *a, **k: ran.append(fused(*a, **k)) or ran[-1])
     out_fast = _step(fast, ids, padding, labels)
+    monkeypatch.undo()
+    assert len(ran) == len(fast.encoder.blocks) and all(y is not None for y in ran)
     out_ref = _step(ref, ids, padding, labels)
     assert rel(out_fast, out_ref) < 1e-5
     for (name, p_fast), p_ref in zip(fast.named_parameters(), ref.parameters(), strict=True):
@@ -81,8 +80,6 @@ def test_paper_listops_model_trains_the_same_on_the_gpu_kernels():
     float32 reference path; each gradient measured against the largest as well (some vanish
     in exact arithmetic)."""
     fast, ref = _pair(max_length=2048, plan=DEFAULT_PLAN, device="cuda")
-    for block in ref.encoder.blocks:
-        block.attn.config = dataclasses.replace(block.attn.config, backend="reference")
     ids, padding = _batch(2048, device="cuda")
     labels = torch.tensor([1, 4, 9], device="cuda")
     with torch.autocast("cuda", dtype=torch.bfloat16):
