@@ -175,6 +175,15 @@ class ShortPlan:
     rstate: Launch = Launch()
 
 
+_PLANS: list[KernelPlan] = []  # every distinct plan made, at its key
+_KEYS: dict[KernelPlan, int] = {}
+
+
+def plan_of(key: int) -> KernelPlan:
+    """The plan whose ``key`` this is."""
+    return _PLANS[key]
+
+
 @dataclass(frozen=True)
 class KernelPlan:
     """Everything the GPU path's host code decides besides the shapes.
@@ -194,6 +203,16 @@ class KernelPlan:
     sm_count: int | None = None
     inline_ptx: bool | None = None
     interpret: bool = False
+    # An int standing for this plan where only plain values may go (the custom ops'
+    # arguments; ``plan_of`` maps it back); equal plans share it. Set at construction, so
+    # that torch.compile reads it as a constant attribute.
+    key: int = field(default=-1, init=False, compare=False, repr=False)
+
+    def __post_init__(self):
+        key = _KEYS.setdefault(self, len(_PLANS))
+        if key == len(_PLANS):
+            _PLANS.append(self)
+        object.__setattr__(self, "key", key)
 
     def with_(self, **parts) -> KernelPlan:
         """This plan with some of its settings replaced: ``plan.with_(far=dict(state_chunk=16),

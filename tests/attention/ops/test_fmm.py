@@ -293,7 +293,6 @@ def test_fmm_custom_op_passes_opcheck(causal, normalize, dropout_p, segments):
     """Schema, fake tensors (shapes and strides of every output, also the segment states of
     a many-segment plan and the short path's extras), autograd registration and AOT dispatch
     of the forward op, as torch.library checks them."""
-    from fmmformer_pl.attention.ops.fmm.custom_op import plan_key
 
     if segments == "short" and causal:
         pytest.skip("the short path is bidirectional")
@@ -302,7 +301,7 @@ def test_fmm_custom_op_passes_opcheck(causal, normalize, dropout_p, segments):
     args = (
         q.detach().requires_grad_(True), k.detach().requires_grad_(True),
         v.detach().requires_grad_(True), torch.randn(3, 2, 16, requires_grad=True), mask,
-        5, dropout_p, seed, causal, [0, 1], normalize, False, 0.0, plan_key(_plan(segments)),
+        5, dropout_p, seed, causal, [0, 1], normalize, False, 0.0, _plan(segments).key,
     )  # fmt: skip
     torch.library.opcheck(torch.ops.fmmformer.fmm_attention_fwd.default, args)
 

@@ -12,8 +12,8 @@ compiler traces the whole model around them in one graph.
     fmmformer::fmm_attention_bwd(dy, q, k, v, coeffs, mask?, saved, ..., short, plan)
                                  -> [dq, dk, dv, dc]
 
-``plan`` is the ``KernelPlan``'s key in ``plan_key``'s registry (an op takes no Python
-objects); the path (short or general) follows from the plan and the shapes (``_takes_short``),
+``plan`` is the ``KernelPlan``'s ``key`` (an op takes no Python objects; ``plan_of`` maps it
+back); the path (short or general) follows from the plan and the shapes (``_takes_short``),
 decided the same way for the forward, its fake and the backward.
 
 Outputs may not alias inputs or each other, so a saved tensor that the Function path keeps as
@@ -34,7 +34,7 @@ import torch
 from ..common.host import empty_like_layout
 from ..far_field.op import FarLayout, far_saved, map_groups
 from ..near_field.op import NearArgs, near_saved
-from ..plan import DEFAULT_PLAN, KernelPlan
+from ..plan import DEFAULT_PLAN, KernelPlan, plan_of
 from ..short.op import short_saved, state_slots
 from .op import Part, fmm_arguments, fmm_backward, fmm_forward, takes_short
 
@@ -44,21 +44,6 @@ _NO_NEAR = -1
 def _near_seed(seed: torch.Tensor | None, dropout_p: float) -> torch.Tensor | int:
     """The near kernels' seed argument: the seed tensor itself (they load it), or 0."""
     return seed if seed is not None and dropout_p > 0.0 else 0
-
-
-_PLANS: list[KernelPlan] = []
-_PLAN_KEYS: dict[KernelPlan, int] = {}
-
-
-@torch.compiler.assume_constant_result
-def plan_key(plan: KernelPlan) -> int:
-    """An int standing for ``plan`` in the ops' arguments (registered on first use; run
-    eagerly under torch.compile, so the registry holds the plan before the ops are traced)."""
-    key = _PLAN_KEYS.get(plan)
-    if key is None:
-        key = _PLAN_KEYS[plan] = len(_PLANS)
-        _PLANS.append(plan)
-    return key
 
 
 def _near_args(bandwidth, dropout_p, seed) -> NearArgs | None:
@@ -127,7 +112,7 @@ def fmm_attention_fwd(
     eps: float,
     plan: int,
 ) -> list[torch.Tensor]:
-    kernel_plan = _PLANS[plan]
+    kernel_plan = plan_of(plan)
     near_args = _near_args(bandwidth, dropout_p, _near_seed(seed, dropout_p))
     codes = tuple(phi_codes)
     y, fields, parts = fmm_forward(
@@ -140,7 +125,7 @@ def fmm_attention_fwd(
 @fmm_attention_fwd.register_fake
 def _(q, k, v, coeffs, mask, bandwidth, dropout_p, seed, causal, phi_codes, normalize,
       feature_normalize, eps, plan):  # fmt: skip
-    kernel_plan = _PLANS[plan]
+    kernel_plan = plan_of(plan)
     batch, heads, seq, _ = q.shape
     bh, dim_v, f32 = batch * heads, v.shape[-1], torch.float32
     fields, extras = [], []
@@ -189,7 +174,7 @@ def fmm_attention_bwd(
     short: bool,
     plan: int,
 ) -> list[torch.Tensor]:
-    kernel_plan = _PLANS[plan]
+    kernel_plan = plan_of(plan)
     fields, extras = saved[:n_fields], saved[n_fields:]
     near_args = _near_args(bandwidth, dropout_p, _near_seed(seed, dropout_p))
     parts = _rebuild_parts(
@@ -210,7 +195,7 @@ def _setup_context(ctx, inputs, output):
      feature_normalize, eps, plan) = inputs  # fmt: skip
     n_fields = len(phi_codes) + (bandwidth != _NO_NEAR)
     codes = tuple(phi_codes)
-    short = _takes_short(q, bandwidth, codes, causal, _PLANS[plan], feature_normalize, eps)
+    short = _takes_short(q, bandwidth, codes, causal, plan_of(plan), feature_normalize, eps)
     ctx.save_for_backward(q, k, v, coeffs, mask, seed, *output[1:])
     ctx.settings = (n_fields, bandwidth, dropout_p, causal, list(phi_codes), normalize,
                     feature_normalize, short, plan)  # fmt: skip
@@ -260,6 +245,6 @@ def fmm_attention_op(
     out = fmm_attention_fwd(
         q, k, v, coeffs.float().contiguous(), key_padding_mask,
         _NO_NEAR if bandwidth is None else bandwidth, float(dropout_p), seed, bool(causal),
-        list(codes), bool(normalize), bool(feature_normalize), float(eps), plan_key(plan),
+        list(codes), bool(normalize), bool(feature_normalize), float(eps), plan.key,
     )  # fmt: skip
     return out[0]
