@@ -214,6 +214,12 @@ class KernelPlan:
             _PLANS.append(self)
         object.__setattr__(self, "key", key)
 
+    def __setstate__(self, state):
+        # Unpickled (a spawned worker, a saved model): the key it had in the process that
+        # pickled it means nothing here; register it in this one.
+        self.__dict__.update(state)
+        self.__post_init__()
+
     def with_(self, **parts) -> KernelPlan:
         """This plan with some of its settings replaced: ``plan.with_(far=dict(state_chunk=16),
         sm_count=132)`` (a dict updates that part, anything else replaces it)."""
