@@ -293,6 +293,7 @@ def test_fmm_custom_op_passes_opcheck(causal, normalize, dropout_p, segments):
     """Schema, fake tensors (shapes and strides of every output, also the segment states of
     a many-segment plan and the short path's extras), autograd registration and AOT dispatch
     of the forward op, as torch.library checks them."""
+    import fmmformer_pl.attention.ops.fmm.custom_op  # noqa: F401  registers torch.ops.fmmformer
 
     if segments == "short" and causal:
         pytest.skip("the short path is bidirectional")
