@@ -410,7 +410,7 @@ def plot_curves(out: Path) -> None:
         ax.plot(steps, values, color=colours.get(variant), alpha=0.8, lw=1, label=label)
     what = "WikiText-103 decoder" if meta.get("kind") == "lm" else f"LRA {meta['task']}"
     ax.set(xlabel="training step", ylabel=tag,
-           title=f"{what}: {tag} per run, {len(meta['seeds'])} seed(s) each")  # fmt: skip
+           title=f"{what}: {tag} per run, seeds {', '.join(map(str, meta['seeds']))}")  # fmt: skip
     if meta.get("kind") == "lm":
         ax.set_yscale("log")
     ax.grid(alpha=0.3)
@@ -542,6 +542,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+def merged(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """A reproduction folder's settings after a run with more variants or seeds: the union
+    (variants in the table's order, seeds sorted), so its report covers every run in it."""
+    order = LRA_VARIANTS if new["kind"] == "lra" else LM_VARIANTS
+    chosen = set(old["variants"]) | set(new["variants"])
+    return {**new, "variants": [v for v in order if v in chosen],
+            "seeds": sorted(set(old["seeds"]) | set(new["seeds"])),
+            "configs": {**old["configs"], **new["configs"]}}  # fmt: skip
+
+
 def reproduce(args: argparse.Namespace) -> int:
     import yaml
 
@@ -571,6 +581,7 @@ def reproduce(args: argparse.Namespace) -> int:
         old = json.loads(previous.read_text())
         if (old["task"], old.get("cli_args")) != (meta["task"], meta["cli_args"]):
             raise UsageError(f"{out} holds a reproduction with other settings; use another --out")
+        meta = merged(old, meta)  # more variants or seeds: the table reports them all
     previous.write_text(json.dumps(meta, indent=1))
     prepare_cache(configs[args.variants[0]], data_dir, args.cli_args)
     steps = yaml.safe_load(configs[args.variants[0]].read_text())["trainer"]["max_steps"]

@@ -141,3 +141,37 @@ def test_report_keeps_the_curves_of_runs_without_event_files(tmp_path):
     reproduce.report(out)
     assert (out / "curves.csv").read_text() == before
     assert "| fmm2_band5 | 30.00 +- 14.14 (20.00, 40.00) | 2 |" in (out / "table.md").read_text()
+
+
+def test_a_second_command_into_the_same_folder_reports_every_run(
+    tmp_path, monkeypatch, tiny_listops
+):
+    """More variants or seeds run later into one ``--out``: the table covers them all."""
+
+    def fit(run, over, cli_args):
+        run.checkpoints.mkdir(parents=True, exist_ok=True)
+        torch.save({"global_step": 2}, run.checkpoints / "best-step=2.ckpt")
+        return _stub("print('`Trainer.fit` stopped: `max_steps=4` reached.')")
+
+    def test(run, best, cli_args):
+        folder = run.folder / "test" / "version_0"
+        acc = 0.3 if run.variant == "softmax" else 0.2
+        return _stub(f"import pathlib; p = pathlib.Path({str(folder)!r}); p.mkdir(parents=True); "
+                     f"(p / 'metrics.csv').write_text('test/acc\\n{acc + run.seed / 100}\\n')")  # fmt: skip
+
+    monkeypatch.setattr(reproduce, "fit_command", fit)
+    monkeypatch.setattr(reproduce, "test_command", test)
+    monkeypatch.setattr(reproduce, "read_curve", lambda run, tag="val/acc": [(2, 0.25)])
+    monkeypatch.setattr(reproduce, "prepare_cache", lambda *a: None)
+    out = tmp_path / "rep"
+    common = ["--data-dir", str(tiny_listops), "--out", str(out), "--", "--trainer.max_steps=4"]
+    assert reproduce.main(["lra", "--variants", "softmax", "--seeds", "0", *common]) == 0
+    assert (
+        reproduce.main(["lra", "--variants", "fmm2_band5", "softmax", "--seeds", "1", *common]) == 0
+    )
+    meta = json.loads((out / "reproduce.json").read_text())
+    assert meta["variants"] == ["softmax", "fmm2_band5"] and meta["seeds"] == [0, 1]
+    table = (out / "table.md").read_text()
+    assert "| softmax | 30.50 +- 0.71 (30.00, 31.00) | 2 |" in table
+    assert "| fmm2_band5 | 21.00 +- 0.00 (21.00) | 1 |" in table
+    assert len((out / "results.csv").read_text().splitlines()) == 4

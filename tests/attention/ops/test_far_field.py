@@ -392,5 +392,5 @@ def test_far_field_callable_feature_map_falls_back():
     out = far_field(q, k, v, feature_map=phi)  # auto: the kernels decline, the reference runs
     ref = far_field(q, k, v, feature_map="elu", backend="reference")
     torch.testing.assert_close(out, ref)
-    with pytest.raises(RuntimeError, match="does not support"):
+    with pytest.raises(RuntimeError, match="kernels do not support this case"):
         far_field(q, k, v, feature_map=phi, backend="cuda")
