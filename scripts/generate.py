@@ -148,6 +148,9 @@ def parse_args(argv=None):
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
                    help="auto: bfloat16 on a GPU, float32 on the CPU")  # fmt: skip
     p.add_argument("--no-cuda-graph", action="store_true", help="run each step eagerly")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the decoding step first (fewer kernels per token; "
+                   "the first token waits for the compile)")  # fmt: skip
     return p.parse_args(argv)
 
 
@@ -191,7 +194,11 @@ def run(args) -> None:
     capacity = len(ids) + max(args.max_new_tokens, 1)
     try:
         decoder = StaticDecoder(
-            model, 1, capacity, cuda_graph=False if args.no_cuda_graph else None
+            model,
+            1,
+            capacity,
+            cuda_graph=False if args.no_cuda_graph else None,
+            compile=args.compile,
         )
     except ValueError as error:
         raise UserError(str(error)) from None

@@ -69,7 +69,7 @@ def test_generate_throughput(tmp_path):
     """Every point decodes; the FMM state keeps its size whatever the prompt, the softmax
     cache grows with it (and with the batch)."""
     args = [*TINY, "--kinds", "fmm2_band20", "softmax", "--prompts", "8", "40", "--batches",
-            "1", "3", "--new-tokens", "3", "--warmup", "1"]  # fmt: skip
+            "1", "3", "--new-tokens", "3", "--warmup", "1", "--compile", "off"]  # fmt: skip
     _run("generate_throughput.py", args, tmp_path)
     rows = list(csv.DictReader(open(tmp_path / "generate_throughput.csv")))
     assert len(rows) == 8 and all(r["note"] == "" and float(r["tokens_per_s"]) > 0 for r in rows)
@@ -79,6 +79,17 @@ def test_generate_throughput(tmp_path):
         assert state["softmax", "40", batch] > 2 * state["softmax", "8", batch]
     assert state["softmax", "40", "3"] == pytest.approx(3 * state["softmax", "40", "1"], rel=0.01)
     assert (tmp_path / "generate_throughput.md").read_text().count("| tiny |") == 8
+
+
+def test_generate_throughput_compiled_step(tmp_path):
+    """``--compile both``: the eager and the compiled step, one row each."""
+    args = [*TINY, "--kinds", "fmm2_band20", "--prompts", "12", "--batches", "2",
+            "--new-tokens", "3", "--warmup", "1", "--compile", "both"]  # fmt: skip
+    _run("generate_throughput.py", args, tmp_path)
+    rows = list(csv.DictReader(open(tmp_path / "generate_throughput.csv")))
+    assert [r["compile"] for r in rows] == ["off", "on"]
+    assert all(r["note"] == "" and float(r["tokens_per_s"]) > 0 for r in rows)
+    assert rows[0]["state_mib"] == rows[1]["state_mib"]
 
 
 def test_memory_profile_attributes_saved_tensors(tmp_path):

@@ -56,11 +56,11 @@ def _checkpoint(tmp_path: Path, words=WORDS, kind="fmm") -> tuple[Path, FMMDecod
     return path, model
 
 
-@pytest.mark.parametrize("kind", ["fmm", "softmax"])
-def test_greedy_text_equals_full_forward(generate, tmp_path, capsys, kind):
+@pytest.mark.parametrize("kind, more", [("fmm", []), ("softmax", []), ("fmm", ["--compile"])])
+def test_greedy_text_equals_full_forward(generate, tmp_path, capsys, kind, more):
     path, model = _checkpoint(tmp_path, kind=kind)
     status = generate.main([str(path), "--prompt", "the cat zebra\\nsat", "--temperature", "0",
-                            "--max-new-tokens", "9", "--device", "cpu"])  # fmt: skip
+                            "--max-new-tokens", "9", "--device", "cpu", *more])  # fmt: skip
     assert status == 0
     prompt = torch.tensor([[1, 2, 10, 0, 3]])  # the cat <unk> <eos> sat
     expected = _greedy_by_full_forward(model, prompt, 9)[0].tolist()

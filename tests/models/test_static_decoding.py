@@ -114,3 +114,35 @@ def test_cuda_graph_step_equals_eager(case):
     a = torch.stack(list(graphed.generate(prompt, 10, temperature=0)))
     b = torch.stack(list(eager.generate(prompt, 10, temperature=0)))
     assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize(
+    "case, backend",
+    [(case, "aot_eager") for case in sorted(CASES)] + [("fmm_r2", "inductor")],
+)
+def test_compiled_step_equals_the_eager_step(case, backend):
+    """``compile`` traces the whole step as one graph (fullgraph: a break fails) and decodes
+    what the eager step decodes; inductor's fused kernels to float tolerance."""
+    torch._dynamo.reset()
+    model = _model(case, max_length=16)
+    prompt = torch.randint(0, VOCAB, (2, 5))
+    compiled = StaticDecoder(model, 2, capacity=16, compile=backend)
+    eager = StaticDecoder(model, 2, capacity=16)
+    log_c, log_e = compiled.prefill(prompt), eager.prefill(prompt)
+    for _ in range(8):  # past the band: the ring wraps
+        token = log_e.argmax(-1)
+        log_c, log_e = compiled.step(token), eager.step(token)
+        torch.testing.assert_close(log_c, log_e, atol=1e-5, rtol=1e-5)
+    assert int(compiled.state.position) == int(eager.state.position) == 13
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+@pytest.mark.parametrize("case", ["fmm_r2", "softmax"])
+def test_compiled_cuda_graph_step_equals_eager(case):
+    model = _model(case).cuda()
+    prompt = torch.randint(0, VOCAB, (2, 5), device="cuda")
+    graphed = StaticDecoder(model, 2, capacity=20, cuda_graph=True, compile=True)
+    eager = StaticDecoder(model, 2, capacity=20, cuda_graph=False)
+    a = torch.stack(list(graphed.generate(prompt, 10, temperature=0)))
+    b = torch.stack(list(eager.generate(prompt, 10, temperature=0)))
+    assert torch.equal(a, b)
