@@ -45,6 +45,7 @@ from lm_setups import (  # noqa: E402
     measured,
     sync,
     write_csv,
+    zipf_entropy,
     zipf_ids,
 )
 
@@ -161,6 +162,7 @@ def _plot(rows, path: Path) -> None:
         ax_m.plot([r["context"] for r in mem], [r["peak_gib"] for r in mem], "o-", label=label)
     for ax, ylabel in ((ax_t, "training tokens/s"), (ax_m, "peak memory per step (GiB)")):
         ax.set_xscale("log", base=2)
+        ax.set_ylim(bottom=0)  # a flat line looks flat
         ax.set_xlabel("context (tokens)")
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
@@ -212,13 +214,22 @@ def loss_curve(args, device) -> list[dict]:
     print(f"wrote {path}")
     try:
         import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
     except ImportError:
         return rows
+    matplotlib.use("Agg")
+    plot_loss_curve(rows, args, context, batch, args.out_dir / "long_context_loss.png")
+    return rows
+
+
+def plot_loss_curve(rows, args, context: int, batch: int, path: Path) -> None:
+    """The training loss per step, with the Zipf entropy: below it, the context is used."""
+    import matplotlib.pyplot as plt
+
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot([r["step"] for r in rows], [r["loss"] for r in rows])
+    ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], label="training loss")
+    ax.axhline(zipf_entropy(args.vocab_size), color="grey", ls="--",
+               label="Zipf entropy (no use of the context)")  # fmt: skip
+    ax.legend(fontsize=8)
     ax.set_xlabel("step")
     ax.set_ylabel("training loss (nats per token)")
     ax.set_title(
@@ -227,10 +238,9 @@ def loss_curve(args, device) -> list[dict]:
     )
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(args.out_dir / "long_context_loss.png", dpi=120)
+    fig.savefig(path, dpi=120)
     plt.close(fig)
-    print(f"wrote {args.out_dir / 'long_context_loss.png'}")
-    return rows
+    print(f"wrote {path}")
 
 
 def parse_args(argv=None):
