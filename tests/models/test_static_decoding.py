@@ -116,18 +116,10 @@ def test_cuda_graph_step_equals_eager(case):
     assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize(
-    "case, backend",
-    [(case, "aot_eager") for case in sorted(CASES)] + [("fmm_r2", "inductor")],
-)
-def test_compiled_step_equals_the_eager_step(case, backend):
-    """``compile`` traces the whole step as one graph (fullgraph: a break fails) and decodes
-    what the eager step decodes; inductor's fused kernels to float tolerance."""
-    torch._dynamo.reset()
-    model = _model(case, max_length=16)
-    prompt = torch.randint(0, VOCAB, (2, 5))
-    compiled = StaticDecoder(model, 2, capacity=16, compile=backend)
-    eager = StaticDecoder(model, 2, capacity=16)
+def _compiled_against_eager(model, compile, device, **kw):
+    prompt = torch.randint(0, VOCAB, (2, 5), device=device)
+    compiled = StaticDecoder(model, 2, capacity=16, compile=compile, **kw)
+    eager = StaticDecoder(model, 2, capacity=16, cuda_graph=False)
     log_c, log_e = compiled.prefill(prompt), eager.prefill(prompt)
     for _ in range(8):  # past the band: the ring wraps
         token = log_e.argmax(-1)
@@ -136,13 +128,20 @@ def test_compiled_step_equals_the_eager_step(case, backend):
     assert int(compiled.state.position) == int(eager.state.position) == 13
 
 
+@pytest.mark.parametrize(
+    "case, backend",
+    [(case, "aot_eager") for case in sorted(CASES)] + [("fmm_r2", "inductor")],
+)
+def test_compiled_step_equals_the_eager_step(case, backend):
+    """``compile`` traces the whole step as one graph (fullgraph: a break fails) and decodes
+    what the eager step decodes; inductor's fused kernels to float tolerance."""
+    torch._dynamo.reset()
+    _compiled_against_eager(_model(case, max_length=16), backend, "cpu")
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
 @pytest.mark.parametrize("case", ["fmm_r2", "softmax"])
 def test_compiled_cuda_graph_step_equals_eager(case):
-    model = _model(case).cuda()
-    prompt = torch.randint(0, VOCAB, (2, 5), device="cuda")
-    graphed = StaticDecoder(model, 2, capacity=20, cuda_graph=True, compile=True)
-    eager = StaticDecoder(model, 2, capacity=20, cuda_graph=False)
-    a = torch.stack(list(graphed.generate(prompt, 10, temperature=0)))
-    b = torch.stack(list(eager.generate(prompt, 10, temperature=0)))
-    assert torch.equal(a, b)
+    """The compiled step captured as a CUDA graph (float32, inductor)."""
+    torch._dynamo.reset()
+    _compiled_against_eager(_model(case, max_length=16).cuda(), True, "cuda", cuda_graph=True)
