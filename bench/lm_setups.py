@@ -68,17 +68,22 @@ def build(model: str, kind: str, max_length: int, vocab: int = VOCAB, cutoffs=No
     return FMMDecoderLM(vocab, max_length, decoder_config(model, kind, cutoffs, **memory))
 
 
+def zipf_weights(vocab: int, device=None, dtype=torch.float32) -> torch.Tensor:
+    """Unnormalised p(id) ~ 1 / (id + 1), ``(vocab,)``."""
+    return 1.0 / torch.arange(1, vocab + 1, device=device, dtype=dtype)
+
+
 def zipf_entropy(vocab: int) -> float:
     """The entropy (nats) of ``zipf_ids``'s distribution: the loss of a model that predicts
     each token's frequency and nothing from its context."""
-    p = 1.0 / torch.arange(1, vocab + 1, dtype=torch.float64)
+    p = zipf_weights(vocab, dtype=torch.float64)
     p /= p.sum()
     return float(-(p * p.log()).sum())
 
 
 def zipf_ids(shape, vocab: int, device, generator: torch.Generator) -> torch.Tensor:
     """Token ids ``shape`` with p(id) ~ 1 / (id + 1) (module docstring)."""
-    weights = 1.0 / torch.arange(1, vocab + 1, device=device, dtype=torch.float32)
+    weights = zipf_weights(vocab, device)
     n = 1
     for s in shape:
         n *= s

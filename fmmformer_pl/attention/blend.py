@@ -176,14 +176,8 @@ class Blend(nn.Module):
         if self.near is not None and near is None:
             raise ValueError("this blend needs the near field")
         fields = ([near] if self.near is not None else []) + list(far)
-        # The blend kernel where it covers the fields (dispatch.blend), else PyTorch; compiled
-        # code blends in PyTorch, which the compiler fuses with its neighbours (a decoding
-        # step compiles whole this way: StaticDecoder(compile=True)).
-        fused = (
-            None
-            if torch.compiler.is_compiling()
-            else dispatch.blend(fields, self.coefficients, self.config.backend, plan)
-        )
+        # The blend kernel where it covers the fields (dispatch.blend), else PyTorch.
+        fused = dispatch.blend(fields, self.coefficients, self.config.backend, plan)
         if fused is not None:
             return fused
         y = sum(w(f) for w, f in zip(self.far, far, strict=True))

@@ -96,13 +96,21 @@ def far_fields(q, k, v, feature_maps, causal, normalize, key_padding_mask, backe
     return _covered(outs, backend, "far-field")
 
 
-@torch.compiler.disable
 def blend(fields, coefficients, backend, plan: KernelPlan = DEFAULT_PLAN) -> torch.Tensor | None:
     """``sum_f c[f] * fields[f]`` on the blend kernel, or None: blend in PyTorch.
     ``coefficients()`` gives c (``Blend.coefficients``), called only where the kernel runs.
 
     ``backend="cuda"`` is a requirement on the fields, not on this sum: CPU fields (e.g. a
-    decoding step's) still blend in PyTorch, and the kernel declining is no error."""
+    decoding step's) still blend in PyTorch, and the kernel declining is no error. Compiled
+    code blends in PyTorch too, which the compiler fuses with its neighbours (no graph break:
+    a decoding step compiles whole, ``StaticDecoder(compile=True)``)."""
+    if torch.compiler.is_compiling():
+        return None
+    return _blend_eager(fields, coefficients, backend, plan)
+
+
+@torch.compiler.disable
+def _blend_eager(fields, coefficients, backend, plan: KernelPlan) -> torch.Tensor | None:
     backend = "reference" if backend == "reference" else "auto"
     if not wants_kernels(backend, fields[0], plan):
         return None
